@@ -1,0 +1,202 @@
+//! `envoy.service.auth.v3.Authorization/Check`.
+//!
+//! allow → OK with identity headers (overwriting client-sent ones), optional removal of
+//! `authorization`, and the verified claims as dynamic metadata; deny → a *successful* RPC
+//! whose status is UNAUTHENTICATED / PERMISSION_DENIED / UNAVAILABLE with a denied HTTP
+//! response; cannot decide → a gRPC error, so Envoy's `failure_mode_allow` governs.
+
+use crate::decision::{Decider, Decision};
+use crate::metrics::Metrics;
+use envoy_types::ext_authz::v3::pb::{
+    Authorization, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction,
+    HeaderValue, HeaderValueOption, HttpResponse, HttpStatus, OkHttpResponse,
+};
+use envoy_types::pb::google::protobuf::{value::Kind, ListValue, Struct, Value as PbValue};
+use envoy_types::pb::google::rpc;
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::Instant;
+use tonic::{Request, Response, Status};
+
+pub struct AuthzService {
+    decider: Arc<Decider>,
+    metrics: Metrics,
+}
+
+impl AuthzService {
+    pub fn new(decider: Arc<Decider>, metrics: Metrics) -> AuthzService {
+        AuthzService { decider, metrics }
+    }
+}
+
+/// The `authorization` header of the checked request, from `headers` (Envoy lowercases keys)
+/// or, when Envoy sends raw headers, from `header_map`.
+fn authorization(req: &CheckRequest) -> Option<&str> {
+    let http = req.attributes.as_ref()?.request.as_ref()?.http.as_ref()?;
+    if let Some(v) = http.headers.get("authorization") {
+        return Some(v);
+    }
+    if let Some((_, v)) = http
+        .headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+    {
+        return Some(v);
+    }
+    let map = http.header_map.as_ref()?;
+    map.headers
+        .iter()
+        .find(|h| h.key.eq_ignore_ascii_case("authorization"))
+        .and_then(|h| {
+            if h.value.is_empty() {
+                std::str::from_utf8(&h.raw_value).ok()
+            } else {
+                Some(h.value.as_str())
+            }
+        })
+}
+
+fn header(key: &str, value: &str, action: HeaderAppendAction) -> HeaderValueOption {
+    #[allow(deprecated)]
+    HeaderValueOption {
+        header: Some(HeaderValue {
+            key: key.into(),
+            value: value.into(),
+            raw_value: Vec::new(),
+        }),
+        append: None,
+        append_action: action.into(),
+        keep_empty_value: false,
+    }
+}
+
+fn status(code: tonic::Code, message: &str) -> Option<rpc::Status> {
+    Some(rpc::Status {
+        code: code as i32,
+        message: message.into(),
+        details: Vec::new(),
+    })
+}
+
+/// serde_json → google.protobuf.Value (depth is already bounded by the JSON parser).
+fn pb_value(v: &Value) -> PbValue {
+    let kind = match v {
+        Value::Null => Kind::NullValue(0),
+        Value::Bool(b) => Kind::BoolValue(*b),
+        Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
+        Value::String(s) => Kind::StringValue(s.clone()),
+        Value::Array(a) => Kind::ListValue(ListValue {
+            values: a.iter().map(pb_value).collect(),
+        }),
+        Value::Object(o) => Kind::StructValue(Struct {
+            fields: o.iter().map(|(k, v)| (k.clone(), pb_value(v))).collect(),
+        }),
+    };
+    PbValue { kind: Some(kind) }
+}
+
+impl AuthzService {
+    pub fn respond(&self, d: &Decision) -> Result<CheckResponse, Status> {
+        match d {
+            Decision::Allow(v) => {
+                let mut ok = OkHttpResponse::default();
+                for (h, value) in self.decider.identity_headers(v) {
+                    match value {
+                        Some(value) => ok.headers.push(header(
+                            h,
+                            &value,
+                            HeaderAppendAction::OverwriteIfExistsOrAdd,
+                        )),
+                        None => ok.headers_to_remove.push(h.to_string()),
+                    }
+                }
+                if self.decider.config.remove_authorization {
+                    ok.headers_to_remove.push("authorization".into());
+                }
+                let claims = Struct {
+                    fields: v
+                        .claims
+                        .all
+                        .iter()
+                        .map(|(k, v)| (k.clone(), pb_value(v)))
+                        .collect(),
+                };
+                let ns = &self.decider.config.metadata_namespace;
+                let metadata = if ns.is_empty() {
+                    claims
+                } else {
+                    Struct {
+                        fields: [(
+                            ns.clone(),
+                            PbValue {
+                                kind: Some(Kind::StructValue(claims)),
+                            },
+                        )]
+                        .into_iter()
+                        .collect(),
+                    }
+                };
+                Ok(CheckResponse {
+                    status: status(tonic::Code::Ok, ""),
+                    http_response: Some(HttpResponse::OkResponse(ok)),
+                    dynamic_metadata: Some(metadata),
+                })
+            }
+            Decision::Deny(den) => {
+                let code = match den.http_status {
+                    403 => tonic::Code::PermissionDenied,
+                    503 => tonic::Code::Unavailable,
+                    _ => tonic::Code::Unauthenticated,
+                };
+                let mut headers = vec![
+                    header(
+                        "www-authenticate",
+                        &den.www_authenticate,
+                        HeaderAppendAction::OverwriteIfExistsOrAdd,
+                    ),
+                    header(
+                        "content-type",
+                        "application/json",
+                        HeaderAppendAction::OverwriteIfExistsOrAdd,
+                    ),
+                    header(
+                        "cache-control",
+                        "no-store",
+                        HeaderAppendAction::OverwriteIfExistsOrAdd,
+                    ),
+                ];
+                if den.http_status == 503 {
+                    headers.push(header(
+                        "retry-after",
+                        "1",
+                        HeaderAppendAction::OverwriteIfExistsOrAdd,
+                    ));
+                }
+                let denied = DeniedHttpResponse {
+                    status: Some(HttpStatus {
+                        code: i32::from(den.http_status),
+                    }),
+                    headers,
+                    body: den.body.clone(),
+                };
+                Ok(CheckResponse {
+                    status: status(code, den.reason.reason()),
+                    http_response: Some(HttpResponse::DeniedResponse(denied)),
+                    dynamic_metadata: None,
+                })
+            }
+            Decision::Error(_) => Err(Status::unavailable("authorization temporarily unavailable")),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Authorization for AuthzService {
+    async fn check(&self, req: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
+        let started = Instant::now();
+        let req = req.into_inner();
+        let d = self.decider.decide(authorization(&req)).await;
+        super::observe(&self.metrics, "grpc", started, &d);
+        self.respond(&d).map(Response::new)
+    }
+}

@@ -1,0 +1,267 @@
+//! The subcommands behind `main`.
+
+use clap::{Args, Subcommand};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use veto::config::{Nats, Settings};
+use veto::revocation::{valid_region, valid_token_name, Kind, RevocationEvent};
+use veto::token::{sign::SigningKey, Alg};
+
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+fn usage(m: impl Into<String>) -> Failure {
+    Failure {
+        code: 64,
+        message: m.into(),
+    }
+}
+fn unavailable(m: impl Into<String>) -> Failure {
+    Failure {
+        code: 69,
+        message: m.into(),
+    }
+}
+fn other(m: impl Into<String>) -> Failure {
+    Failure {
+        code: 1,
+        message: m.into(),
+    }
+}
+
+fn load(config: &Path) -> Result<Settings, Failure> {
+    Settings::load(config).map_err(|e| usage(e.to_string()))
+}
+
+pub fn check_config(config: &Path) -> Result<(), Failure> {
+    load(config)?;
+    println!("{}: ok", config.display());
+    Ok(())
+}
+
+pub async fn sidecar(config: &Path) -> Result<(), Failure> {
+    let s = load(config)?;
+    veto::telemetry::init(&s.log);
+    let grpc = TcpListener::bind(s.grpc.listen)
+        .await
+        .map_err(|e| usage(format!("grpc.listen: cannot bind {}: {e}", s.grpc.listen)))?;
+    let http = TcpListener::bind(s.http.listen)
+        .await
+        .map_err(|e| usage(format!("http.listen: cannot bind {}: {e}", s.http.listen)))?;
+    tracing::info!(
+        grpc = %grpc.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        http = %http.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        "veto sidecar starting"
+    );
+    let sidecar = veto::sidecar::Sidecar::build(&s).map_err(|e| usage(format!("{e:#}")))?;
+    let shutdown = CancellationToken::new();
+    let sd = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        sd.cancel();
+    });
+    sidecar
+        .run(s, grpc, http, shutdown)
+        .await
+        .map_err(|e| other(format!("{e:#}")))
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["session", "token", "subject"])))]
+pub struct RevokeArgs {
+    /// Revoke every token of this session (`sid`).
+    #[arg(long)]
+    session: Option<String>,
+    /// Revoke the token with this `jti`.
+    #[arg(long)]
+    token: Option<String>,
+    /// Revoke every token of this subject issued before now.
+    #[arg(long)]
+    subject: Option<String>,
+    /// Only tokens of this issuer (default: every issuer).
+    #[arg(long, default_value = "")]
+    issuer: String,
+    #[arg(long, default_value = "admin")]
+    reason: String,
+    /// Also push the logout to connected clients.
+    #[arg(long)]
+    urgent: bool,
+    /// NATS server URL(s) of this region's JetStream domain.
+    #[arg(long, env = "VETO_NATS_URL")]
+    nats: String,
+    /// Origin region of the event.
+    #[arg(long, env = "VETO_REGION")]
+    region: String,
+    /// JetStream domain, if the servers use one.
+    #[arg(long)]
+    domain: Option<String>,
+    /// How long the revocation is held: at least the longest token lifetime + leeway.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    ttl: Duration,
+    /// Event id (default: random). Re-using one makes a retry idempotent.
+    #[arg(long)]
+    event_id: Option<String>,
+    #[arg(long)]
+    credentials_file: Option<PathBuf>,
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+}
+
+pub fn random_id() -> String {
+    let mut b = [0u8; 16];
+    let _ = aws_lc_rs::rand::fill(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+pub async fn revoke(a: RevokeArgs) -> Result<(), Failure> {
+    if !valid_region(&a.region) {
+        return Err(usage("--region: 1-64 characters of [A-Za-z0-9_-]"));
+    }
+    let (kind, id) = match (a.session, a.token, a.subject) {
+        (Some(s), None, None) => (Kind::Session, s),
+        (None, Some(t), None) => (Kind::Token, t),
+        (None, None, Some(s)) => (Kind::Subject, s),
+        _ => return Err(usage("give exactly one of --session, --token, --subject")),
+    };
+    if id.is_empty() || id.len() > 1024 {
+        return Err(usage("the revoked id must be 1-1024 bytes"));
+    }
+    let event_id = a.event_id.unwrap_or_else(random_id);
+    if !valid_token_name(&event_id, 128) {
+        return Err(usage("--event-id: 1-128 characters of [A-Za-z0-9_-]"));
+    }
+    let now = veto::now_ms();
+    let ev = RevocationEvent {
+        event_id,
+        kind: kind as i32,
+        id,
+        issuer: a.issuer,
+        revoked_at: now,
+        expires_at: now + a.ttl.as_millis() as i64,
+        origin_region: a.region.clone(),
+        reason: a.reason,
+        urgent: a.urgent,
+    };
+    let cfg = Nats {
+        url: a.nats,
+        region: a.region,
+        stream: "VETO_REVOCATIONS".into(),
+        domain: a.domain,
+        credentials_file: a.credentials_file,
+        token_file: None,
+        user: None,
+        password_file: None,
+        nkey_seed_file: None,
+        tls_ca_file: None,
+        tls_cert_file: None,
+        tls_key_file: None,
+        tls_required: false,
+        connect_timeout: a.timeout,
+        ensure_stream: false,
+    };
+    let (client, _events) = veto::feed::connect(&cfg, "veto-revoke", false)
+        .await
+        .map_err(|e| unavailable(format!("{e}")))?;
+    let js = veto::feed::context(client.clone(), &cfg);
+    let (seq, dup) = veto::feed::publish_event(&js, &ev, a.timeout)
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+    let _ = client.flush().await;
+    println!(
+        "revoked {} {:?} (event {}, stream sequence {seq}{})",
+        kind.label(),
+        ev.id,
+        ev.event_id,
+        if dup { ", duplicate" } else { "" }
+    );
+    Ok(())
+}
+
+#[derive(Subcommand)]
+pub enum KeysCommand {
+    /// Generate a signing key: writes the private key (PKCS#8 DER) to --out and prints the
+    /// public JWK.
+    Generate {
+        #[arg(long, default_value = "ES256")]
+        alg: String,
+        #[arg(long)]
+        kid: Option<String>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Print the public JWKS of private keys (PKCS#8 DER files named <kid>.<alg>.der).
+    Jwks { files: Vec<PathBuf> },
+}
+
+pub fn keys(k: KeysCommand) -> Result<(), Failure> {
+    match k {
+        KeysCommand::Generate { alg, kid, out } => {
+            let alg = Alg::parse(&alg).filter(|a| !a.is_hmac()).ok_or_else(|| {
+                usage("--alg: one of ES256 ES384 RS256 RS384 RS512 PS256 PS384 PS512 EdDSA")
+            })?;
+            let kid = kid.unwrap_or_else(|| random_id()[..16].to_string());
+            let key = SigningKey::generate(alg, &kid).map_err(|e| other(e.to_string()))?;
+            write_private(&out, key.pkcs8_der())?;
+            println!("{}", key.public_jwk());
+            Ok(())
+        }
+        KeysCommand::Jwks { files } => {
+            let mut keys = Vec::new();
+            for f in &files {
+                let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                let mut parts = name.rsplitn(3, '.');
+                let (_ext, alg, kid) = (parts.next(), parts.next(), parts.next());
+                let (Some(alg), Some(kid)) = (alg.and_then(Alg::parse), kid) else {
+                    return Err(usage(format!(
+                        "{}: expected a file named <kid>.<alg>.der",
+                        f.display()
+                    )));
+                };
+                let der = std::fs::read(f).map_err(|e| usage(format!("{}: {e}", f.display())))?;
+                keys.push(
+                    SigningKey::from_pkcs8(alg, kid, &der)
+                        .map_err(|e| usage(format!("{}: {e}", f.display())))?,
+                );
+            }
+            let refs: Vec<&SigningKey> = keys.iter().collect();
+            println!("{}", veto::token::sign::jwks(&refs));
+            Ok(())
+        }
+    }
+}
+
+fn write_private(path: &Path, der: &[u8]) -> Result<(), Failure> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts
+        .open(path)
+        .map_err(|e| usage(format!("--out {}: {e}", path.display())))?;
+    f.write_all(der)
+        .map_err(|e| other(format!("--out {}: {e}", path.display())))
+}

@@ -1,0 +1,562 @@
+//! Layered settings: built-in defaults → TOML file → `VETO__SECTION__KEY` environment
+//! variables. [`Settings::load`] both parses and validates; every error names the key.
+
+use crate::token::Alg;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A configuration error. `veto` exits 64 (EX_USAGE) on it, printing the message.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {key}: {message}")]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+fn bad(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    #[serde(default)]
+    pub grpc: Grpc,
+    #[serde(default)]
+    pub http: Http,
+    #[serde(default)]
+    pub log: Log,
+    #[serde(default)]
+    pub authz: Authz,
+    #[serde(default)]
+    pub cache: Cache,
+    #[serde(default)]
+    pub issuers: Vec<Issuer>,
+    pub nats: Option<Nats>,
+    #[serde(default)]
+    pub revocation: Revocation,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Grpc {
+    pub listen: SocketAddr,
+}
+
+impl Default for Grpc {
+    fn default() -> Self {
+        Grpc {
+            listen: ([127, 0, 0, 1], 9191).into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http {
+    pub listen: SocketAddr,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http {
+            listen: ([127, 0, 0, 1], 9192).into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    pub format: LogFormat,
+    /// An `EnvFilter` directive, e.g. `info` or `veto=debug,info`. `RUST_LOG` wins if set.
+    pub level: String,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DenyStatus {
+    /// 401 + gRPC UNAUTHENTICATED.
+    #[default]
+    Unauthenticated,
+    /// 403 + gRPC PERMISSION_DENIED.
+    PermissionDenied,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Authz {
+    /// Request header to set from a claim, on allow: header name → claim name. The header is
+    /// overwritten (never appended), and removed when the token lacks the claim, so clients
+    /// cannot inject identity headers.
+    pub headers: BTreeMap<String, String>,
+    /// Remove the `authorization` header before the request reaches the upstream.
+    pub remove_authorization: bool,
+    /// Tokens longer than this are refused without parsing.
+    pub max_token_bytes: usize,
+    /// Envoy dynamic metadata namespace for the verified claims (empty: none).
+    pub metadata_namespace: String,
+    /// How a revoked token is refused.
+    pub revoked_status: DenyStatus,
+}
+
+impl Default for Authz {
+    fn default() -> Self {
+        Authz {
+            headers: BTreeMap::from([("x-user-id".to_string(), "sub".to_string())]),
+            remove_authorization: false,
+            max_token_bytes: 8192,
+            metadata_namespace: "veto".into(),
+            revoked_status: DenyStatus::Unauthenticated,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Cache {
+    /// Verified tokens kept (moka, bounded; eviction only costs a re-verification).
+    pub max_tokens: u64,
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        Cache {
+            max_tokens: 100_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Issuer {
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    #[serde(default = "default_algs")]
+    pub algorithms: Vec<String>,
+    pub jwks_url: Option<String>,
+    pub jwks_file: Option<PathBuf>,
+    /// File holding the shared secret, required for (and only for) HS* algorithms.
+    pub hmac_secret_file: Option<PathBuf>,
+    #[serde(default = "default_leeway", with = "humantime_serde")]
+    pub leeway: Duration,
+    #[serde(default = "default_session_claim")]
+    pub session_claim: String,
+    #[serde(default = "default_lifetime", with = "humantime_serde")]
+    pub max_token_lifetime: Duration,
+    #[serde(default)]
+    pub required_claims: Vec<String>,
+    /// Refresh interval when the JWKS response carries no Cache-Control max-age, and the
+    /// upper bound when it does.
+    #[serde(default = "default_refresh", with = "humantime_serde")]
+    pub jwks_refresh_interval: Duration,
+    /// Minimum time between two fetches (unknown-`kid` refetches included).
+    #[serde(default = "default_min_refetch", with = "humantime_serde")]
+    pub jwks_min_refetch_interval: Duration,
+    #[serde(default = "default_fetch_timeout", with = "humantime_serde")]
+    pub jwks_fetch_timeout: Duration,
+}
+
+fn default_algs() -> Vec<String> {
+    vec!["ES256".into()]
+}
+fn default_leeway() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_session_claim() -> String {
+    "sid".into()
+}
+fn default_lifetime() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+fn default_refresh() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_min_refetch() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_fetch_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Nats {
+    /// Comma-separated server URLs of this region's JetStream domain.
+    pub url: String,
+    /// This sidecar's region (the origin subjects it captures are `veto.revocations.<region>.>`).
+    pub region: String,
+    #[serde(default = "default_stream")]
+    pub stream: String,
+    /// JetStream domain of this region, if the servers use one.
+    pub domain: Option<String>,
+    pub credentials_file: Option<PathBuf>,
+    pub token_file: Option<PathBuf>,
+    pub user: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub nkey_seed_file: Option<PathBuf>,
+    pub tls_ca_file: Option<PathBuf>,
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_required: bool,
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Create/update the stream at start (off when an operator provisions streams).
+    #[serde(default = "yes")]
+    pub ensure_stream: bool,
+}
+
+fn default_stream() -> String {
+    "VETO_REVOCATIONS".into()
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnStale {
+    #[default]
+    Deny,
+    Allow,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Revocation {
+    /// Longest a revocation must be held: ≥ every issuer's `max_token_lifetime`. Also the
+    /// stream's `max_age`.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_staleness: Duration,
+    pub on_stale: OnStale,
+    /// Entries above which the sidecar reports itself over capacity (it never drops any).
+    pub max_entries: usize,
+    #[serde(with = "humantime_serde")]
+    pub prune_interval: Duration,
+}
+
+impl Default for Revocation {
+    fn default() -> Self {
+        Revocation {
+            retention: Duration::from_secs(24 * 3600),
+            max_staleness: Duration::from_secs(30),
+            on_stale: OnStale::Deny,
+            max_entries: 10_000_000,
+            prune_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Settings {
+    /// Reads `path` (TOML) under `VETO__SECTION__KEY` overrides and validates the result.
+    pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+        if !path.is_file() {
+            return Err(bad(
+                "--config",
+                format!("{} is not a readable file", path.display()),
+            ));
+        }
+        let raw = config::Config::builder()
+            .add_source(config::File::from(path).format(config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix("VETO")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true)
+                    .list_separator(",")
+                    .with_list_parse_key("issuers")
+                    .ignore_empty(true),
+            )
+            .build()
+            .map_err(|e| from_config_error(&e))?;
+        let s: Settings = raw.try_deserialize().map_err(|e| from_config_error(&e))?;
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// Parses TOML text (no environment), for tests.
+    pub fn from_toml(text: &str) -> Result<Settings, ConfigError> {
+        let raw = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .build()
+            .map_err(|e| from_config_error(&e))?;
+        let s: Settings = raw.try_deserialize().map_err(|e| from_config_error(&e))?;
+        s.validate()?;
+        Ok(s)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.issuers.is_empty() {
+            return Err(bad("issuers", "at least one [[issuers]] entry is required"));
+        }
+        for (i, iss) in self.issuers.iter().enumerate() {
+            let k = |f: &str| format!("issuers[{i}].{f}");
+            if iss.issuer.is_empty() {
+                return Err(bad(k("issuer"), "must not be empty"));
+            }
+            if self.issuers[..i].iter().any(|o| o.issuer == iss.issuer) {
+                return Err(bad(k("issuer"), "duplicate issuer"));
+            }
+            if iss.audiences.is_empty() || iss.audiences.iter().any(String::is_empty) {
+                return Err(bad(k("audiences"), "list at least one non-empty audience"));
+            }
+            if iss.algorithms.is_empty() {
+                return Err(bad(k("algorithms"), "list at least one algorithm"));
+            }
+            let algs = iss.parsed_algorithms().map_err(|a| {
+                bad(
+                    k("algorithms"),
+                    format!("unsupported algorithm {a:?} (never `none`)"),
+                )
+            })?;
+            let hmac = algs.iter().any(|a| a.is_hmac());
+            if hmac && iss.hmac_secret_file.is_none() {
+                return Err(bad(
+                    k("hmac_secret_file"),
+                    "required when an HS* algorithm is listed",
+                ));
+            }
+            if !hmac && iss.hmac_secret_file.is_some() {
+                return Err(bad(
+                    k("hmac_secret_file"),
+                    "set, but no HS* algorithm is listed",
+                ));
+            }
+            let asym = algs.iter().any(|a| !a.is_hmac());
+            match (&iss.jwks_url, &iss.jwks_file) {
+                (Some(_), Some(_)) => {
+                    return Err(bad(
+                        k("jwks_url"),
+                        "set either jwks_url or jwks_file, not both",
+                    ))
+                }
+                (None, None) if asym => {
+                    return Err(bad(
+                        k("jwks_url"),
+                        "one of jwks_url or jwks_file is required",
+                    ))
+                }
+                (Some(u), None) if !(u.starts_with("https://") || u.starts_with("http://")) => {
+                    return Err(bad(k("jwks_url"), "must be an http(s) URL"))
+                }
+                _ => {}
+            }
+            if iss.session_claim.is_empty() {
+                return Err(bad(k("session_claim"), "must not be empty"));
+            }
+            if iss.max_token_lifetime.is_zero() {
+                return Err(bad(k("max_token_lifetime"), "must be positive"));
+            }
+            if iss.max_token_lifetime + iss.leeway > self.revocation.retention {
+                return Err(bad(
+                    "revocation.retention",
+                    format!(
+                        "must be at least issuers[{i}].max_token_lifetime + leeway, or revocations \
+                         would be forgotten while tokens they kill still validate"
+                    ),
+                ));
+            }
+            if iss.jwks_min_refetch_interval > iss.jwks_refresh_interval {
+                return Err(bad(
+                    k("jwks_min_refetch_interval"),
+                    "must not exceed jwks_refresh_interval",
+                ));
+            }
+        }
+        for (h, claim) in &self.authz.headers {
+            let ok = !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !matches!(h.as_str(), "authorization" | "host" | "content-length");
+            if !ok {
+                return Err(bad(
+                    format!("authz.headers.{h}"),
+                    "must be a lowercase header name and not a reserved one",
+                ));
+            }
+            if claim.is_empty() {
+                return Err(bad(
+                    format!("authz.headers.{h}"),
+                    "claim name must not be empty",
+                ));
+            }
+        }
+        if self.authz.max_token_bytes < 256 {
+            return Err(bad("authz.max_token_bytes", "must be at least 256"));
+        }
+        if self.cache.max_tokens == 0 {
+            return Err(bad("cache.max_tokens", "must be positive"));
+        }
+        if let Some(n) = &self.nats {
+            if n.url.trim().is_empty() {
+                return Err(bad("nats.url", "must not be empty"));
+            }
+            if !crate::revocation::valid_region(&n.region) {
+                return Err(bad("nats.region", "1-64 characters of [A-Za-z0-9_-]"));
+            }
+            if n.stream.is_empty() || n.stream.contains(['.', '*', '>', ' ']) {
+                return Err(bad("nats.stream", "must be a valid stream name"));
+            }
+            if n.tls_cert_file.is_some() != n.tls_key_file.is_some() {
+                return Err(bad(
+                    "nats.tls_key_file",
+                    "tls_cert_file and tls_key_file go together",
+                ));
+            }
+        }
+        if self.revocation.max_staleness.is_zero() {
+            return Err(bad("revocation.max_staleness", "must be positive"));
+        }
+        if self.revocation.prune_interval.is_zero() {
+            return Err(bad("revocation.prune_interval", "must be positive"));
+        }
+        Ok(())
+    }
+
+    /// The longest `max_token_lifetime + leeway` of any issuer, in milliseconds.
+    pub fn longest_token_lifetime_ms(&self) -> i64 {
+        self.issuers
+            .iter()
+            .map(|i| (i.max_token_lifetime + i.leeway).as_millis() as i64)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+impl Issuer {
+    pub fn parsed_algorithms(&self) -> Result<Vec<Alg>, String> {
+        self.algorithms
+            .iter()
+            .map(|a| Alg::parse(a).ok_or_else(|| a.clone()))
+            .collect()
+    }
+}
+
+/// The `config` crate names the key in most of its messages; keep its text as the message
+/// and pull the key out when it is there.
+fn from_config_error(e: &config::ConfigError) -> ConfigError {
+    let text = e.to_string();
+    let key = text
+        .split("for key `")
+        .nth(1)
+        .and_then(|r| r.split('`').next())
+        .map(str::to_string)
+        .or_else(|| {
+            text.split("unknown field `")
+                .nth(1)
+                .and_then(|r| r.split('`').next())
+                .map(str::to_string)
+        })
+        .or_else(|| {
+            text.split("missing field `")
+                .nth(1)
+                .and_then(|r| r.split('`').next())
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "config".to_string());
+    ConfigError { key, message: text }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[[issuers]]
+issuer = "https://auth"
+audiences = ["api"]
+jwks_file = "/dev/null"
+[nats]
+url = "nats://127.0.0.1:4222"
+region = "us"
+"#;
+
+    #[test]
+    fn defaults_and_good_file() {
+        let s = Settings::from_toml(GOOD).unwrap();
+        assert_eq!(s.grpc.listen.to_string(), "127.0.0.1:9191");
+        assert_eq!(s.http.listen.to_string(), "127.0.0.1:9192");
+        assert_eq!(s.issuers[0].session_claim, "sid");
+        assert_eq!(s.revocation.on_stale, OnStale::Deny);
+        assert_eq!(
+            s.authz.headers.get("x-user-id").map(String::as_str),
+            Some("sub")
+        );
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            (GOOD.replace("[\"api\"]", "[]"), "issuers[0].audiences"),
+            (
+                GOOD.replace(
+                    "jwks_file = \"/dev/null\"",
+                    "jwks_file = \"/dev/null\"\nalgorithms = [\"none\"]",
+                ),
+                "issuers[0].algorithms",
+            ),
+            (
+                GOOD.replace(
+                    "jwks_file = \"/dev/null\"",
+                    "jwks_file = \"/dev/null\"\nalgorithms = [\"HS256\"]",
+                ),
+                "issuers[0].hmac_secret_file",
+            ),
+            (
+                GOOD.replace("jwks_file = \"/dev/null\"", ""),
+                "issuers[0].jwks_url",
+            ),
+            (
+                GOOD.replace("region = \"us\"", "region = \"u.s\""),
+                "nats.region",
+            ),
+            (GOOD.replace("[nats]", "[nats]\nbogus = 1"), "bogus"),
+            (format!("{GOOD}\n[grpc]\nlisten = \"nope\""), "grpc.listen"),
+            (
+                format!("{GOOD}\n[revocation]\non_stale = \"maybe\""),
+                "revocation.on_stale",
+            ),
+            (
+                format!("{GOOD}\n[revocation]\nretention = \"1m\""),
+                "revocation.retention",
+            ),
+            (
+                format!("{GOOD}\n[revocation]\nmax_staleness = \"soon\""),
+                "revocation.max_staleness",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = Settings::from_toml(&text).unwrap_err();
+            assert!(err.to_string().contains(key), "{key}: {err}");
+        }
+    }
+}

@@ -1,0 +1,344 @@
+//! The one place where a request is allowed or denied. Transports (`authz::grpc`,
+//! `authz::http`) extract the `authorization` header, call [`Decider::decide`], and translate
+//! the [`Decision`]; nothing else decides.
+//!
+//! Order per request: bearer extraction → verified-token cache (a repeat token skips the
+//! signature) → on a miss, full validation (with one JWKS refetch on an unknown `kid`) →
+//! revocation check (every request) → feed freshness (every request).
+
+use crate::config::{DenyStatus, OnStale};
+use crate::jwks::Refetcher;
+use crate::metrics::Metrics;
+use crate::revocation::{Freshness, RevokedBy, RevokedSet};
+use crate::token::{TokenError, Validator, VerifiedToken};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why a request was denied. `reason()` strings are a stable contract (JSON body, metrics).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DenyReason {
+    MissingToken,
+    Token(TokenError),
+    Revoked(RevokedBy),
+    FeedStale,
+}
+
+impl DenyReason {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            DenyReason::MissingToken => "missing_token",
+            DenyReason::Token(e) => e.reason(),
+            DenyReason::Revoked(_) => "revoked",
+            DenyReason::FeedStale => "feed_stale",
+        }
+    }
+
+    pub fn description(&self) -> String {
+        match self {
+            DenyReason::MissingToken => "no bearer token".into(),
+            DenyReason::Token(e) => e.description(),
+            DenyReason::Revoked(RevokedBy::Session) => "session has been revoked".into(),
+            DenyReason::Revoked(RevokedBy::Token) => "token has been revoked".into(),
+            DenyReason::Revoked(RevokedBy::Subject) => {
+                "all sessions of the subject have been revoked".into()
+            }
+            DenyReason::FeedStale => "revocation feed is stale; try again shortly".into(),
+        }
+    }
+}
+
+/// How a transport should render a denial.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    pub reason: DenyReason,
+    /// 401, 403 or 503.
+    pub http_status: u16,
+    /// RFC 6750 challenge.
+    pub www_authenticate: String,
+    /// `{"error":...,"reason":...}`
+    pub body: String,
+}
+
+#[derive(Debug, Clone)]
+pub enum Decision {
+    Allow(Arc<VerifiedToken>),
+    Deny(Denial),
+    /// Veto cannot decide (e.g. the issuer's keys were never loaded). Transports answer with
+    /// an error status so the proxy's own failure mode applies; the text is internal.
+    Error(&'static str),
+}
+
+impl Decision {
+    pub fn result_label(&self) -> &'static str {
+        match self {
+            Decision::Allow(_) => "allow",
+            Decision::Deny(_) => "deny",
+            Decision::Error(_) => "error",
+        }
+    }
+
+    pub fn reason_label(&self) -> &'static str {
+        match self {
+            Decision::Allow(_) => "ok",
+            Decision::Deny(d) => d.reason.reason(),
+            Decision::Error(e) => e,
+        }
+    }
+}
+
+pub struct DeciderConfig {
+    /// header → claim
+    pub headers: BTreeMap<String, String>,
+    pub remove_authorization: bool,
+    pub revoked_status: DenyStatus,
+    pub on_stale: OnStale,
+    pub max_staleness: Duration,
+    pub cache_capacity: u64,
+    /// Leeway per issuer index (seconds), to bound cache entries by `exp + leeway`.
+    pub leeway: Vec<i64>,
+    /// Envoy dynamic-metadata key under which verified claims are put ("" = top level).
+    pub metadata_namespace: String,
+}
+
+pub struct Decider {
+    validator: Validator,
+    cache: moka::sync::Cache<Box<str>, Arc<VerifiedToken>>,
+    revoked: Arc<RevokedSet>,
+    freshness: Arc<Freshness>,
+    refetchers: Vec<Option<Arc<Refetcher>>>,
+    pub config: DeciderConfig,
+    metrics: Metrics,
+}
+
+struct UntilExp {
+    leeway: Vec<i64>,
+}
+
+impl moka::Expiry<Box<str>, Arc<VerifiedToken>> for UntilExp {
+    fn expire_after_create(
+        &self,
+        _key: &Box<str>,
+        v: &Arc<VerifiedToken>,
+        _now: std::time::Instant,
+    ) -> Option<Duration> {
+        let leeway = self.leeway.get(v.issuer).copied().unwrap_or(0);
+        let left_ms = (v.claims.exp + leeway) * 1000 - crate::now_ms();
+        Some(Duration::from_millis(left_ms.max(0) as u64))
+    }
+}
+
+/// Extracts an RFC 6750 bearer token from an `Authorization` header value. The scheme is
+/// case-insensitive; a non-Bearer scheme counts as no bearer token.
+pub fn bearer(authorization: Option<&str>) -> Result<&str, DenyReason> {
+    let v = authorization.ok_or(DenyReason::MissingToken)?;
+    let v = v.trim_matches(|c| c == ' ' || c == '\t');
+    let (scheme, rest) = v.split_once([' ', '\t']).unwrap_or((v, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(DenyReason::MissingToken);
+    }
+    let token = rest.trim_start_matches([' ', '\t']);
+    if token.is_empty() {
+        return Err(DenyReason::Token(TokenError::Malformed(
+            "empty bearer token",
+        )));
+    }
+    Ok(token)
+}
+
+impl Decider {
+    pub fn new(
+        validator: Validator,
+        revoked: Arc<RevokedSet>,
+        freshness: Arc<Freshness>,
+        refetchers: Vec<Option<Arc<Refetcher>>>,
+        config: DeciderConfig,
+        metrics: Metrics,
+    ) -> Decider {
+        let cache = moka::sync::Cache::builder()
+            .max_capacity(config.cache_capacity)
+            .expire_after(UntilExp {
+                leeway: config.leeway.clone(),
+            })
+            .build();
+        Decider {
+            validator,
+            cache,
+            revoked,
+            freshness,
+            refetchers,
+            config,
+            metrics,
+        }
+    }
+
+    /// Decides one request from its `Authorization` header value.
+    pub async fn decide(&self, authorization: Option<&str>) -> Decision {
+        let token = match bearer(authorization) {
+            Ok(t) => t,
+            Err(r) => return self.deny(r),
+        };
+        let now_ms = crate::now_ms();
+        let verified = match self.verified(token, now_ms).await {
+            Ok(v) => v,
+            Err(TokenError::KeysUnavailable) => return Decision::Error("keys_unavailable"),
+            Err(e) => return self.deny(DenyReason::Token(e)),
+        };
+        self.after_verification(verified, now_ms)
+    }
+
+    /// Synchronous variant for a token already in the cache (benchmarks, tests): `None` on a
+    /// cache miss.
+    pub fn decide_cached(&self, authorization: Option<&str>) -> Option<Decision> {
+        let token = bearer(authorization).ok()?;
+        let now_ms = crate::now_ms();
+        let v = self.cache.get(token)?;
+        Some(self.after_verification(v, now_ms))
+    }
+
+    fn after_verification(&self, v: Arc<VerifiedToken>, now_ms: i64) -> Decision {
+        let c = &v.claims;
+        if let Some(by) = self.revoked.check(
+            &c.iss,
+            &c.sid,
+            c.jti.as_deref(),
+            c.sub.as_deref(),
+            c.iat,
+            now_ms,
+        ) {
+            return self.deny(DenyReason::Revoked(by));
+        }
+        let max_ms = self.config.max_staleness.as_millis() as i64;
+        if self.freshness.is_stale(now_ms, max_ms) {
+            let policy = match self.config.on_stale {
+                OnStale::Deny => "deny",
+                OnStale::Allow => "allow",
+            };
+            self.metrics
+                .stale_decisions
+                .with_label_values(&[policy])
+                .inc();
+            if self.config.on_stale == OnStale::Deny {
+                return self.deny(DenyReason::FeedStale);
+            }
+        }
+        Decision::Allow(v)
+    }
+
+    async fn verified(&self, token: &str, now_ms: i64) -> Result<Arc<VerifiedToken>, TokenError> {
+        let now = now_ms.div_euclid(1000);
+        if let Some(v) = self.cache.get(token) {
+            let leeway = self.config.leeway.get(v.issuer).copied().unwrap_or(0);
+            if now < v.claims.exp + leeway {
+                self.metrics.token_cache.with_label_values(&["hit"]).inc();
+                return Ok(v);
+            }
+            self.cache.invalidate(token);
+            return Err(TokenError::Expired);
+        }
+        self.metrics.token_cache.with_label_values(&["miss"]).inc();
+        let result = match self.validator.validate(token, now) {
+            Err(TokenError::UnknownKid) => {
+                // One refetch of that issuer's JWKS (shared, rate-limited), then one retry.
+                let refetcher = self
+                    .validator
+                    .unverified_issuer(token)
+                    .and_then(|i| self.refetchers.get(i).cloned().flatten());
+                match refetcher {
+                    Some(r) if r.refetch_for_unknown_kid().await => {
+                        self.validator.validate(token, now)
+                    }
+                    _ => Err(TokenError::UnknownKid),
+                }
+            }
+            other => other,
+        };
+        let v = Arc::new(result?);
+        self.cache.insert(token.into(), v.clone());
+        Ok(v)
+    }
+
+    fn deny(&self, reason: DenyReason) -> Decision {
+        let http_status = match &reason {
+            DenyReason::FeedStale => 503,
+            DenyReason::Revoked(_)
+                if self.config.revoked_status == DenyStatus::PermissionDenied =>
+            {
+                403
+            }
+            _ => 401,
+        };
+        let (www_authenticate, error) = match &reason {
+            DenyReason::MissingToken => ("Bearer realm=\"veto\"".to_string(), "unauthorized"),
+            other => (
+                format!(
+                    "Bearer realm=\"veto\", error=\"invalid_token\", error_description=\"{}\"",
+                    other.description().replace(['"', '\\'], "")
+                ),
+                "invalid_token",
+            ),
+        };
+        let body = serde_json::json!({"error": error, "reason": reason.reason()}).to_string();
+        Decision::Deny(Denial {
+            reason,
+            http_status,
+            www_authenticate,
+            body,
+        })
+    }
+
+    /// Identity headers for an allowed request: (header, Some(value)) to set (overwriting any
+    /// client-supplied value), (header, None) to remove because the token lacks the claim.
+    pub fn identity_headers<'a>(
+        &'a self,
+        v: &'a VerifiedToken,
+    ) -> impl Iterator<Item = (&'a str, Option<String>)> + 'a {
+        self.config.headers.iter().map(move |(h, claim)| {
+            let value = match v.claims.all.get(claim) {
+                Some(Value::String(s)) => Some(s.clone()),
+                Some(Value::Number(n)) => Some(n.to_string()),
+                Some(Value::Bool(b)) => Some(b.to_string()),
+                Some(Value::Array(a)) => {
+                    let parts: Vec<&str> = a.iter().filter_map(Value::as_str).collect();
+                    (parts.len() == a.len()).then(|| parts.join(","))
+                }
+                _ => None,
+            };
+            // Header values must be visible ASCII/space; anything else is dropped, not mangled.
+            let value = value.filter(|s| {
+                !s.is_empty() && s.len() <= 4096 && s.bytes().all(|b| (0x20..0x7f).contains(&b))
+            });
+            (h.as_str(), value)
+        })
+    }
+
+    pub fn revoked(&self) -> &Arc<RevokedSet> {
+        &self.revoked
+    }
+
+    pub fn cache_entries(&self) -> u64 {
+        self.cache.entry_count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_extraction() {
+        assert_eq!(bearer(None), Err(DenyReason::MissingToken));
+        assert_eq!(bearer(Some("Basic abc")), Err(DenyReason::MissingToken));
+        assert_eq!(bearer(Some("Bearerabc")), Err(DenyReason::MissingToken));
+        assert_eq!(bearer(Some("")), Err(DenyReason::MissingToken));
+        assert!(matches!(bearer(Some("Bearer ")), Err(DenyReason::Token(_))));
+        assert!(matches!(
+            bearer(Some("Bearer    ")),
+            Err(DenyReason::Token(_))
+        ));
+        assert_eq!(bearer(Some("Bearer abc")), Ok("abc"));
+        assert_eq!(bearer(Some("bEaReR  abc ")), Ok("abc"));
+        assert_eq!(bearer(Some("BEARER\tabc")), Ok("abc"));
+    }
+}

@@ -1,0 +1,362 @@
+//! The revocation feed: NATS JetStream in, revoked set out.
+//!
+//! - [`connect`] opens a NATS connection with the configured credentials/TLS and reports
+//!   connection events.
+//! - [`ensure_stream`] creates or updates this region's stream (idempotent; keeps whatever
+//!   else an operator configured, e.g. sources).
+//! - [`Feed::run`] replays the stream from the start, marks the sidecar ready once caught up,
+//!   then follows live. After any error or reconnect it recreates its ordered consumer from
+//!   `last_sequence + 1`, so nothing is lost or applied twice.
+//! - [`publish_event`] is the publisher side (`veto revoke`, the authority).
+
+mod apply;
+mod publish;
+
+pub use apply::Applier;
+pub use publish::{publish_event, PublishFailure};
+
+use crate::config::Nats;
+use crate::readiness::Readiness;
+use async_nats::jetstream::{self, consumer::pull::OrderedConfig, consumer::DeliverPolicy, stream};
+use futures::StreamExt;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Readiness component name of the feed.
+pub const COMPONENT: &str = "feed";
+
+#[derive(Debug, thiserror::Error)]
+pub enum FeedError {
+    #[error("cannot read {what}: {source}")]
+    Credentials {
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("cannot connect to NATS: {0}")]
+    Connect(String),
+    #[error("stream {stream}: {message}")]
+    Stream { stream: String, message: String },
+}
+
+fn read_secret(path: &std::path::Path, what: &'static str) -> Result<String, FeedError> {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .map_err(|source| FeedError::Credentials { what, source })
+}
+
+/// Connects to NATS. With `wait_for_server`, the call returns at once and the client keeps
+/// trying in the background (a sidecar starts unready rather than crashing); without it, an
+/// unreachable server is an error (for CLI commands).
+pub async fn connect(
+    cfg: &Nats,
+    name: &str,
+    wait_for_server: bool,
+) -> Result<
+    (
+        async_nats::Client,
+        mpsc::UnboundedReceiver<async_nats::Event>,
+    ),
+    FeedError,
+> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut opts = async_nats::ConnectOptions::new()
+        .name(name)
+        .connection_timeout(cfg.connect_timeout)
+        .ping_interval(Duration::from_secs(5))
+        .require_tls(cfg.tls_required)
+        .event_callback(move |ev| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(ev);
+            }
+        });
+    if wait_for_server {
+        opts = opts.retry_on_initial_connect();
+    }
+    if let Some(p) = &cfg.credentials_file {
+        opts = opts
+            .credentials_file(p)
+            .await
+            .map_err(|source| FeedError::Credentials {
+                what: "nats.credentials_file",
+                source,
+            })?;
+    }
+    if let Some(p) = &cfg.token_file {
+        opts = opts.token(read_secret(p, "nats.token_file")?);
+    }
+    if let Some(user) = &cfg.user {
+        let pass = match &cfg.password_file {
+            Some(p) => read_secret(p, "nats.password_file")?,
+            None => String::new(),
+        };
+        opts = opts.user_and_password(user.clone(), pass);
+    }
+    if let Some(p) = &cfg.nkey_seed_file {
+        opts = opts.nkey(read_secret(p, "nats.nkey_seed_file")?);
+    }
+    if let Some(ca) = &cfg.tls_ca_file {
+        opts = opts.add_root_certificates(ca.clone());
+    }
+    if let (Some(c), Some(k)) = (&cfg.tls_cert_file, &cfg.tls_key_file) {
+        opts = opts.add_client_certificate(c.clone(), k.clone());
+    }
+    let urls: Vec<String> = cfg.url.split(',').map(|s| s.trim().to_string()).collect();
+    let addrs: Vec<async_nats::ServerAddr> = urls
+        .iter()
+        .map(|u| {
+            u.parse()
+                .map_err(|_| FeedError::Connect("nats.url is not a valid server URL".into()))
+        })
+        .collect::<Result<_, _>>()?;
+    let client = opts
+        .connect(addrs)
+        .await
+        .map_err(|e| FeedError::Connect(e.to_string()))?;
+    Ok((client, rx))
+}
+
+pub fn context(client: async_nats::Client, cfg: &Nats) -> jetstream::Context {
+    match &cfg.domain {
+        Some(d) => jetstream::with_domain(client, d),
+        None => jetstream::new(client),
+    }
+}
+
+/// The subjects a region's stream captures.
+pub fn origin_subjects(region: &str) -> String {
+    format!("{}.{region}.>", crate::revocation::SUBJECT_ROOT)
+}
+
+/// Creates the region's stream, or brings an existing one's limits in line; leaves every
+/// other setting (sources, replicas, placement) as the operator made it.
+pub async fn ensure_stream(
+    js: &jetstream::Context,
+    name: &str,
+    region: &str,
+    retention: Duration,
+) -> Result<stream::Info, FeedError> {
+    let err = |m: String| FeedError::Stream {
+        stream: name.to_string(),
+        message: m,
+    };
+    // 2.9 rejects a duplicate window longer than max_age.
+    let dup = Duration::from_secs(120).min(retention);
+    let subject = origin_subjects(region);
+    match js.get_stream(name).await {
+        Ok(mut s) => {
+            let info = s.info().await.map_err(|e| err(e.to_string()))?.clone();
+            let mut cfg = info.config.clone();
+            if !cfg.subjects.contains(&subject) {
+                cfg.subjects.push(subject);
+            }
+            cfg.max_age = retention;
+            cfg.duplicate_window = dup;
+            cfg.max_messages_per_subject = 1;
+            if cfg == info.config {
+                return Ok(info);
+            }
+            js.update_stream(&cfg).await.map_err(|e| err(e.to_string()))
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                jetstream::context::GetStreamErrorKind::JetStream(ref j)
+                    if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+            ) =>
+        {
+            let cfg = stream_config(name, region, retention);
+            let mut s = js
+                .create_stream(cfg)
+                .await
+                .map_err(|e| err(e.to_string()))?;
+            Ok(s.info().await.map_err(|e| err(e.to_string()))?.clone())
+        }
+        Err(e) => Err(err(e.to_string())),
+    }
+}
+
+/// The stream a region needs: its origin subjects, entries kept for the longest revocation
+/// lifetime, dedup on `Nats-Msg-Id`, and one message per subject — events have unique
+/// subjects, heartbeats share one, so only the newest heartbeat is kept.
+pub fn stream_config(name: &str, region: &str, retention: Duration) -> stream::Config {
+    stream::Config {
+        name: name.to_string(),
+        subjects: vec![origin_subjects(region)],
+        max_age: retention,
+        duplicate_window: Duration::from_secs(120).min(retention),
+        max_messages_per_subject: 1,
+        storage: stream::StorageType::File,
+        discard: stream::DiscardPolicy::Old,
+        num_replicas: 1,
+        ..Default::default()
+    }
+}
+
+/// The durable follower of one region's stream.
+pub struct Feed {
+    pub cfg: Nats,
+    pub retention: Duration,
+    pub applier: Applier,
+    pub readiness: Readiness,
+}
+
+impl Feed {
+    pub async fn run(
+        self,
+        client: async_nats::Client,
+        mut events: mpsc::UnboundedReceiver<async_nats::Event>,
+        shutdown: CancellationToken,
+    ) {
+        let metrics = self.applier.metrics.clone();
+        let js = context(client.clone(), &self.cfg);
+        let started = Instant::now();
+        let mut last_seq: u64 = 0;
+        let mut ready = false;
+        let mut failures: u32 = 0;
+        loop {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            if failures > 0 {
+                let backoff = Duration::from_millis(100u64 << failures.min(6));
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+            }
+            let info = if self.cfg.ensure_stream {
+                ensure_stream(&js, &self.cfg.stream, &self.cfg.region, self.retention).await
+            } else {
+                match js.get_stream(&self.cfg.stream).await {
+                    Ok(mut s) => s.info().await.cloned().map_err(|e| FeedError::Stream {
+                        stream: self.cfg.stream.clone(),
+                        message: e.to_string(),
+                    }),
+                    Err(e) => Err(FeedError::Stream {
+                        stream: self.cfg.stream.clone(),
+                        message: e.to_string(),
+                    }),
+                }
+            };
+            let info = match info {
+                Ok(i) => i,
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    tracing::warn!(error = %e, "revocation stream not available; retrying");
+                    continue;
+                }
+            };
+            if !ready && (info.state.messages == 0 || last_seq >= info.state.last_sequence) {
+                ready = true;
+                self.mark_ready(started);
+            }
+            let deliver_policy = if last_seq == 0 {
+                DeliverPolicy::All
+            } else {
+                DeliverPolicy::ByStartSequence {
+                    start_sequence: last_seq + 1,
+                }
+            };
+            let stream = js.get_stream(&self.cfg.stream).await;
+            let messages = match stream {
+                Ok(s) => match s
+                    .create_consumer(OrderedConfig {
+                        deliver_policy,
+                        ..Default::default()
+                    })
+                    .await
+                {
+                    Ok(c) => c.messages().await.map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                },
+                Err(e) => Err(e.to_string()),
+            };
+            let mut messages = match messages {
+                Ok(m) => m,
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    tracing::warn!(error = %e, last_seq, "cannot create stream consumer; retrying");
+                    continue;
+                }
+            };
+            metrics.feed_restarts.inc();
+            metrics.feed_connected.set(1);
+            tracing::info!(stream = %self.cfg.stream, from = last_seq + 1, "following revocation stream");
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    ev = events.recv() => match ev {
+                        Some(async_nats::Event::Connected) => {
+                            // The pitfall DESIGN §4 names: after a server restart the ordered
+                            // consumer can stall. Recreate it from our own position.
+                            tracing::info!(last_seq, "NATS reconnected; recreating consumer");
+                            metrics.feed_connected.set(1);
+                            failures = 0;
+                            break;
+                        }
+                        Some(async_nats::Event::Disconnected) => {
+                            tracing::warn!("NATS disconnected");
+                            metrics.feed_connected.set(0);
+                        }
+                        Some(other) => tracing::debug!(event = %other, "NATS event"),
+                        None => {}
+                    },
+                    _ = tick.tick() => {
+                        if ready && client.connection_state() == async_nats::connection::State::Connected {
+                            self.applier.freshness.mark(&self.cfg.region, crate::now_ms());
+                        }
+                    }
+                    m = messages.next() => match m {
+                        Some(Ok(msg)) => {
+                            let (seq, pending) = match msg.info() {
+                                Ok(i) => (i.stream_sequence, i.pending),
+                                Err(_) => continue,
+                            };
+                            if seq <= last_seq {
+                                continue; // redelivery after a consumer recreate
+                            }
+                            self.applier.apply(&msg.subject, &msg.payload, "durable");
+                            last_seq = seq;
+                            metrics.feed_last_sequence.set(seq as i64);
+                            if !ready && pending == 0 {
+                                ready = true;
+                                self.mark_ready(started);
+                            }
+                            failures = 0;
+                        }
+                        Some(Err(e)) => {
+                            tracing::warn!(error = %e, last_seq, "stream consumer failed; recreating");
+                            failures = failures.saturating_add(1);
+                            break;
+                        }
+                        None => {
+                            failures = failures.saturating_add(1);
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn mark_ready(&self, started: Instant) {
+        let took = started.elapsed();
+        self.applier
+            .metrics
+            .replay_duration
+            .observe(took.as_secs_f64());
+        self.applier.metrics.feed_ready.set(1);
+        self.applier
+            .freshness
+            .mark(&self.cfg.region, crate::now_ms());
+        self.readiness.set_ready(COMPONENT);
+        tracing::info!(
+            took_ms = took.as_millis() as u64,
+            held = self.applier.revoked.len(),
+            "revocation stream replayed; ready"
+        );
+    }
+}

@@ -1,0 +1,277 @@
+//! Keeps each issuer's verification keys current, off the request path.
+//!
+//! - fetched (URL) or read (file) at start; the issuer is unready until the first load;
+//! - refreshed on a schedule: the response's `Cache-Control: max-age`, bounded by
+//!   `[jwks_min_refetch_interval, jwks_refresh_interval]`;
+//! - refetched on an unknown `kid`: one fetch in flight at a time (others wait for it), and at
+//!   most one per `jwks_min_refetch_interval`, so a flood of junk kids cannot flood the
+//!   endpoint;
+//! - on failure the last good keys stay in use, with backoff and a metric.
+
+use crate::metrics::Metrics;
+use crate::readiness::Readiness;
+use crate::token::{Alg, KeySet, KeyStore};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Largest JWKS document accepted.
+const MAX_JWKS_BYTES: usize = 1 << 20;
+
+#[derive(Debug, Clone)]
+pub enum Source {
+    Url(String),
+    File(PathBuf),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("request failed: {0}")]
+    Http(String),
+    #[error("endpoint answered HTTP {0}")]
+    Status(u16),
+    #[error("document larger than {MAX_JWKS_BYTES} bytes")]
+    TooLarge,
+    #[error("cannot read file: {0}")]
+    File(String),
+    #[error(transparent)]
+    Jwks(#[from] crate::token::JwkError),
+}
+
+pub struct Refetcher {
+    pub issuer: String,
+    source: Source,
+    allowed: Vec<Alg>,
+    hmac_secret: Option<Arc<[u8]>>,
+    store: Arc<KeyStore>,
+    client: reqwest::Client,
+    refresh: Duration,
+    min_refetch: Duration,
+    /// Serialises fetches (single flight) and remembers when the last one started.
+    gate: tokio::sync::Mutex<Option<Instant>>,
+    /// Bumped on every successful load, so waiters can tell a fetch finished.
+    generation: AtomicU64,
+    metrics: Metrics,
+}
+
+pub struct RefetcherConfig {
+    pub issuer: String,
+    pub source: Source,
+    pub allowed: Vec<Alg>,
+    pub hmac_secret: Option<Arc<[u8]>>,
+    pub refresh: Duration,
+    pub min_refetch: Duration,
+    pub timeout: Duration,
+}
+
+impl Refetcher {
+    pub fn new(
+        cfg: RefetcherConfig,
+        store: Arc<KeyStore>,
+        metrics: Metrics,
+    ) -> Result<Refetcher, FetchError> {
+        let client = reqwest::Client::builder()
+            .timeout(cfg.timeout)
+            .connect_timeout(cfg.timeout)
+            .redirect(reqwest::redirect::Policy::limited(3))
+            .user_agent(concat!("veto/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| FetchError::Http(e.to_string()))?;
+        // Both results exist from the start so `increase()` sees the first failure.
+        for result in ["ok", "error"] {
+            metrics
+                .jwks_refresh
+                .with_label_values(&[&cfg.issuer, result])
+                .inc_by(0);
+        }
+        Ok(Refetcher {
+            issuer: cfg.issuer,
+            source: cfg.source,
+            allowed: cfg.allowed,
+            hmac_secret: cfg.hmac_secret,
+            store,
+            client,
+            refresh: cfg.refresh,
+            min_refetch: cfg.min_refetch,
+            gate: tokio::sync::Mutex::new(None),
+            generation: AtomicU64::new(0),
+            metrics,
+        })
+    }
+
+    /// Fetches and installs the keys once. Returns the server's max-age, if any.
+    async fn load(&self) -> Result<Option<Duration>, FetchError> {
+        let result = self.fetch().await.and_then(|(doc, max_age)| {
+            let (set, skipped) = KeySet::from_jwks(&doc, &self.allowed)?;
+            if skipped > 0 {
+                tracing::debug!(issuer = %self.issuer, skipped, "JWKS keys skipped (unsupported or not for signing)");
+            }
+            let n = set.len();
+            self.store.replace(set.with_hmac_secret(self.hmac_secret.clone()));
+            self.metrics.jwks_keys.with_label_values(&[&self.issuer]).set(n as i64);
+            Ok(max_age)
+        });
+        let label = if result.is_ok() { "ok" } else { "error" };
+        self.metrics
+            .jwks_refresh
+            .with_label_values(&[&self.issuer, label])
+            .inc();
+        if result.is_ok() {
+            self.generation.fetch_add(1, Ordering::Release);
+        }
+        result
+    }
+
+    async fn fetch(&self) -> Result<(Vec<u8>, Option<Duration>), FetchError> {
+        match &self.source {
+            Source::File(p) => {
+                let doc = tokio::fs::read(p)
+                    .await
+                    .map_err(|e| FetchError::File(e.kind().to_string()))?;
+                if doc.len() > MAX_JWKS_BYTES {
+                    return Err(FetchError::TooLarge);
+                }
+                Ok((doc, None))
+            }
+            Source::Url(u) => {
+                let mut resp = self
+                    .client
+                    .get(u)
+                    .header("accept", "application/jwk-set+json, application/json")
+                    .send()
+                    .await
+                    .map_err(|e| FetchError::Http(without_url(&e)))?;
+                if !resp.status().is_success() {
+                    return Err(FetchError::Status(resp.status().as_u16()));
+                }
+                let max_age = resp
+                    .headers()
+                    .get("cache-control")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(cache_control_max_age);
+                if resp
+                    .content_length()
+                    .is_some_and(|n| n as usize > MAX_JWKS_BYTES)
+                {
+                    return Err(FetchError::TooLarge);
+                }
+                let mut doc = Vec::new();
+                while let Some(chunk) = resp
+                    .chunk()
+                    .await
+                    .map_err(|e| FetchError::Http(without_url(&e)))?
+                {
+                    if doc.len() + chunk.len() > MAX_JWKS_BYTES {
+                        return Err(FetchError::TooLarge);
+                    }
+                    doc.extend_from_slice(&chunk);
+                }
+                Ok((doc, max_age))
+            }
+        }
+    }
+
+    /// Called on the request path when a token's `kid` is unknown. Returns true when keys
+    /// were (re)loaded by this call or by a fetch it waited for, i.e. when retrying the
+    /// validation can change the answer.
+    pub async fn refetch_for_unknown_kid(&self) -> bool {
+        let seen = self.generation.load(Ordering::Acquire);
+        let mut last = self.gate.lock().await;
+        if self.generation.load(Ordering::Acquire) != seen {
+            return true;
+        }
+        if last.is_some_and(|t| t.elapsed() < self.min_refetch) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        match self.load().await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(issuer = %self.issuer, error = %e, "JWKS refetch for unknown kid failed; keeping last good keys");
+                false
+            }
+        }
+    }
+
+    /// The refresh loop. Loads at start (retrying with backoff until it succeeds), marks the
+    /// issuer ready, then refreshes until shutdown.
+    pub async fn run(self: Arc<Self>, readiness: Readiness, shutdown: CancellationToken) {
+        let component = format!("jwks:{}", self.issuer);
+        let mut failures: u32 = 0;
+        loop {
+            let outcome = {
+                let mut last = self.gate.lock().await;
+                *last = Some(Instant::now());
+                self.load().await
+            };
+            let delay = match outcome {
+                Ok(max_age) => {
+                    failures = 0;
+                    readiness.set_ready(component.clone());
+                    max_age.map_or(self.refresh, |m| m.clamp(self.min_refetch, self.refresh))
+                }
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    if self.store.is_loaded() {
+                        tracing::warn!(issuer = %self.issuer, error = %e, "JWKS refresh failed; keeping last good keys");
+                    } else {
+                        tracing::error!(issuer = %self.issuer, error = %e, "JWKS not loaded yet; issuer's tokens cannot be verified");
+                        readiness.set_unready(component.clone(), "JWKS not loaded");
+                    }
+                    let backoff =
+                        Duration::from_millis(250u64.saturating_mul(1 << failures.min(10)));
+                    backoff.min(self.refresh)
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+}
+
+/// reqwest errors print the URL; JWKS URLs can carry credentials in their query, so strip it.
+fn without_url(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    if let Some(u) = e.url() {
+        text = text.replace(u.as_str(), "<jwks_url>");
+    }
+    text
+}
+
+/// `max-age` from a Cache-Control value; `no-store`/`no-cache` count as 0.
+pub fn cache_control_max_age(v: &str) -> Option<Duration> {
+    let mut max_age = None;
+    for d in v.split(',').map(|d| d.trim().to_ascii_lowercase()) {
+        if d == "no-store" || d == "no-cache" {
+            return Some(Duration::ZERO);
+        }
+        if let Some(n) = d.strip_prefix("max-age=") {
+            max_age = n
+                .trim_matches('"')
+                .parse::<u64>()
+                .ok()
+                .map(Duration::from_secs);
+        }
+    }
+    max_age
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_control() {
+        assert_eq!(
+            cache_control_max_age("public, max-age=600"),
+            Some(Duration::from_secs(600))
+        );
+        assert_eq!(cache_control_max_age("no-store"), Some(Duration::ZERO));
+        assert_eq!(cache_control_max_age("max-age=abc"), None);
+        assert_eq!(cache_control_max_age("private"), None);
+    }
+}

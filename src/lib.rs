@@ -1,0 +1,38 @@
+//! Veto: a regional auth sidecar.
+//!
+//! The map of the crate, from the request path outwards:
+//!
+//! - [`token`]: pure JWS/JWK logic. Parses compact tokens, holds each issuer's keys, verifies
+//!   signatures and registered claims. No I/O.
+//! - [`revocation`]: the grow-only revoked set (compact, never evicts before expiry) and the
+//!   protobuf event schema of `proto/veto/v1/revocation.proto`.
+//! - [`decision`]: the one place where allow/deny is decided: token cache, validation,
+//!   revocation and feed-freshness checks, with stable deny reasons.
+//! - [`jwks`]: fetches and refreshes issuers' JWKS (URL or file) off the request path.
+//! - [`feed`]: NATS JetStream: ensures the stream, replays it, follows it live, resumes after
+//!   errors; plus the publisher used by `veto revoke`.
+//! - [`authz`]: transports that translate only: Envoy ext_authz v3 gRPC and HTTP forward-auth.
+//! - [`admin`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`sidecar`]: wires the parts together with one shutdown token and a readiness latch.
+//! - [`config`]: layered settings (defaults → TOML file → `VETO__SECTION__KEY`), validated.
+
+pub mod admin;
+pub mod authz;
+pub mod config;
+pub mod decision;
+pub mod feed;
+pub mod jwks;
+pub mod metrics;
+pub mod readiness;
+pub mod revocation;
+pub mod sidecar;
+pub mod telemetry;
+pub mod token;
+
+/// Milliseconds since the Unix epoch, from the system clock.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

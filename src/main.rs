@@ -1,0 +1,74 @@
+//! `veto`: parse the command line, load config, init telemetry, run, map errors to exit codes
+//! (64 = bad configuration or usage, 69 = a service it needs is unavailable, 1 = other).
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+mod cli;
+
+#[derive(Parser)]
+#[command(
+    name = "veto",
+    version,
+    about = "Regional auth sidecar: local JWT validation, global revocation"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the sidecar: Envoy ext_authz gRPC + HTTP forward-auth + metrics/health.
+    Sidecar {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config file; exit 0, or 64 naming the bad key.
+    CheckConfig {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Publish a revocation event.
+    Revoke(Box<cli::RevokeArgs>),
+    /// Signing keys.
+    #[command(subcommand)]
+    Keys(cli::KeysCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 64 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("veto: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Sidecar { config } => cli::sidecar(&config).await,
+            Command::CheckConfig { config } => cli::check_config(&config),
+            Command::Revoke(args) => cli::revoke(*args).await,
+            Command::Keys(k) => cli::keys(k),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("veto: {}", e.message);
+            ExitCode::from(e.code)
+        }
+    }
+}

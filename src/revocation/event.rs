@@ -1,0 +1,217 @@
+//! The protobuf messages of `proto/veto/v1/revocation.proto`, written out with prost derives
+//! (the schema is small and stable; this keeps protoc out of the build). A unit test below
+//! pins the field numbers against hand-encoded bytes.
+
+use prost::Message;
+
+/// Root of every revocation subject: `veto.revocations.<origin_region>.{ev.<event_id>|hb}`.
+pub const SUBJECT_ROOT: &str = "veto.revocations";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum Kind {
+    Unspecified = 0,
+    Session = 1,
+    Token = 2,
+    Subject = 3,
+}
+
+impl Kind {
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Unspecified => "unspecified",
+            Kind::Session => "session",
+            Kind::Token => "token",
+            Kind::Subject => "subject",
+        }
+    }
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct RevocationEvent {
+    #[prost(string, tag = "1")]
+    pub event_id: String,
+    #[prost(enumeration = "Kind", tag = "2")]
+    pub kind: i32,
+    #[prost(string, tag = "3")]
+    pub id: String,
+    #[prost(string, tag = "4")]
+    pub issuer: String,
+    #[prost(int64, tag = "5")]
+    pub revoked_at: i64,
+    #[prost(int64, tag = "6")]
+    pub expires_at: i64,
+    #[prost(string, tag = "7")]
+    pub origin_region: String,
+    #[prost(string, tag = "8")]
+    pub reason: String,
+    #[prost(bool, tag = "9")]
+    pub urgent: bool,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct Heartbeat {
+    #[prost(string, tag = "1")]
+    pub origin_region: String,
+    #[prost(int64, tag = "2")]
+    pub sent_at: i64,
+}
+
+/// Why an event was refused. Each is counted as `result="invalid"` and skipped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventError {
+    #[error("not a valid protobuf message")]
+    Undecodable,
+    #[error("field `{0}` is missing or invalid")]
+    BadField(&'static str),
+    #[error("origin region does not match the subject")]
+    OriginMismatch,
+}
+
+/// Is `s` usable as one NATS subject token and as an event id / region name?
+pub fn valid_token_name(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Is `s` a valid region name (one subject token of [A-Za-z0-9_-], at most 64 bytes)?
+pub fn valid_region(s: &str) -> bool {
+    valid_token_name(s, 64)
+}
+
+pub fn event_subject(origin_region: &str, event_id: &str) -> String {
+    format!("{SUBJECT_ROOT}.{origin_region}.ev.{event_id}")
+}
+
+pub fn heartbeat_subject(origin_region: &str) -> String {
+    format!("{SUBJECT_ROOT}.{origin_region}.hb")
+}
+
+/// The origin region named by a subject, if it is one of ours.
+fn subject_origin(subject: &str) -> Option<&str> {
+    let rest = subject.strip_prefix(SUBJECT_ROOT)?.strip_prefix('.')?;
+    rest.split('.').next()
+}
+
+/// Decodes and checks an event. `subject` (if known) must name the same origin region.
+pub fn decode_event(bytes: &[u8], subject: Option<&str>) -> Result<RevocationEvent, EventError> {
+    let ev = RevocationEvent::decode(bytes).map_err(|_| EventError::Undecodable)?;
+    if !valid_token_name(&ev.event_id, 128) {
+        return Err(EventError::BadField("event_id"));
+    }
+    match Kind::try_from(ev.kind) {
+        Ok(Kind::Session | Kind::Token | Kind::Subject) => {}
+        _ => return Err(EventError::BadField("kind")),
+    }
+    if ev.id.is_empty() || ev.id.len() > 1024 {
+        return Err(EventError::BadField("id"));
+    }
+    if ev.issuer.len() > 1024 {
+        return Err(EventError::BadField("issuer"));
+    }
+    if ev.revoked_at <= 0 {
+        return Err(EventError::BadField("revoked_at"));
+    }
+    // u32 seconds hold expiries up to 2106; anything later is nonsense, not a revocation.
+    if ev.expires_at <= ev.revoked_at || ev.expires_at / 1000 >= i64::from(u32::MAX) {
+        return Err(EventError::BadField("expires_at"));
+    }
+    if !valid_token_name(&ev.origin_region, 64) {
+        return Err(EventError::BadField("origin_region"));
+    }
+    if let Some(origin) = subject.and_then(subject_origin) {
+        if origin != ev.origin_region {
+            return Err(EventError::OriginMismatch);
+        }
+    }
+    Ok(ev)
+}
+
+pub fn decode_heartbeat(bytes: &[u8], subject: Option<&str>) -> Result<Heartbeat, EventError> {
+    let hb = Heartbeat::decode(bytes).map_err(|_| EventError::Undecodable)?;
+    if !valid_token_name(&hb.origin_region, 64) {
+        return Err(EventError::BadField("origin_region"));
+    }
+    if hb.sent_at <= 0 {
+        return Err(EventError::BadField("sent_at"));
+    }
+    if let Some(origin) = subject.and_then(subject_origin) {
+        if origin != hb.origin_region {
+            return Err(EventError::OriginMismatch);
+        }
+    }
+    Ok(hb)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn ev() -> RevocationEvent {
+        RevocationEvent {
+            event_id: "e1".into(),
+            kind: Kind::Session as i32,
+            id: "s1".into(),
+            issuer: "".into(),
+            revoked_at: 1_000,
+            expires_at: 2_000,
+            origin_region: "us".into(),
+            reason: "logout".into(),
+            urgent: false,
+        }
+    }
+
+    #[test]
+    fn wire_format_matches_the_proto_field_numbers() {
+        // Hand-encoded: field 1 (event_id) "e", field 2 (kind) 3, field 3 (id) "x",
+        // field 5 revoked_at 1, field 6 expires_at 2, field 7 origin "u", field 9 urgent true.
+        let bytes = [
+            0x0a, 1, b'e', 0x10, 3, 0x1a, 1, b'x', 0x28, 1, 0x30, 2, 0x3a, 1, b'u', 0x48, 1,
+        ];
+        let e = RevocationEvent::decode(&bytes[..]).unwrap();
+        assert_eq!(e.event_id, "e");
+        assert_eq!(e.kind, Kind::Subject as i32);
+        assert_eq!(e.id, "x");
+        assert_eq!((e.revoked_at, e.expires_at), (1, 2));
+        assert_eq!(e.origin_region, "u");
+        assert!(e.urgent);
+        assert_eq!(e.encode_to_vec(), bytes);
+    }
+
+    #[test]
+    fn poison_events_are_refused() {
+        assert_eq!(
+            decode_event(b"\xff\xff\xff", None),
+            Err(EventError::Undecodable)
+        );
+        type Mutation = fn(&mut RevocationEvent);
+        let cases: Vec<(Mutation, &str)> = vec![
+            (|e| e.event_id.clear(), "event_id"),
+            (|e| e.event_id = "a.b".into(), "event_id"),
+            (|e| e.event_id = "*".into(), "event_id"),
+            (|e| e.kind = 0, "kind"),
+            (|e| e.kind = 42, "kind"),
+            (|e| e.id.clear(), "id"),
+            (|e| e.revoked_at = 0, "revoked_at"),
+            (|e| e.expires_at = e.revoked_at, "expires_at"),
+            (|e| e.expires_at = i64::MAX, "expires_at"),
+            (|e| e.origin_region = "u s".into(), "origin_region"),
+        ];
+        for (mutate, field) in cases {
+            let mut e = ev();
+            mutate(&mut e);
+            assert_eq!(
+                decode_event(&e.encode_to_vec(), None),
+                Err(EventError::BadField(field))
+            );
+        }
+        let ok = ev().encode_to_vec();
+        assert!(decode_event(&ok, Some("veto.revocations.us.ev.e1")).is_ok());
+        assert_eq!(
+            decode_event(&ok, Some("veto.revocations.eu.ev.e1")),
+            Err(EventError::OriginMismatch)
+        );
+    }
+}

@@ -1,0 +1,15 @@
+//! Revocations: the event schema (`proto/veto/v1/revocation.proto`) and the revoked set.
+//!
+//! Pure: no NATS here. The feed decodes messages with [`decode_event`] and applies them with
+//! [`RevokedSet::apply`]; the decision path asks [`RevokedSet::check`].
+
+mod event;
+mod freshness;
+mod set;
+
+pub use event::{
+    decode_event, decode_heartbeat, event_subject, heartbeat_subject, valid_region,
+    valid_token_name, EventError, Heartbeat, Kind, RevocationEvent, SUBJECT_ROOT,
+};
+pub use freshness::Freshness;
+pub use set::{Applied, RevokedBy, RevokedSet, SetStats};

@@ -1,0 +1,341 @@
+//! Wires the sidecar: keys, decider, feed, transports and housekeeping, all under one
+//! shutdown token, with readiness as the conjunction of every component's latch.
+
+use crate::admin::{self, Admin};
+use crate::authz::grpc::AuthzService;
+use crate::authz::http::ForwardAuth;
+use crate::config::Settings;
+use crate::decision::{Decider, DeciderConfig};
+use crate::feed::{self, Applier, Feed};
+use crate::jwks::{Refetcher, RefetcherConfig, Source};
+use crate::metrics::Metrics;
+use crate::readiness::Readiness;
+use crate::revocation::{Freshness, RevokedSet};
+use crate::token::{IssuerPolicy, KeySet, KeyStore, Validator};
+use anyhow::Context as _;
+use envoy_types::ext_authz::v3::pb::AuthorizationServer;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// Everything the running sidecar shares; tests reach in through it.
+pub struct Sidecar {
+    pub decider: Arc<Decider>,
+    pub revoked: Arc<RevokedSet>,
+    pub freshness: Arc<Freshness>,
+    pub readiness: Readiness,
+    pub registry: prometheus::Registry,
+    pub metrics: Metrics,
+    refetchers: Vec<Arc<Refetcher>>,
+}
+
+impl Sidecar {
+    /// Builds the sidecar's state from validated settings. Reads secret files; fetches
+    /// nothing yet.
+    pub fn build(s: &Settings) -> anyhow::Result<Sidecar> {
+        let registry = prometheus::Registry::new();
+        let metrics = Metrics::register(&registry);
+        let readiness = Readiness::default();
+        let mut policies = Vec::new();
+        let mut refetchers = Vec::new();
+        let mut per_issuer = Vec::new();
+        for (i, iss) in s.issuers.iter().enumerate() {
+            let algorithms = iss
+                .parsed_algorithms()
+                .map_err(|a| anyhow::anyhow!("issuers[{i}].algorithms: unsupported {a:?}"))?;
+            let hmac_secret: Option<Arc<[u8]>> = match &iss.hmac_secret_file {
+                Some(p) => {
+                    let secret = std::fs::read(p)
+                        .with_context(|| format!("issuers[{i}].hmac_secret_file: cannot read"))?;
+                    anyhow::ensure!(
+                        secret.len() >= 32,
+                        "issuers[{i}].hmac_secret_file: secret shorter than 32 bytes"
+                    );
+                    Some(secret.into())
+                }
+                None => None,
+            };
+            let source = match (&iss.jwks_url, &iss.jwks_file) {
+                (Some(u), _) => Some(Source::Url(u.clone())),
+                (None, Some(f)) => Some(Source::File(f.clone())),
+                (None, None) => None,
+            };
+            let store = Arc::new(match source {
+                // keys arrive from the refresher
+                Some(_) => KeyStore::new(None),
+                None => KeyStore::new(Some(
+                    KeySet::default().with_hmac_secret(hmac_secret.clone()),
+                )),
+            });
+            let refetcher = match source {
+                Some(source) => {
+                    readiness.register(format!("jwks:{}", iss.issuer), "JWKS not loaded yet");
+                    let r = Arc::new(Refetcher::new(
+                        RefetcherConfig {
+                            issuer: iss.issuer.clone(),
+                            source,
+                            allowed: algorithms.clone(),
+                            hmac_secret,
+                            refresh: iss.jwks_refresh_interval,
+                            min_refetch: iss.jwks_min_refetch_interval,
+                            timeout: iss.jwks_fetch_timeout,
+                        },
+                        store.clone(),
+                        metrics.clone(),
+                    )?);
+                    refetchers.push(r.clone());
+                    Some(r)
+                }
+                None => None,
+            };
+            per_issuer.push(refetcher);
+            policies.push(IssuerPolicy {
+                issuer: iss.issuer.clone(),
+                audiences: iss.audiences.clone(),
+                algorithms,
+                leeway: iss.leeway.as_secs() as i64,
+                session_claim: iss.session_claim.clone(),
+                max_token_lifetime: iss.max_token_lifetime.as_secs() as i64,
+                required_claims: iss.required_claims.clone(),
+                keys: store,
+            });
+        }
+        let validator = Validator {
+            issuers: policies,
+            max_token_bytes: s.authz.max_token_bytes,
+        };
+        let revoked = Arc::new(RevokedSet::new());
+        let freshness = Arc::new(Freshness::default());
+        if let Some(n) = &s.nats {
+            freshness.expect(&n.region);
+            readiness.register(feed::COMPONENT, "revocation stream not replayed yet");
+        }
+        let decider = Arc::new(Decider::new(
+            validator,
+            revoked.clone(),
+            freshness.clone(),
+            per_issuer,
+            DeciderConfig {
+                headers: s.authz.headers.clone(),
+                remove_authorization: s.authz.remove_authorization,
+                revoked_status: s.authz.revoked_status,
+                on_stale: s.revocation.on_stale,
+                max_staleness: s.revocation.max_staleness,
+                cache_capacity: s.cache.max_tokens,
+                leeway: s
+                    .issuers
+                    .iter()
+                    .map(|i| i.leeway.as_secs() as i64)
+                    .collect(),
+                metadata_namespace: s.authz.metadata_namespace.clone(),
+            },
+            metrics.clone(),
+        ));
+        Ok(Sidecar {
+            decider,
+            revoked,
+            freshness,
+            readiness,
+            registry,
+            metrics,
+            refetchers,
+        })
+    }
+
+    /// Runs until `shutdown` is cancelled. Listeners are injected so tests bind port 0.
+    pub async fn run(
+        self,
+        s: Settings,
+        grpc: TcpListener,
+        http: TcpListener,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let mut tasks: JoinSet<&'static str> = JoinSet::new();
+
+        for r in &self.refetchers {
+            let (r, ready, sd) = (r.clone(), self.readiness.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                r.run(ready, sd).await;
+                "jwks"
+            });
+        }
+
+        let applier = Applier {
+            revoked: self.revoked.clone(),
+            freshness: self.freshness.clone(),
+            metrics: self.metrics.clone(),
+        };
+        if let Some(n) = s.nats.clone() {
+            let (client, events) = feed::connect(&n, "veto-sidecar", true).await?;
+            let f = Feed {
+                cfg: n,
+                retention: s.revocation.retention,
+                applier,
+                readiness: self.readiness.clone(),
+            };
+            let sd = shutdown.clone();
+            tasks.spawn(async move {
+                f.run(client, events, sd).await;
+                feed::COMPONENT
+            });
+        } else {
+            tracing::warn!("no [nats] section: revocations are NOT enforced by this sidecar");
+        }
+
+        let (health, health_svc) = tonic_health::server::health_reporter();
+        {
+            let (me, sd, max_entries, prune_every) = (
+                Housekeeping {
+                    revoked: self.revoked.clone(),
+                    freshness: self.freshness.clone(),
+                    readiness: self.readiness.clone(),
+                    metrics: self.metrics.clone(),
+                    health,
+                },
+                shutdown.clone(),
+                s.revocation.max_entries,
+                s.revocation.prune_interval,
+            );
+            tasks.spawn(async move {
+                me.run(max_entries, prune_every, sd).await;
+                "housekeeping"
+            });
+        }
+
+        let authz = AuthzService::new(self.decider.clone(), self.metrics.clone());
+        let sd = shutdown.clone();
+        tasks.spawn(async move {
+            let result = tonic::transport::Server::builder()
+                .add_service(health_svc)
+                .add_service(AuthorizationServer::new(authz))
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
+                    sd.cancelled_owned(),
+                )
+                .await;
+            if let Err(e) = result {
+                tracing::error!(error = %e, "gRPC server failed");
+            }
+            "grpc"
+        });
+
+        let router = admin::router(
+            ForwardAuth {
+                decider: self.decider.clone(),
+                metrics: self.metrics.clone(),
+            },
+            Admin {
+                registry: self.registry.clone(),
+                readiness: self.readiness.clone(),
+            },
+        );
+        let sd = shutdown.clone();
+        tasks.spawn(async move {
+            if let Err(e) = axum::serve(http, router)
+                .with_graceful_shutdown(sd.cancelled_owned())
+                .await
+            {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+            "http"
+        });
+
+        // A component that stops before shutdown makes the sidecar unready and, for the
+        // servers, stops the process: never silently gone.
+        while let Some(done) = tasks.join_next().await {
+            let name = match done {
+                Ok(name) => name,
+                Err(e) => {
+                    tracing::error!(error = %e, "task panicked");
+                    "task"
+                }
+            };
+            if !shutdown.is_cancelled() {
+                tracing::error!(component = name, "component stopped unexpectedly");
+                self.readiness.set_unready(name, "component stopped");
+                if matches!(name, "grpc" | "http" | "task") {
+                    shutdown.cancel();
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+struct Housekeeping {
+    revoked: Arc<RevokedSet>,
+    freshness: Arc<Freshness>,
+    readiness: Readiness,
+    metrics: Metrics,
+    health: tonic_health::server::HealthReporter,
+}
+
+impl Housekeeping {
+    async fn run(self, max_entries: usize, prune_every: Duration, shutdown: CancellationToken) {
+        const AUTHZ: &str = "envoy.service.auth.v3.Authorization";
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut last_prune = tokio::time::Instant::now();
+        let mut was_ready = None;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    self.health.set_service_status(AUTHZ, tonic_health::ServingStatus::NotServing).await;
+                    return;
+                }
+                _ = tick.tick() => {}
+            }
+            let now = crate::now_ms();
+            if last_prune.elapsed() >= prune_every {
+                last_prune = tokio::time::Instant::now();
+                let removed = self.revoked.prune(now);
+                if removed > 0 {
+                    tracing::debug!(removed, "expired revocations pruned");
+                }
+            }
+            let st = self.revoked.stats();
+            self.metrics
+                .revocations_held
+                .with_label_values(&["session"])
+                .set(st.sessions as i64);
+            self.metrics
+                .revocations_held
+                .with_label_values(&["token"])
+                .set(st.tokens as i64);
+            self.metrics
+                .revocations_held
+                .with_label_values(&["subject"])
+                .set(st.subjects as i64);
+            self.metrics
+                .revocations_table_bytes
+                .set(st.table_bytes as i64);
+            let over = st.total() > max_entries;
+            self.metrics.over_capacity.set(i64::from(over));
+            if over {
+                tracing::error!(held = st.total(), max_entries, "revocations over capacity; none are dropped, raise revocation.max_entries or memory");
+                self.readiness.set_unready("revocations", "over capacity");
+            } else {
+                self.readiness.set_ready("revocations");
+            }
+            for (origin, stale) in self.freshness.staleness(now) {
+                let secs = stale.map_or(f64::INFINITY, |ms| ms as f64 / 1000.0);
+                self.metrics
+                    .staleness
+                    .with_label_values(&[origin.as_str()])
+                    .set(secs);
+            }
+            let ready = self.readiness.is_ready();
+            if was_ready != Some(ready) {
+                was_ready = Some(ready);
+                let status = if ready {
+                    tonic_health::ServingStatus::Serving
+                } else {
+                    tonic_health::ServingStatus::NotServing
+                };
+                self.health.set_service_status(AUTHZ, status).await;
+                self.health.set_service_status("", status).await;
+            }
+        }
+    }
+}

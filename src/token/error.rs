@@ -1,0 +1,62 @@
+/// Why a token was refused. Variants are stable: [`TokenError::reason`] is what clients see in
+/// the JSON body and what metrics use as the `reason` label.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("token is larger than allowed")]
+    TooLarge,
+    #[error("token is not a compact JWS")]
+    Malformed(&'static str),
+    #[error("signing algorithm is not accepted")]
+    UnsupportedAlg,
+    #[error("critical header parameter not understood")]
+    UnsupportedCrit,
+    #[error("issuer is not accepted")]
+    WrongIssuer,
+    #[error("signing key is not known")]
+    UnknownKid,
+    #[error("signature is invalid")]
+    BadSignature,
+    #[error("token has expired")]
+    Expired,
+    #[error("token is not yet valid")]
+    NotYetValid,
+    #[error("audience is not accepted")]
+    WrongAudience,
+    #[error("required claim is missing")]
+    MissingClaim(&'static str),
+    #[error("token lifetime exceeds the issuer's maximum")]
+    LifetimeTooLong,
+    /// The issuer's keys have never been loaded: Veto cannot decide (not the client's fault).
+    #[error("signing keys are not available")]
+    KeysUnavailable,
+}
+
+impl TokenError {
+    /// Stable, low-cardinality reason code.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            TokenError::TooLarge => "token_too_large",
+            TokenError::Malformed(_) => "malformed",
+            TokenError::UnsupportedAlg => "unsupported_alg",
+            TokenError::UnsupportedCrit => "unsupported_crit",
+            TokenError::WrongIssuer => "wrong_issuer",
+            TokenError::UnknownKid => "unknown_kid",
+            TokenError::BadSignature => "bad_signature",
+            TokenError::Expired => "expired",
+            TokenError::NotYetValid => "not_yet_valid",
+            TokenError::WrongAudience => "wrong_audience",
+            TokenError::MissingClaim(_) => "missing_claim",
+            TokenError::LifetimeTooLong => "lifetime_too_long",
+            TokenError::KeysUnavailable => "keys_unavailable",
+        }
+    }
+
+    /// A short description safe to show a client (never echoes token content).
+    pub fn description(&self) -> String {
+        match self {
+            TokenError::Malformed(what) => format!("malformed token: {what}"),
+            TokenError::MissingClaim(c) => format!("required claim missing: {c}"),
+            other => other.to_string(),
+        }
+    }
+}

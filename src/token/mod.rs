@@ -1,0 +1,20 @@
+//! Pure token logic: compact JWS parsing, JWK key handling, signature and claim validation.
+//!
+//! Nothing here does I/O; keys arrive through [`KeyStore::replace`] from whoever fetched them
+//! (see `crate::jwks`). The verifier is `aws-lc-rs` with keys parsed once when a JWKS is loaded,
+//! so the request path pays for exactly one signature check and nothing else.
+
+mod alg;
+mod claims;
+mod error;
+mod jwk;
+mod jws;
+pub mod sign;
+mod validator;
+
+pub use alg::Alg;
+pub use claims::Claims;
+pub use error::TokenError;
+pub use jwk::{Jwk, JwkError, KeySet, KeyStore};
+pub use jws::{b64, Header};
+pub use validator::{IssuerPolicy, Validator, VerifiedToken};
