@@ -1,0 +1,436 @@
+//! Test helpers that run the real things on free loopback ports: nats-server, Envoy, the
+//! `veto` binary, a tiny upstream. Every process is killed (and its store removed) on drop.
+#![allow(dead_code)]
+
+use serde_json::{json, Value};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use veto::token::sign::{jwks, SigningKey};
+use veto::token::Alg;
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+pub fn wait_port(port: u16, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+fn tool(var: &str, fallback: &str) -> PathBuf {
+    if let Ok(p) = std::env::var(var) {
+        if !p.is_empty() {
+            return PathBuf::from(p);
+        }
+    }
+    for dir in ["/usr/sbin", "/usr/bin", "/usr/local/bin"] {
+        let p = Path::new(dir).join(fallback);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!(
+        "{fallback} not found: set {var} (`source scripts/env.sh` after scripts/install-deps.sh)"
+    );
+}
+
+/// A real nats-server with JetStream, on a free port, with its own store directory.
+pub struct NatsServer {
+    pub port: u16,
+    child: Option<Child>,
+    store: tempfile::TempDir,
+    log: PathBuf,
+    extra: String,
+}
+
+impl NatsServer {
+    pub fn start() -> NatsServer {
+        Self::start_with("")
+    }
+
+    /// `extra` is appended to the generated config file.
+    pub fn start_with(extra: &str) -> NatsServer {
+        let store = tempfile::tempdir().expect("tempdir");
+        let log = store.path().join("nats.log");
+        let mut s = NatsServer {
+            port: free_port(),
+            child: None,
+            store,
+            log,
+            extra: extra.to_string(),
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let conf = self.store.path().join("nats.conf");
+        let text = format!(
+            "listen: 127.0.0.1:{}\nserver_name: test_{}\njetstream {{ store_dir: \"{}\" }}\n{}\n",
+            self.port,
+            self.port,
+            self.store.path().join("js").display(),
+            self.extra
+        );
+        std::fs::write(&conf, text).expect("write nats.conf");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log");
+        let child = Command::new(tool("VETO_NATS_SERVER_BIN", "nats-server"))
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start nats-server");
+        self.child = Some(child);
+        assert!(
+            wait_port(self.port, Duration::from_secs(10)),
+            "nats-server did not listen"
+        );
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Kill and start again on the same port with the same store.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Signing keys of one test issuer, its JWKS file, and a token minter.
+pub struct Issuer {
+    pub iss: String,
+    pub key: SigningKey,
+    pub dir: tempfile::TempDir,
+}
+
+pub const ISS: &str = "https://auth.test";
+
+impl Issuer {
+    pub fn new(alg: Alg) -> Issuer {
+        let key = SigningKey::generate(alg, "k1").expect("key");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let me = Issuer {
+            iss: ISS.into(),
+            key,
+            dir,
+        };
+        std::fs::write(me.jwks_path(), jwks(&[&me.key]).to_string()).expect("jwks");
+        me
+    }
+
+    pub fn jwks_path(&self) -> PathBuf {
+        self.dir.path().join("jwks.json")
+    }
+
+    pub fn claims(&self, sub: &str, sid: &str) -> Value {
+        let now = veto::now_ms() / 1000;
+        json!({"iss": self.iss, "aud": "api", "sub": sub, "sid": sid, "jti": format!("j-{sid}"),
+               "iat": now, "exp": now + 600})
+    }
+
+    pub fn mint(&self, sub: &str, sid: &str) -> String {
+        self.key.sign(&self.claims(sub, sid)).expect("sign")
+    }
+}
+
+/// A running `veto sidecar` process.
+pub struct Sidecar {
+    pub grpc: u16,
+    pub http: u16,
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    config: String,
+}
+
+pub fn sidecar_config(issuer: &Issuer, nats: Option<&str>, extra: &str) -> String {
+    let nats = nats
+        .map(|u| format!("[nats]\nurl = \"{u}\"\nregion = \"us\"\n"))
+        .unwrap_or_default();
+    format!(
+        r#"
+[log]
+level = "info"
+[[issuers]]
+issuer = "{iss}"
+audiences = ["api"]
+algorithms = ["ES256", "RS256", "EdDSA"]
+jwks_file = "{jwks}"
+leeway = "5s"
+{nats}
+{extra}
+"#,
+        iss = issuer.iss,
+        jwks = issuer.jwks_path().display(),
+    )
+}
+
+impl Sidecar {
+    /// Starts the binary with `config` (TOML, without [grpc]/[http]: ports are chosen here).
+    pub fn start(config: &str) -> Sidecar {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = Sidecar {
+            grpc: free_port(),
+            http: free_port(),
+            child: None,
+            dir,
+            config: config.into(),
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let path = self.dir.path().join("veto.toml");
+        let text = format!(
+            "[grpc]\nlisten = \"127.0.0.1:{}\"\n[http]\nlisten = \"127.0.0.1:{}\"\n{}",
+            self.grpc, self.http, self.config
+        );
+        std::fs::write(&path, text).expect("write config");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("veto.log"))
+            .expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_veto"))
+            .args(["sidecar", "--config"])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start veto");
+        self.child = Some(child);
+        assert!(
+            wait_port(self.http, Duration::from_secs(10)),
+            "veto did not listen:\n{}",
+            self.log()
+        );
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("veto.log")).unwrap_or_default()
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http)
+    }
+
+    pub async fn ready(&self) -> bool {
+        reqwest::get(format!("{}/readyz", self.base()))
+            .await
+            .map(|r| r.status().is_success())
+            .unwrap_or(false)
+    }
+
+    pub async fn wait_ready(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.ready().await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("sidecar not ready after {timeout:?}:\n{}", self.log());
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.base()))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    }
+
+    /// `GET /check` with an optional Authorization header value.
+    pub async fn check(&self, auth: Option<&str>) -> reqwest::Response {
+        let mut r = reqwest::Client::new().get(format!("{}/check", self.base()));
+        if let Some(a) = auth {
+            r = r.header("authorization", a);
+        }
+        r.send().await.expect("check")
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Real Envoy in front of a sidecar and an upstream.
+pub struct Envoy {
+    pub port: u16,
+    pub admin: u16,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl Envoy {
+    pub fn start(authz_port: u16, upstream_port: u16) -> Envoy {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (port, admin) = (free_port(), free_port());
+        let tmpl = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/envoy/envoy-sidecar.yaml.tmpl"),
+        )
+        .expect("template");
+        let cfg = tmpl
+            .replace("${LISTEN_PORT}", &port.to_string())
+            .replace("${ADMIN_PORT}", &admin.to_string())
+            .replace("${AUTHZ_PORT}", &authz_port.to_string())
+            .replace("${UPSTREAM_PORT}", &upstream_port.to_string());
+        let path = dir.path().join("envoy.yaml");
+        std::fs::write(&path, cfg).expect("write envoy.yaml");
+        let log = std::fs::File::create(dir.path().join("envoy.log")).expect("log");
+        let child = Command::new(tool("VETO_ENVOY_BIN", "envoy"))
+            .arg("-c")
+            .arg(&path)
+            .args([
+                "--use-dynamic-base-id",
+                "-l",
+                "warning",
+                "--concurrency",
+                "1",
+            ])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start envoy");
+        let e = Envoy {
+            port,
+            admin,
+            child: Some(child),
+            dir,
+        };
+        assert!(
+            wait_port(e.port, Duration::from_secs(20)),
+            "envoy did not listen:\n{}",
+            e.log()
+        );
+        e
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A tiny upstream that echoes the request headers it received as JSON.
+pub async fn upstream() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    use axum::http::HeaderMap;
+    let app = axum::Router::new().fallback(|headers: HeaderMap| async move {
+        let map: serde_json::Map<String, Value> = headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    Value::String(v.to_str().unwrap_or("").to_string()),
+                )
+            })
+            .collect();
+        (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            Value::Object(map).to_string(),
+        )
+    });
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let h = tokio::spawn(async move {
+        let _ = axum::serve(l, app).await;
+    });
+    (addr, h)
+}
+
+/// Runs `veto` with `args`, returning (exit code, stdout, stderr).
+pub fn veto(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_veto"))
+        .args(args)
+        .output()
+        .expect("run veto");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Polls `f` until it returns true or `timeout` passes; returns the time it took.
+pub async fn eventually<F, Fut>(timeout: Duration, mut f: F) -> Option<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f().await {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    None
+}
+
+/// A metric sample value from a text exposition (first line starting with `prefix`).
+pub fn metric(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
