@@ -49,7 +49,8 @@ pub struct Refetcher {
     client: reqwest::Client,
     refresh: Duration,
     min_refetch: Duration,
-    /// Serialises fetches (single flight) and remembers when the last one started.
+    /// Serialises fetches (single flight) and remembers when the last unknown-`kid` refetch
+    /// started (the rate limit applies to those; scheduled refreshes do not use it up).
     gate: tokio::sync::Mutex<Option<Instant>>,
     /// Bumped on every successful load, so waiters can tell a fetch finished.
     generation: AtomicU64,
@@ -202,8 +203,7 @@ impl Refetcher {
         let mut failures: u32 = 0;
         loop {
             let outcome = {
-                let mut last = self.gate.lock().await;
-                *last = Some(Instant::now());
+                let _single_flight = self.gate.lock().await;
                 self.load().await
             };
             let delay = match outcome {

@@ -1,0 +1,447 @@
+//! Hostile and malformed input against a running sidecar, over HTTP forward-auth and over the
+//! ext_authz gRPC API (with the generated Envoy client, i.e. an independent client).
+
+mod support;
+
+use base64::Engine;
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+use serde_json::json;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use support::*;
+use veto::token::sign::{jwks, SigningKey};
+use veto::token::{b64, Alg};
+
+fn enc(s: &str) -> String {
+    b64().encode(s)
+}
+
+async fn reason(r: reqwest::Response) -> (u16, String) {
+    let status = r.status().as_u16();
+    let body: serde_json::Value = r.json().await.unwrap_or_default();
+    (status, body["reason"].as_str().unwrap_or("").to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_forged_tokens_get_clean_401s() {
+    let issuer = Issuer::new(Alg::RS256);
+    let sidecar = Sidecar::start(&sidecar_config(&issuer, None, ""));
+    sidecar.wait_ready(Duration::from_secs(10)).await;
+    let good = issuer.mint("u", "s");
+    let parts: Vec<&str> = good.split('.').collect();
+    let claims = issuer.claims("u", "s");
+    let pubjwk = issuer.key.public_jwk();
+    let hs_confusion = SigningKey::from_pkcs8(Alg::HS256, "k1", pubjwk.to_string().as_bytes())
+        .unwrap()
+        .sign(&claims)
+        .unwrap();
+    let none = format!("{}.{}.", enc(r#"{"alg":"none","kid":"k1"}"#), parts[1]);
+    let none_sig = format!(
+        "{}.{}.{}",
+        enc(r#"{"alg":"none","kid":"k1"}"#),
+        parts[1],
+        parts[2]
+    );
+    let attacker = SigningKey::generate(Alg::RS256, "k1").unwrap();
+    let embedded_jwk = attacker
+        .sign_with_header(
+            &json!({"alg":"RS256","kid":"k1","jwk":attacker.public_jwk()}),
+            &claims,
+        )
+        .unwrap();
+    let jku = attacker
+        .sign_with_header(&json!({"alg":"RS256","kid":"k1","jku":"http://127.0.0.1:1/x","x5u":"http://127.0.0.1:1/y"}), &claims)
+        .unwrap();
+    let crit = issuer
+        .key
+        .sign_with_header(&json!({"alg":"RS256","kid":"k1","crit":["exp"]}), &claims)
+        .unwrap();
+    let mut c = claims.clone();
+    c["iss"] = json!("https://evil.test");
+    let wrong_iss = issuer.key.sign(&c).unwrap();
+    let mut c = claims.clone();
+    c["aud"] = json!(["other"]);
+    let wrong_aud = issuer.key.sign(&c).unwrap();
+    let mut c = claims.clone();
+    c["nbf"] = json!(c["iat"].as_i64().unwrap() + 300);
+    let nbf = issuer.key.sign(&c).unwrap();
+    let mut c = claims.clone();
+    c.as_object_mut().unwrap().remove("exp");
+    let no_exp = issuer.key.sign(&c).unwrap();
+    let mut c = claims.clone();
+    c.as_object_mut().unwrap().remove("sid");
+    let no_sid = issuer.key.sign(&c).unwrap();
+    let mut c = claims.clone();
+    c["pad"] = json!("x".repeat(9000));
+    let huge = issuer.key.sign(&c).unwrap();
+    let nested = format!(
+        "{}.{}.{}",
+        parts[0],
+        enc(&format!(
+            "{{\"iss\":\"{ISS}\",\"x\":{}{}}}",
+            "[".repeat(1500),
+            "]".repeat(1500)
+        )),
+        parts[2]
+    );
+    let junk_kids: Vec<String> = [
+        "../../../etc/passwd",
+        "' OR '1'='1",
+        "k1\u{0}",
+        "%00",
+        &"k".repeat(300),
+    ]
+    .iter()
+    .map(|kid| {
+        issuer
+            .key
+            .sign_with_header(&json!({"alg":"RS256","kid":kid}), &claims)
+            .unwrap()
+    })
+    .collect();
+
+    let cases: Vec<(Option<String>, u16, &str)> = vec![
+        (None, 401, "missing_token"),
+        (Some("Basic dXNlcjpwYXNz".into()), 401, "missing_token"),
+        (Some("Bearer".into()), 401, "malformed"),
+        (Some("Bearer ".into()), 401, "malformed"),
+        (Some("Bearer garbage".into()), 401, "malformed"),
+        (
+            Some(format!("Bearer {}.{}", parts[0], parts[1])),
+            401,
+            "malformed",
+        ),
+        (Some(format!("Bearer {good}.extra")), 401, "malformed"),
+        (
+            Some(format!("Bearer {}.{}.{}", parts[0], "***", parts[2])),
+            401,
+            "malformed",
+        ),
+        (
+            Some(format!(
+                "Bearer {}.{}.{}",
+                enc("not json"),
+                parts[1],
+                parts[2]
+            )),
+            401,
+            "malformed",
+        ),
+        (
+            Some(format!("Bearer {}.{}.{}", parts[0], enc("[1]"), parts[2])),
+            401,
+            "malformed",
+        ),
+        (Some(format!("Bearer {none}")), 401, "malformed"),
+        (Some(format!("Bearer {none_sig}")), 401, "unsupported_alg"),
+        (
+            Some(format!("Bearer {hs_confusion}")),
+            401,
+            "unsupported_alg",
+        ),
+        (Some(format!("Bearer {embedded_jwk}")), 401, "bad_signature"),
+        (Some(format!("Bearer {jku}")), 401, "bad_signature"),
+        (Some(format!("Bearer {crit}")), 401, "unsupported_crit"),
+        (Some(format!("Bearer {wrong_iss}")), 401, "wrong_issuer"),
+        (Some(format!("Bearer {wrong_aud}")), 401, "wrong_audience"),
+        (Some(format!("Bearer {nbf}")), 401, "not_yet_valid"),
+        (Some(format!("Bearer {no_exp}")), 401, "missing_claim"),
+        (Some(format!("Bearer {no_sid}")), 401, "missing_claim"),
+        (Some(format!("Bearer {huge}")), 401, "token_too_large"),
+        (Some(format!("Bearer {nested}")), 401, "malformed"),
+        (Some(format!("bearer {good}")), 200, ""),
+    ];
+    for (auth, status, want) in &cases {
+        let (s, r) = reason(sidecar.check(auth.as_deref()).await).await;
+        assert_eq!(
+            (s, r.as_str()),
+            (*status, *want),
+            "case {:?}",
+            auth.as_deref().map(|a| &a[..a.len().min(60)])
+        );
+    }
+    for t in &junk_kids {
+        let (s, r) = reason(sidecar.check(Some(&format!("Bearer {t}"))).await).await;
+        assert_eq!(s, 401);
+        assert!(r == "unknown_kid" || r == "malformed", "{r}");
+    }
+    // Two Authorization headers are refused, not guessed between.
+    let r = reqwest::Client::new()
+        .get(format!("{}/check", sidecar.base()))
+        .header("authorization", format!("Bearer {good}"))
+        .header("authorization", "Bearer other")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // Nothing the client sent ends up in the log.
+    let log = sidecar.log();
+    assert!(
+        !log.contains(&good[..40]) && !log.contains(parts[2]),
+        "token material in the log"
+    );
+    // And every check was counted by reason.
+    let m = sidecar.metrics().await;
+    assert!(
+        metric(
+            &m,
+            "veto_checks_total{reason=\"malformed\",result=\"deny\",transport=\"http\"}"
+        )
+        .unwrap()
+            >= 5.0
+    );
+}
+
+fn check_request(auth: Option<&str>) -> CheckRequest {
+    let mut headers = std::collections::HashMap::new();
+    if let Some(a) = auth {
+        headers.insert("authorization".to_string(), a.to_string());
+    }
+    headers.insert("x-user-id".to_string(), "forged".to_string());
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    method: "GET".into(),
+                    path: "/x".into(),
+                    headers,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_answers_follow_the_ext_authz_contract() {
+    let issuer = Issuer::new(Alg::EdDSA);
+    let sidecar = Sidecar::start(&sidecar_config(
+        &issuer,
+        None,
+        "[authz]\nremove_authorization = true\n[authz.headers]\nx-user-id = \"sub\"\nx-user-email = \"email\"\n",
+    ));
+    sidecar.wait_ready(Duration::from_secs(10)).await;
+    let mut client = AuthorizationClient::connect(format!("http://127.0.0.1:{}", sidecar.grpc))
+        .await
+        .unwrap();
+
+    let token = issuer.mint("bob", "s1");
+    let resp = client
+        .check(check_request(Some(&format!("Bearer {token}"))))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.status.as_ref().unwrap().code, 0);
+    let Some(HttpResponse::OkResponse(ok)) = resp.http_response else {
+        panic!("no ok_response")
+    };
+    let set: Vec<(String, String, i32)> = ok
+        .headers
+        .iter()
+        .map(|h| {
+            let hv = h.header.as_ref().unwrap();
+            (hv.key.clone(), hv.value.clone(), h.append_action)
+        })
+        .collect();
+    // overwrite, not append (OVERWRITE_IF_EXISTS_OR_ADD = 2)
+    assert_eq!(set, vec![("x-user-id".to_string(), "bob".to_string(), 2)]);
+    // the token has no email: a client-sent x-user-email is removed; authorization is removed
+    assert!(ok.headers_to_remove.contains(&"x-user-email".to_string()));
+    assert!(ok.headers_to_remove.contains(&"authorization".to_string()));
+    let md = resp.dynamic_metadata.unwrap();
+    assert!(
+        md.fields.contains_key("veto"),
+        "claims under the veto namespace"
+    );
+
+    // deny is a successful RPC with UNAUTHENTICATED (16) and a denied_response
+    let resp = client
+        .check(check_request(Some("Bearer x.y.z")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.status.as_ref().unwrap().code, 16);
+    let Some(HttpResponse::DeniedResponse(d)) = resp.http_response else {
+        panic!("no denied_response")
+    };
+    assert_eq!(d.status.unwrap().code, 401);
+    let names: Vec<&str> = d
+        .headers
+        .iter()
+        .map(|h| h.header.as_ref().unwrap().key.as_str())
+        .collect();
+    assert!(names.contains(&"www-authenticate"));
+    assert!(d.body.contains("\"reason\":\"malformed\""));
+    // no attributes at all: still a clean deny
+    let resp = client
+        .check(CheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.status.unwrap().code, 16);
+}
+
+/// A JWKS endpoint that counts requests and can be switched off or rotated.
+struct JwksServer {
+    port: u16,
+    hits: Arc<AtomicUsize>,
+    doc: Arc<parking_lot::Mutex<Option<String>>>,
+}
+
+async fn jwks_server(doc: String) -> JwksServer {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let doc = Arc::new(parking_lot::Mutex::new(Some(doc)));
+    let (h, d) = (hits.clone(), doc.clone());
+    let app = axum::Router::new().route(
+        "/jwks.json",
+        axum::routing::get(move || {
+            let (h, d) = (h.clone(), d.clone());
+            async move {
+                h.fetch_add(1, Ordering::SeqCst);
+                match d.lock().clone() {
+                    Some(doc) => (
+                        axum::http::StatusCode::OK,
+                        [("cache-control", "max-age=300")],
+                        doc,
+                    ),
+                    None => (
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        [("cache-control", "no-store")],
+                        String::new(),
+                    ),
+                }
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let _ = axum::serve(l, app).await;
+    });
+    JwksServer { port, hits, doc }
+}
+
+fn url_config(port: u16, extra: &str) -> String {
+    format!(
+        r#"
+[[issuers]]
+issuer = "{ISS}"
+audiences = ["api"]
+algorithms = ["ES256"]
+jwks_url = "http://127.0.0.1:{port}/jwks.json"
+jwks_min_refetch_interval = "5s"
+{extra}
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwks_refetch_on_rotation_is_single_and_rate_limited() {
+    let k1 = SigningKey::generate(Alg::ES256, "k1").unwrap();
+    let k2 = SigningKey::generate(Alg::ES256, "k2").unwrap();
+    let server = jwks_server(jwks(&[&k1]).to_string()).await;
+    let sidecar = Sidecar::start(&url_config(server.port, ""));
+    sidecar.wait_ready(Duration::from_secs(10)).await;
+    let issuer = Issuer::new(Alg::ES256);
+    let claims = issuer.claims("u", "s");
+    assert_eq!(
+        sidecar
+            .check(Some(&format!("Bearer {}", k1.sign(&claims).unwrap())))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(server.hits.load(Ordering::SeqCst), 1);
+
+    // rotation: k2 appears at the endpoint; the first k2 token triggers one refetch and passes
+    *server.doc.lock() = Some(jwks(&[&k1, &k2]).to_string());
+    assert_eq!(
+        sidecar
+            .check(Some(&format!("Bearer {}", k2.sign(&claims).unwrap())))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(server.hits.load(Ordering::SeqCst), 2);
+
+    // a flood of unknown kids, concurrently: 401s, and no further fetch inside the interval
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let k = SigningKey::from_pkcs8(Alg::ES256, &format!("junk-{i}"), k1.pkcs8_der()).unwrap();
+        let t = k.sign(&claims).unwrap();
+        let base = sidecar.base();
+        tasks.push(tokio::spawn(async move {
+            reqwest::Client::new()
+                .get(format!("{base}/check"))
+                .header("authorization", format!("Bearer {t}"))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 401);
+    }
+    assert_eq!(
+        server.hits.load(Ordering::SeqCst),
+        2,
+        "unknown kids must not flood the JWKS endpoint"
+    );
+
+    // endpoint down mid-run: last good keys keep working
+    *server.doc.lock() = None;
+    assert_eq!(
+        sidecar
+            .check(Some(&format!(
+                "Bearer {}",
+                k1.sign(&issuer.claims("u", "s2")).unwrap()
+            )))
+            .await
+            .status(),
+        200
+    );
+    assert!(sidecar.ready().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwks_down_at_start_is_unready_then_recovers() {
+    let k1 = SigningKey::generate(Alg::ES256, "k1").unwrap();
+    let server = jwks_server(String::new()).await;
+    *server.doc.lock() = None;
+    let sidecar = Sidecar::start(&url_config(server.port, ""));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r = reqwest::get(format!("{}/readyz", sidecar.base()))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        body["waiting_for"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .any(|k| k.starts_with("jwks:")),
+        "{body}"
+    );
+    // a check now cannot be decided: an error, not a client-blaming 401
+    let issuer = Issuer::new(Alg::ES256);
+    let t = k1.sign(&issuer.claims("u", "s")).unwrap();
+    assert_eq!(
+        sidecar.check(Some(&format!("Bearer {t}"))).await.status(),
+        503
+    );
+    // the endpoint comes back: ready, and the token passes
+    *server.doc.lock() = Some(jwks(&[&k1]).to_string());
+    sidecar.wait_ready(Duration::from_secs(10)).await;
+    assert_eq!(
+        sidecar.check(Some(&format!("Bearer {t}"))).await.status(),
+        200
+    );
+}
