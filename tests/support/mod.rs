@@ -61,10 +61,18 @@ impl NatsServer {
 
     /// `extra` is appended to the generated config file.
     pub fn start_with(extra: &str) -> NatsServer {
+        Self::start_full(free_port(), extra)
+    }
+
+    pub fn start_on(port: u16) -> NatsServer {
+        Self::start_full(port, "")
+    }
+
+    fn start_full(port: u16, extra: &str) -> NatsServer {
         let store = tempfile::tempdir().expect("tempdir");
         let log = store.path().join("nats.log");
         let mut s = NatsServer {
-            port: free_port(),
+            port,
             child: None,
             store,
             log,

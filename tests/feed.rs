@@ -1,0 +1,294 @@
+//! The revocation feed against real nats-server processes: replay, restarts, poison events,
+//! duplicates, staleness policy.
+
+mod support;
+
+use prost::Message;
+use std::time::Duration;
+use support::*;
+use veto::revocation::{event_subject, Kind, RevocationEvent};
+use veto::token::Alg;
+
+async fn denied(s: &Sidecar, token: &str) -> bool {
+    s.check(Some(&format!("Bearer {token}"))).await.status() == 401
+}
+
+fn revoke(nats: &NatsServer, what: &str, id: &str) {
+    let (code, out, err) = veto(&["revoke", what, id, "--nats", &nats.url(), "--region", "us"]);
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocations_survive_nats_and_sidecar_restarts() {
+    let mut nats = NatsServer::start();
+    let issuer = Issuer::new(Alg::ES256);
+    let mut sidecar = Sidecar::start(&sidecar_config(&issuer, Some(&nats.url()), ""));
+    sidecar.wait_ready(Duration::from_secs(10)).await;
+    let t1 = issuer.mint("u1", "s1");
+    let t2 = issuer.mint("u2", "s2");
+    let t3 = issuer.mint("u3", "s3");
+    let alive = issuer.mint("u4", "s4");
+    for t in [&t1, &t2, &t3, &alive] {
+        assert!(!denied(&sidecar, t).await);
+    }
+
+    revoke(&nats, "--session", "s1");
+    assert!(eventually(Duration::from_secs(2), || denied(&sidecar, &t1))
+        .await
+        .is_some());
+
+    // the JetStream server dies and comes back with its store
+    nats.restart();
+    revoke(&nats, "--token", "j-s2");
+    assert!(
+        eventually(Duration::from_secs(5), || denied(&sidecar, &t2))
+            .await
+            .is_some(),
+        "feed did not resume after a nats-server restart:\n{}",
+        sidecar.log()
+    );
+    revoke(&nats, "--subject", "u3");
+    assert!(eventually(Duration::from_secs(2), || denied(&sidecar, &t3))
+        .await
+        .is_some());
+
+    // the sidecar restarts: it replays everything before it is ready
+    sidecar.restart();
+    sidecar.wait_ready(Duration::from_secs(10)).await;
+    for t in [&t1, &t2, &t3] {
+        assert!(denied(&sidecar, t).await, "revocation lost across restart");
+    }
+    assert!(!denied(&sidecar, &alive).await);
+    // a token issued for u3 after the subject revocation is valid
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(!denied(&sidecar, &issuer.mint("u3", "s3b")).await);
+    let m = sidecar.metrics().await;
+    assert_eq!(
+        metric(&m, "veto_revocation_events_total{result=\"applied\"}"),
+        Some(3.0),
+        "{m}"
+    );
+    for kind in ["session", "token", "subject"] {
+        let held = metric(&m, &format!("veto_revocations_held{{kind=\"{kind}\"}}"));
+        assert_eq!(held, Some(1.0), "{kind}");
+    }
+}
+
+async fn publish_raw(
+    js: &async_nats::jetstream::Context,
+    subject: String,
+    msg_id: &str,
+    payload: Vec<u8>,
+) {
+    let mut h = async_nats::HeaderMap::new();
+    h.insert("Nats-Msg-Id", msg_id);
+    js.publish_with_headers(subject, h, payload.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
+fn event(id: &str, event_id: &str, revoked_at: i64, expires_at: i64) -> RevocationEvent {
+    RevocationEvent {
+        event_id: event_id.into(),
+        kind: Kind::Session as i32,
+        id: id.into(),
+        issuer: String::new(),
+        revoked_at,
+        expires_at,
+        origin_region: "us".into(),
+        reason: "test".into(),
+        urgent: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_and_duplicate_events_are_counted_and_skipped() {
+    let nats = NatsServer::start();
+    let issuer = Issuer::new(Alg::ES256);
+    let sidecar = Sidecar::start(&sidecar_config(&issuer, Some(&nats.url()), ""));
+    sidecar.wait_ready(Duration::from_secs(10)).await;
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let now = veto::now_ms();
+
+    publish_raw(
+        &js,
+        "veto.revocations.us.ev.p1".into(),
+        "p1",
+        b"\xff\x00garbage".to_vec(),
+    )
+    .await;
+    publish_raw(&js, "veto.revocations.us.ev.p2".into(), "p2", Vec::new()).await;
+    let mut no_kind = event("s-x", "p3", now, now + 60_000);
+    no_kind.kind = 0;
+    publish_raw(
+        &js,
+        event_subject("us", "p3"),
+        "p3",
+        no_kind.encode_to_vec(),
+    )
+    .await;
+    let wrong_subject = event("s-y", "p4", now, now + 60_000);
+    publish_raw(
+        &js,
+        event_subject("us", "other"),
+        "p4",
+        wrong_subject.encode_to_vec(),
+    )
+    .await;
+    let mut wrong_origin = event("s-z", "p5", now, now + 60_000);
+    wrong_origin.origin_region = "eu".into();
+    publish_raw(
+        &js,
+        event_subject("us", "p5"),
+        "p5",
+        wrong_origin.encode_to_vec(),
+    )
+    .await;
+    publish_raw(
+        &js,
+        "veto.revocations.us.hb".into(),
+        "p6",
+        b"\x01\x02".to_vec(),
+    )
+    .await;
+    let expired = event("s-old", "e1", now - 120_000, now - 60_000);
+    publish_raw(
+        &js,
+        event_subject("us", "e1"),
+        "e1",
+        expired.encode_to_vec(),
+    )
+    .await;
+    // the same revocation under two event ids: applied once, counted once as a duplicate
+    let a = event("s-dup", "d1", now, now + 60_000);
+    let b = event("s-dup", "d2", now, now + 60_000);
+    publish_raw(&js, event_subject("us", "d1"), "d1", a.encode_to_vec()).await;
+    publish_raw(&js, event_subject("us", "d2"), "d2", b.encode_to_vec()).await;
+    // the same event id twice: JetStream drops the second (Nats-Msg-Id)
+    publish_raw(&js, event_subject("us", "d1"), "d1", a.encode_to_vec()).await;
+
+    let token = issuer.mint("u", "s-dup");
+    assert!(
+        eventually(Duration::from_secs(2), || denied(&sidecar, &token))
+            .await
+            .is_some()
+    );
+    // the feed is alive after the poison: a later good event still applies
+    revoke(&nats, "--session", "s-after");
+    let later = issuer.mint("u", "s-after");
+    assert!(
+        eventually(Duration::from_secs(2), || denied(&sidecar, &later))
+            .await
+            .is_some()
+    );
+    let m = sidecar.metrics().await;
+    assert_eq!(
+        metric(&m, "veto_revocation_events_total{result=\"invalid\"}"),
+        Some(6.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "veto_revocation_events_total{result=\"expired\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&m, "veto_revocation_events_total{result=\"duplicate\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&m, "veto_revocation_events_total{result=\"applied\"}"),
+        Some(2.0)
+    );
+    assert!(sidecar.ready().await);
+    // poison never shows up as token text or payload in the log, and nothing panicked
+    assert!(!sidecar.log().contains("panicked"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_feed_applies_the_configured_policy() {
+    let mut nats = NatsServer::start();
+    let issuer = Issuer::new(Alg::ES256);
+    let deny = Sidecar::start(&sidecar_config(
+        &issuer,
+        Some(&nats.url()),
+        "[revocation]\nmax_staleness = \"1500ms\"\non_stale = \"deny\"\n",
+    ));
+    let allow = Sidecar::start(&sidecar_config(
+        &issuer,
+        Some(&nats.url()),
+        "[revocation]\nmax_staleness = \"1500ms\"\non_stale = \"allow\"\n",
+    ));
+    deny.wait_ready(Duration::from_secs(10)).await;
+    allow.wait_ready(Duration::from_secs(10)).await;
+    let t = format!("Bearer {}", issuer.mint("u", "s"));
+    assert_eq!(deny.check(Some(&t)).await.status(), 200);
+
+    nats.kill();
+    let went_stale = eventually(Duration::from_secs(6), || async {
+        deny.check(Some(&t)).await.status() == 503
+    })
+    .await;
+    assert!(
+        went_stale.is_some(),
+        "deny policy never applied:\n{}",
+        deny.log()
+    );
+    let r = deny.check(Some(&t)).await;
+    assert_eq!(r.headers()["retry-after"], "1");
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["reason"], "feed_stale");
+    // allow policy: still allowed, but counted and visible
+    assert_eq!(allow.check(Some(&t)).await.status(), 200);
+    let m = allow.metrics().await;
+    assert!(
+        metric(&m, "veto_stale_decisions_total{policy=\"allow\"}").unwrap_or(0.0) >= 1.0,
+        "{m}"
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let m = deny.metrics().await;
+    assert!(
+        metric(&m, "veto_feed_staleness_seconds{origin_region=\"us\"}").unwrap() > 1.5,
+        "{m}"
+    );
+
+    // heal: fresh again
+    nats.restart();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            deny.check(Some(&t)).await.status() == 200
+        })
+        .await
+        .is_some(),
+        "did not recover:\n{}",
+        deny.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unready_until_nats_is_reachable_and_replayed() {
+    let port = free_port();
+    let issuer = Issuer::new(Alg::ES256);
+    let sidecar = Sidecar::start(&sidecar_config(
+        &issuer,
+        Some(&format!("nats://127.0.0.1:{port}")),
+        "",
+    ));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let r = reqwest::get(format!("{}/readyz", sidecar.base()))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(body["waiting_for"]["feed"].is_string(), "{body}");
+    // fail closed meanwhile: the feed was never fresh
+    let t = format!("Bearer {}", issuer.mint("u", "s"));
+    assert_eq!(sidecar.check(Some(&t)).await.status(), 503);
+    // NATS appears on that port later
+    let nats = NatsServer::start_on(port);
+    sidecar.wait_ready(Duration::from_secs(15)).await;
+    assert_eq!(sidecar.check(Some(&t)).await.status(), 200);
+    drop(nats);
+}
