@@ -211,6 +211,33 @@ pub enum KeysCommand {
     },
     /// Print the public JWKS of private keys (PKCS#8 DER files named <kid>.<alg>.der).
     Jwks { files: Vec<PathBuf> },
+    /// Mint an access token with a key file (<kid>.<alg>.der): for demos and tests; the
+    /// authority is what issues tokens in production.
+    Mint {
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        iss: String,
+        #[arg(long, default_value = "api")]
+        aud: String,
+        #[arg(long)]
+        sub: String,
+        #[arg(long)]
+        sid: String,
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
+}
+
+fn load_key(f: &Path) -> Result<SigningKey, Failure> {
+    let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let mut parts = name.rsplitn(3, '.');
+    let (_ext, alg, kid) = (parts.next(), parts.next(), parts.next());
+    let (Some(alg), Some(kid)) = (alg.and_then(Alg::parse), kid) else {
+        return Err(usage(format!("{}: expected a file named <kid>.<alg>.der", f.display())));
+    };
+    let der = std::fs::read(f).map_err(|e| usage(format!("{}: {e}", f.display())))?;
+    SigningKey::from_pkcs8(alg, kid, &der).map_err(|e| usage(format!("{}: {e}", f.display())))
 }
 
 pub fn keys(k: KeysCommand) -> Result<(), Failure> {
@@ -226,25 +253,19 @@ pub fn keys(k: KeysCommand) -> Result<(), Failure> {
             Ok(())
         }
         KeysCommand::Jwks { files } => {
-            let mut keys = Vec::new();
-            for f in &files {
-                let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-                let mut parts = name.rsplitn(3, '.');
-                let (_ext, alg, kid) = (parts.next(), parts.next(), parts.next());
-                let (Some(alg), Some(kid)) = (alg.and_then(Alg::parse), kid) else {
-                    return Err(usage(format!(
-                        "{}: expected a file named <kid>.<alg>.der",
-                        f.display()
-                    )));
-                };
-                let der = std::fs::read(f).map_err(|e| usage(format!("{}: {e}", f.display())))?;
-                keys.push(
-                    SigningKey::from_pkcs8(alg, kid, &der)
-                        .map_err(|e| usage(format!("{}: {e}", f.display())))?,
-                );
-            }
+            let keys = files.iter().map(|f| load_key(f)).collect::<Result<Vec<_>, _>>()?;
             let refs: Vec<&SigningKey> = keys.iter().collect();
             println!("{}", veto::token::sign::jwks(&refs));
+            Ok(())
+        }
+        KeysCommand::Mint { key, iss, aud, sub, sid, ttl } => {
+            let key = load_key(&key)?;
+            let now = veto::now_ms() / 1000;
+            let claims = serde_json::json!({
+                "iss": iss, "aud": aud, "sub": sub, "sid": sid, "jti": random_id(),
+                "iat": now, "exp": now + ttl.as_secs() as i64,
+            });
+            println!("{}", key.sign(&claims).map_err(|e| other(e.to_string()))?);
             Ok(())
         }
     }
