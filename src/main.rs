@@ -35,6 +35,9 @@ enum Command {
     /// Signing keys.
     #[command(subcommand)]
     Keys(cli::KeysCommand),
+    /// Multi-region NATS: topology configs and stream provisioning.
+    #[command(subcommand)]
+    Nats(cli::nats::NatsCommand),
 }
 
 fn main() -> ExitCode {
@@ -62,6 +65,7 @@ fn main() -> ExitCode {
             Command::CheckConfig { config } => cli::check_config(&config),
             Command::Revoke(args) => cli::revoke(*args).await,
             Command::Keys(k) => cli::keys(k),
+            Command::Nats(n) => cli::nats::run(n).await,
         }
     });
     match result {

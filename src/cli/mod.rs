@@ -1,5 +1,7 @@
 //! The subcommands behind `main`.
 
+pub mod nats;
+
 use clap::{Args, Subcommand};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
