@@ -209,6 +209,13 @@ pub struct Nats {
     pub url: String,
     /// This sidecar's region (the origin subjects it captures are `veto.revocations.<region>.>`).
     pub region: String,
+    /// Every region whose revocations this sidecar must see (its own included). Each is an
+    /// origin whose feed freshness is tracked from its heartbeats; empty = this region only.
+    #[serde(default)]
+    pub regions: Vec<String>,
+    /// Also subscribe to every region's event subjects over core NATS (the fast path).
+    #[serde(default = "yes")]
+    pub fast_path: bool,
     #[serde(default = "default_stream")]
     pub stream: String,
     /// JetStream domain of this region, if the servers use one.
@@ -294,6 +301,7 @@ impl Settings {
                     .try_parsing(true)
                     .list_separator(",")
                     .with_list_parse_key("issuers")
+                    .with_list_parse_key("nats.regions")
                     .ignore_empty(true),
             )
             .build()
@@ -422,6 +430,19 @@ impl Settings {
             }
             if !crate::revocation::valid_region(&n.region) {
                 return Err(bad("nats.region", "1-64 characters of [A-Za-z0-9_-]"));
+            }
+            if let Some(r) = n
+                .regions
+                .iter()
+                .find(|r| !crate::revocation::valid_region(r))
+            {
+                return Err(bad(
+                    "nats.regions",
+                    format!("{r:?} is not a valid region name"),
+                ));
+            }
+            if !n.regions.is_empty() && !n.regions.contains(&n.region) {
+                return Err(bad("nats.regions", "must include nats.region"));
             }
             if n.stream.is_empty() || n.stream.contains(['.', '*', '>', ' ']) {
                 return Err(bad("nats.stream", "must be a valid stream name"));

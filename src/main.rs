@@ -32,6 +32,9 @@ enum Command {
     },
     /// Publish a revocation event.
     Revoke(Box<cli::RevokeArgs>),
+    /// Publish this region's heartbeat every interval until stopped (the regional authority
+    /// does this itself; this runs it on its own).
+    Heartbeat(cli::HeartbeatArgs),
     /// Signing keys.
     #[command(subcommand)]
     Keys(cli::KeysCommand),
@@ -64,6 +67,7 @@ fn main() -> ExitCode {
             Command::Sidecar { config } => cli::sidecar(&config).await,
             Command::CheckConfig { config } => cli::check_config(&config),
             Command::Revoke(args) => cli::revoke(*args).await,
+            Command::Heartbeat(args) => cli::heartbeat(args).await,
             Command::Keys(k) => cli::keys(k),
             Command::Nats(n) => cli::nats::run(n).await,
         }

@@ -74,8 +74,11 @@ impl Metrics {
             revocations_table_bytes: reg(r, IntGauge::new("veto_revocations_table_bytes", "Bytes held by the revoked-set tables.").expect("static metric")),
             over_capacity: reg(r, IntGauge::new("veto_revocations_over_capacity", "1 when revocations exceed revocation.max_entries (none are dropped).").expect("static metric")),
             events: reg(r, IntCounterVec::new(
-                Opts::new("veto_revocation_events_total", "Revocation events received, by result."),
-                &["result"],
+                Opts::new(
+                    "veto_revocation_events_total",
+                    "Revocation events received, by path (durable/fast) and result.",
+                ),
+                &["path", "result"],
             ).expect("static metric")),
             jwks_refresh: reg(r, IntCounterVec::new(
                 Opts::new("veto_jwks_refresh_total", "JWKS loads by issuer and result."),

@@ -110,6 +110,9 @@ impl Sidecar {
         let freshness = Arc::new(Freshness::default());
         if let Some(n) = &s.nats {
             freshness.expect(&n.region);
+            for r in &n.regions {
+                freshness.expect(r);
+            }
             readiness.register(feed::COMPONENT, "revocation stream not replayed yet");
         }
         let decider = Arc::new(Decider::new(
@@ -169,6 +172,13 @@ impl Sidecar {
         };
         if let Some(n) = s.nats.clone() {
             let (client, events) = feed::connect(&n, "veto-sidecar", true).await?;
+            if n.fast_path {
+                let (c, a, sd) = (client.clone(), applier.clone(), shutdown.clone());
+                tasks.spawn(async move {
+                    feed::run_fast_path(c, a, sd).await;
+                    "fast_path"
+                });
+            }
             let f = Feed {
                 cfg: n,
                 retention: s.revocation.retention,

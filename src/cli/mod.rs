@@ -164,23 +164,7 @@ pub async fn revoke(a: RevokeArgs) -> Result<(), Failure> {
         reason: a.reason,
         urgent: a.urgent,
     };
-    let cfg = Nats {
-        url: a.nats,
-        region: a.region,
-        stream: "VETO_REVOCATIONS".into(),
-        domain: a.domain,
-        credentials_file: a.credentials_file,
-        token_file: None,
-        user: None,
-        password_file: None,
-        nkey_seed_file: None,
-        tls_ca_file: None,
-        tls_cert_file: None,
-        tls_key_file: None,
-        tls_required: false,
-        connect_timeout: a.timeout,
-        ensure_stream: false,
-    };
+    let cfg = nats_settings(a.nats, a.region, a.domain, a.credentials_file, a.timeout);
     let (client, _events) = veto::feed::connect(&cfg, "veto-revoke", false)
         .await
         .map_err(|e| unavailable(format!("{e}")))?;
@@ -197,6 +181,81 @@ pub async fn revoke(a: RevokeArgs) -> Result<(), Failure> {
         if dup { ", duplicate" } else { "" }
     );
     Ok(())
+}
+
+#[derive(Args)]
+pub struct HeartbeatArgs {
+    #[arg(long, env = "VETO_NATS_URL")]
+    nats: String,
+    #[arg(long, env = "VETO_REGION")]
+    region: String,
+    #[arg(long)]
+    domain: Option<String>,
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    interval: Duration,
+    #[arg(long)]
+    credentials_file: Option<PathBuf>,
+}
+
+pub async fn heartbeat(a: HeartbeatArgs) -> Result<(), Failure> {
+    if !valid_region(&a.region) {
+        return Err(usage("--region: 1-64 characters of [A-Za-z0-9_-]"));
+    }
+    if a.interval.is_zero() {
+        return Err(usage("--interval must be positive"));
+    }
+    veto::telemetry::init(&veto::config::Log::default());
+    let cfg = nats_settings(
+        a.nats,
+        a.region.clone(),
+        a.domain,
+        a.credentials_file,
+        Duration::from_secs(5),
+    );
+    // Waits for the server rather than failing: a heartbeat publisher is a long-running
+    // service, and its absence is what staleness alerts report.
+    let (client, _events) = veto::feed::connect(&cfg, "veto-heartbeat", true)
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+    let js = veto::feed::context(client, &cfg);
+    let shutdown = CancellationToken::new();
+    let sd = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        sd.cancel();
+    });
+    tracing::info!(region = %a.region, interval = ?a.interval, "publishing heartbeats");
+    veto::feed::heartbeat::run(js, a.region, a.interval, shutdown).await;
+    Ok(())
+}
+
+/// NATS settings for the CLI commands (no stream management, no fast path).
+fn nats_settings(
+    url: String,
+    region: String,
+    domain: Option<String>,
+    credentials_file: Option<PathBuf>,
+    connect_timeout: Duration,
+) -> Nats {
+    Nats {
+        url,
+        region,
+        regions: Vec::new(),
+        fast_path: false,
+        stream: "VETO_REVOCATIONS".into(),
+        domain,
+        credentials_file,
+        token_file: None,
+        user: None,
+        password_file: None,
+        nkey_seed_file: None,
+        tls_ca_file: None,
+        tls_cert_file: None,
+        tls_key_file: None,
+        tls_required: false,
+        connect_timeout,
+        ensure_stream: false,
+    }
 }
 
 #[derive(Subcommand)]
@@ -236,7 +295,10 @@ fn load_key(f: &Path) -> Result<SigningKey, Failure> {
     let mut parts = name.rsplitn(3, '.');
     let (_ext, alg, kid) = (parts.next(), parts.next(), parts.next());
     let (Some(alg), Some(kid)) = (alg.and_then(Alg::parse), kid) else {
-        return Err(usage(format!("{}: expected a file named <kid>.<alg>.der", f.display())));
+        return Err(usage(format!(
+            "{}: expected a file named <kid>.<alg>.der",
+            f.display()
+        )));
     };
     let der = std::fs::read(f).map_err(|e| usage(format!("{}: {e}", f.display())))?;
     SigningKey::from_pkcs8(alg, kid, &der).map_err(|e| usage(format!("{}: {e}", f.display())))
@@ -255,12 +317,22 @@ pub fn keys(k: KeysCommand) -> Result<(), Failure> {
             Ok(())
         }
         KeysCommand::Jwks { files } => {
-            let keys = files.iter().map(|f| load_key(f)).collect::<Result<Vec<_>, _>>()?;
+            let keys = files
+                .iter()
+                .map(|f| load_key(f))
+                .collect::<Result<Vec<_>, _>>()?;
             let refs: Vec<&SigningKey> = keys.iter().collect();
             println!("{}", veto::token::sign::jwks(&refs));
             Ok(())
         }
-        KeysCommand::Mint { key, iss, aud, sub, sid, ttl } => {
+        KeysCommand::Mint {
+            key,
+            iss,
+            aud,
+            sub,
+            sid,
+            ttl,
+        } => {
             let key = load_key(&key)?;
             let now = veto::now_ms() / 1000;
             let claims = serde_json::json!({

@@ -23,7 +23,10 @@ impl Applier {
             match decode_heartbeat(payload, Some(subject)) {
                 Ok(hb) => self.freshness.mark(&hb.origin_region, hb.sent_at.min(now)),
                 Err(e) => {
-                    self.metrics.events.with_label_values(&["invalid"]).inc();
+                    self.metrics
+                        .events
+                        .with_label_values(&[path, "invalid"])
+                        .inc();
                     tracing::warn!(error = %e, "invalid heartbeat skipped");
                 }
             }
@@ -32,14 +35,20 @@ impl Applier {
         let ev = match decode_event(payload, Some(subject)) {
             Ok(ev) if subject == event_subject(&ev.origin_region, &ev.event_id) => ev,
             Ok(_) => {
-                self.metrics.events.with_label_values(&["invalid"]).inc();
+                self.metrics
+                    .events
+                    .with_label_values(&[path, "invalid"])
+                    .inc();
                 tracing::warn!(
                     "revocation event on a subject that does not name its event_id; skipped"
                 );
                 return;
             }
             Err(e) => {
-                self.metrics.events.with_label_values(&["invalid"]).inc();
+                self.metrics
+                    .events
+                    .with_label_values(&[path, "invalid"])
+                    .inc();
                 tracing::warn!(error = %e, "invalid revocation event skipped");
                 return;
             }
@@ -58,6 +67,6 @@ impl Applier {
             Applied::Duplicate => "duplicate",
             Applied::Expired => "expired",
         };
-        self.metrics.events.with_label_values(&[label]).inc();
+        self.metrics.events.with_label_values(&[path, label]).inc();
     }
 }

@@ -10,6 +10,7 @@
 //! - [`publish_event`] is the publisher side (`veto revoke`, the authority).
 
 mod apply;
+pub mod heartbeat;
 mod publish;
 
 pub use apply::Applier;
@@ -191,6 +192,44 @@ pub fn stream_config(name: &str, region: &str, retention: Duration) -> stream::C
         discard: stream::DiscardPolicy::Old,
         num_replicas: 1,
         ..Default::default()
+    }
+}
+
+/// The fast path: a plain core-NATS subscription on every region's event subjects. A
+/// JetStream publish is also an ordinary message, so this sees revocations from any region
+/// as soon as they cross the gateways, before stream sourcing delivers them durably. Both
+/// paths apply idempotently; heartbeats are taken from the durable path only, since
+/// staleness must describe the guarantee, not the shortcut.
+pub async fn run_fast_path(
+    client: async_nats::Client,
+    applier: Applier,
+    shutdown: CancellationToken,
+) {
+    let subject = format!("{}.*.ev.>", crate::revocation::SUBJECT_ROOT);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let mut sub = match client.subscribe(subject.clone()).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "fast-path subscription failed; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                m = sub.next() => match m {
+                    Some(msg) => applier.apply(&msg.subject, &msg.payload, "fast"),
+                    // the client closed the subscription: subscribe again
+                    None => break,
+                }
+            }
+        }
     }
 }
 
