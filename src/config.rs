@@ -216,6 +216,11 @@ pub struct Nats {
     /// Also subscribe to every region's event subjects over core NATS (the fast path).
     #[serde(default = "yes")]
     pub fast_path: bool,
+    /// When another region's revocations, as sourced into this region's stream, are older
+    /// than this (by their heartbeats), read that region's stream directly until the source
+    /// catches up. Needs `regions`.
+    #[serde(default = "default_catchup_after", with = "humantime_serde")]
+    pub catchup_after: Duration,
     #[serde(default = "default_stream")]
     pub stream: String,
     /// JetStream domain of this region, if the servers use one.
@@ -239,6 +244,9 @@ pub struct Nats {
 
 fn default_stream() -> String {
     "VETO_REVOCATIONS".into()
+}
+fn default_catchup_after() -> Duration {
+    Duration::from_secs(3)
 }
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(5)

@@ -25,6 +25,7 @@ pub struct Metrics {
     pub stale_decisions: IntCounterVec,
     pub token_cache: IntCounterVec,
     pub replay_duration: Histogram,
+    pub catchup_reads: IntCounterVec,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -99,6 +100,13 @@ impl Metrics {
             replay_duration: reg(r, Histogram::with_opts(
                 HistogramOpts::new("veto_feed_replay_seconds", "Time from feed start to caught up.")
                     .buckets(exponential_buckets(0.001, 4.0, 10).expect("static buckets")),
+            ).expect("static metric")),
+            catchup_reads: reg(r, IntCounterVec::new(
+                Opts::new(
+                    "veto_feed_catchup_reads_total",
+                    "Times an origin's stream was read directly because its source lagged.",
+                ),
+                &["origin_region"],
             ).expect("static metric")),
         }
     }

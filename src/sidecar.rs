@@ -166,12 +166,27 @@ impl Sidecar {
         }
 
         let applier = Applier {
+            sourced: Arc::new(Freshness::default()),
             revoked: self.revoked.clone(),
             freshness: self.freshness.clone(),
             metrics: self.metrics.clone(),
         };
         if let Some(n) = s.nats.clone() {
             let (client, events) = feed::connect(&n, "veto-sidecar", true).await?;
+            for origin in n.regions.iter().filter(|r| **r != n.region) {
+                let c = feed::CatchUp {
+                    origin: origin.clone(),
+                    stream: n.stream.clone(),
+                    lag_threshold: n.catchup_after,
+                    request_timeout: Duration::from_secs(1),
+                    applier: applier.clone(),
+                };
+                let (client, sd) = (client.clone(), shutdown.clone());
+                tasks.spawn(async move {
+                    c.run(client, sd).await;
+                    "catchup"
+                });
+            }
             if n.fast_path {
                 let (c, a, sd) = (client.clone(), applier.clone(), shutdown.clone());
                 tasks.spawn(async move {

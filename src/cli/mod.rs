@@ -242,6 +242,7 @@ fn nats_settings(
         region,
         regions: Vec::new(),
         fast_path: false,
+        catchup_after: Duration::from_secs(3),
         stream: "VETO_REVOCATIONS".into(),
         domain,
         credentials_file,

@@ -11,7 +11,11 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct Applier {
     pub revoked: Arc<RevokedSet>,
+    /// Freshness per origin from any path: what the stale policy and metric use.
     pub freshness: Arc<Freshness>,
+    /// Freshness per origin as delivered by this region's own stream (i.e. by sourcing):
+    /// tells the catch-up reader when a source lags and when it has caught up.
+    pub sourced: Arc<Freshness>,
     pub metrics: Metrics,
 }
 
@@ -21,7 +25,13 @@ impl Applier {
         let now = crate::now_ms();
         if subject.ends_with(".hb") {
             match decode_heartbeat(payload, Some(subject)) {
-                Ok(hb) => self.freshness.mark(&hb.origin_region, hb.sent_at.min(now)),
+                Ok(hb) => {
+                    let at = hb.sent_at.min(now);
+                    self.freshness.mark(&hb.origin_region, at);
+                    if path == "durable" {
+                        self.sourced.mark(&hb.origin_region, at);
+                    }
+                }
                 Err(e) => {
                     self.metrics
                         .events

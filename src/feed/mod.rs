@@ -10,10 +10,12 @@
 //! - [`publish_event`] is the publisher side (`veto revoke`, the authority).
 
 mod apply;
+mod catchup;
 pub mod heartbeat;
 mod publish;
 
 pub use apply::Applier;
+pub use catchup::CatchUp;
 pub use publish::{publish_event, PublishFailure};
 
 use crate::config::Nats;
