@@ -23,11 +23,13 @@ pub mod decision;
 pub mod feed;
 pub mod jwks;
 pub mod metrics;
+pub mod provision;
 pub mod readiness;
 pub mod revocation;
 pub mod sidecar;
 pub mod telemetry;
 pub mod token;
+pub mod topology;
 
 /// Milliseconds since the Unix epoch, from the system clock.
 pub fn now_ms() -> i64 {

@@ -1,12 +1,147 @@
 //! `veto nats ...`: the multi-region NATS topology (config generation) and stream
 //! provisioning.
 
-use super::Failure;
-use clap::Subcommand;
+use super::{nats_settings, other, unavailable, usage, Failure};
+use clap::{Args, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
+use veto::provision::{Outcome, Plan, ProvisionError};
+use veto::topology::{parse_regions, write_files, Secrets, Topology};
 
 #[derive(Subcommand)]
-pub enum NatsCommand {}
+pub enum NatsCommand {
+    /// Generate nats-server 2.9 configs: per region a core-NATS hub (gateways to every other
+    /// region) and a JetStream server with its own domain, attached to the hub as a leaf node.
+    Topology(TopologyArgs),
+    /// Create or update a region's revocation stream: it captures the region's own subjects
+    /// and sources every other region's stream across domains. Idempotent.
+    Provision(ProvisionArgs),
+}
+
+#[derive(Args)]
+pub struct TopologyArgs {
+    /// Comma-separated region names; each is also its JetStream domain and gateway name.
+    #[arg(long)]
+    regions: String,
+    /// Region i (in list order) uses ports base+10*i .. base+10*i+5: hub client, gateway,
+    /// leaf node, JetStream client, hub monitoring, JetStream monitoring.
+    #[arg(long, default_value_t = 14000)]
+    base_port: u16,
+    /// JetStream stores live in <store>/<region>.
+    #[arg(long)]
+    store: PathBuf,
+    /// Directory the files are written to (created if missing).
+    #[arg(long)]
+    out: PathBuf,
+    /// Address every server listens on and dials.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Password of the hubs' leaf-node user ([A-Za-z0-9._~-]).
+    #[arg(long, env = "VETO_NATS_LEAF_PASSWORD", hide_env_values = true)]
+    leaf_password: Option<String>,
+    /// Password of the system-account user ([A-Za-z0-9._~-]).
+    #[arg(long, env = "VETO_NATS_SYSTEM_PASSWORD", hide_env_values = true)]
+    system_password: Option<String>,
+}
+
+#[derive(Args)]
+pub struct ProvisionArgs {
+    /// URL(s) of region --region's JetStream server.
+    #[arg(long, env = "VETO_NATS_URL")]
+    nats: String,
+    /// The region (and JetStream domain) to provision.
+    #[arg(long, env = "VETO_REGION")]
+    region: String,
+    /// Every region of the topology, --region included.
+    #[arg(long)]
+    regions: String,
+    /// How long revocations are kept: the longest revocation lifetime.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    retention: Duration,
+    /// Base of the stream names: region R's stream is <stream>_R (nats-server 2.9 cannot
+    /// update a stream that sources a same-named stream from another domain).
+    #[arg(long, default_value = "VETO_REVOCATIONS")]
+    stream: String,
+    /// Also remove sources of domains not in --regions (kept by default: dropping one makes
+    /// this region accept tokens revoked there).
+    #[arg(long)]
+    prune: bool,
+    #[arg(long)]
+    credentials_file: Option<PathBuf>,
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+}
 
 pub async fn run(cmd: NatsCommand) -> Result<(), Failure> {
-    match cmd {}
+    match cmd {
+        NatsCommand::Topology(a) => topology(a),
+        NatsCommand::Provision(a) => provision(a).await,
+    }
+}
+
+fn topology(a: TopologyArgs) -> Result<(), Failure> {
+    let regions = parse_regions(&a.regions).map_err(|e| usage(format!("--regions: {e}")))?;
+    let mut t = Topology::with_base_port(&regions, a.base_port, a.store)
+        .map_err(|e| usage(e.to_string()))?;
+    t.host = a.host;
+    let defaults = Secrets::default();
+    t.secrets = Secrets {
+        leaf_password: a.leaf_password.unwrap_or(defaults.leaf_password),
+        system_password: a.system_password.unwrap_or(defaults.system_password),
+    };
+    t.validate().map_err(|e| usage(e.to_string()))?;
+    let written =
+        write_files(&t, &a.out).map_err(|e| usage(format!("--out {}: {e}", a.out.display())))?;
+    for p in written {
+        println!("wrote {}", p.display());
+    }
+    for r in &t.regions {
+        println!(
+            "region {0}: JetStream {1} (domain {0}), hub {2}",
+            r.name,
+            t.js_url(&r.name).unwrap_or_default(),
+            t.hub_url(&r.name).unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+async fn provision(a: ProvisionArgs) -> Result<(), Failure> {
+    let regions = parse_regions(&a.regions).map_err(|e| usage(format!("--regions: {e}")))?;
+    let mut plan =
+        Plan::new(&a.stream, &a.region, &regions, a.retention).map_err(|e| usage(e.to_string()))?;
+    plan.prune = a.prune;
+    if a.retention.is_zero() {
+        return Err(usage("--retention must be above zero"));
+    }
+    // Every request goes to $JS.<region>.API: the stream lands in domain <region> whichever
+    // server of the topology the URL names.
+    let cfg = nats_settings(
+        a.nats,
+        a.region.clone(),
+        Some(a.region.clone()),
+        a.credentials_file,
+        a.timeout,
+    );
+    let (client, _events) = veto::feed::connect(&cfg, "veto-nats-provision", false)
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+    let mut js = veto::feed::context(client, &cfg);
+    js.set_timeout(a.timeout);
+    let (outcome, config) = veto::provision::provision(&js, &plan)
+        .await
+        .map_err(|e| match e {
+            ProvisionError::Unreachable { .. } => unavailable(e.to_string()),
+            _ => other(e.to_string()),
+        })?;
+    let what = format!("stream {} in domain {}", plan.stream, a.region);
+    match outcome {
+        Outcome::Created => println!("{what}: created"),
+        Outcome::Unchanged => println!("{what}: unchanged"),
+        Outcome::Updated(changes) => println!("{what}: updated ({})", changes.join("; ")),
+    }
+    for kept in plan.unlisted_sources(&config) {
+        eprintln!("veto: kept source {kept}: not in --regions (--prune removes it)");
+    }
+    Ok(())
 }

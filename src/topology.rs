@@ -1,0 +1,583 @@
+//! The multi-region NATS topology of DESIGN §4, as nats-server 2.9 configuration text.
+//!
+//! Per region:
+//! - a core-NATS **hub** (`<region>-hub`, no JetStream): a gateway to every other region's hub
+//!   (together, the super-cluster) and a leaf-node listener;
+//! - a **JetStream server** (`<region>-js`) with `jetstream { domain: <region> }`, attached to
+//!   its hub as a leaf node. Sidecars, `veto revoke` and `veto nats provision` of that region
+//!   connect here, without credentials (`no_auth_user`).
+//!
+//! Regions share no JetStream meta group: each domain keeps working when cut off, and streams
+//! source each other across domains through `$JS.<domain>.API` (see [`crate::provision`]).
+//!
+//! This module is pure: it renders text; the caller writes files and starts servers. Every
+//! server has the accounts in its config: `SYS` (explicit system account, which 2.9 requires
+//! on a server with both gateways and leaf nodes) and `VETO` (the application account, the only
+//! one bridged over the leaf connection). Only keys nats-server 2.9 accepts are emitted.
+
+use crate::revocation::valid_region;
+use std::collections::{BTreeSet, HashSet};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+/// The ports of one region. The caller fills them (tests use free ports;
+/// [`Topology::with_base_port`] packs them from a base port).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RegionPorts {
+    /// The hub's client port (core NATS only; for tools and debugging).
+    pub hub_client: u16,
+    /// The hub's gateway port: the other regions' hubs connect here.
+    pub hub_gateway: u16,
+    /// The hub's leaf-node port: this region's JetStream server connects here.
+    pub hub_leafnode: u16,
+    /// The JetStream server's client port: what the region's sidecars connect to.
+    pub js_client: u16,
+    /// HTTP monitoring (`/varz`, `/gatewayz`, `/leafz`) of the hub, if wanted.
+    pub hub_monitor: Option<u16>,
+    /// HTTP monitoring (`/varz`, `/jsz`) of the JetStream server, if wanted.
+    pub js_monitor: Option<u16>,
+}
+
+impl RegionPorts {
+    fn all(&self) -> impl Iterator<Item = u16> {
+        [
+            self.hub_client,
+            self.hub_gateway,
+            self.hub_leafnode,
+            self.js_client,
+        ]
+        .into_iter()
+        .chain(self.hub_monitor)
+        .chain(self.js_monitor)
+    }
+}
+
+/// How many ports [`Topology::with_base_port`] reserves per region (six used, four spare).
+pub const PORTS_PER_REGION: u16 = 10;
+
+/// One region of the topology.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Region {
+    /// Region name: also the gateway name and the JetStream domain.
+    pub name: String,
+    pub ports: RegionPorts,
+}
+
+/// Passwords of the two accounts' users. They appear in clear in the generated files (a leaf
+/// remote carries its password in its URL), so they are limited to URL-safe characters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Secrets {
+    /// Password of user `leaf` (account `VETO`) on the hubs' leaf-node listeners.
+    pub leaf_password: String,
+    /// Password of user `sys` (account `SYS`) on every server, for `$SYS` monitoring.
+    pub system_password: String,
+}
+
+impl Default for Secrets {
+    /// Local-only defaults: fine on 127.0.0.1, to be replaced anywhere else.
+    fn default() -> Self {
+        Secrets {
+            leaf_password: "veto-local-leaf".into(),
+            system_password: "veto-local-sys".into(),
+        }
+    }
+}
+
+/// A whole multi-region topology.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Topology {
+    pub regions: Vec<Region>,
+    /// Each JetStream server stores under `<store_dir>/<region>`.
+    pub store_dir: PathBuf,
+    /// Address every server listens on and dials (one host for a local topology).
+    pub host: String,
+    pub secrets: Secrets,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TopologyError {
+    #[error("no regions given")]
+    NoRegions,
+    #[error("region {0:?}: 1-64 characters of [A-Za-z0-9_-]")]
+    BadRegion(String),
+    #[error("region {0:?} is listed twice")]
+    DuplicateRegion(String),
+    #[error("port {0} is used twice")]
+    DuplicatePort(u16),
+    #[error("port 0 is not a port (region {0})")]
+    ZeroPort(String),
+    #[error("base port {base}: {regions} regions need ports up to {needed}, above 65535")]
+    PortsExhausted {
+        base: u16,
+        regions: usize,
+        needed: u32,
+    },
+    #[error("{0}: use only [A-Za-z0-9._~-], 1-128 characters")]
+    BadSecret(&'static str),
+    #[error("host {0:?} is not a plain host name or address")]
+    BadHost(String),
+    #[error("store directory {0:?} contains a quote, backslash or control character")]
+    BadStoreDir(PathBuf),
+    #[error("unknown region {0:?}")]
+    UnknownRegion(String),
+}
+
+/// The name of a region's hub server.
+pub fn hub_server_name(region: &str) -> String {
+    format!("{region}-hub")
+}
+
+/// The name of a region's JetStream server.
+pub fn js_server_name(region: &str) -> String {
+    format!("{region}-js")
+}
+
+/// Parses a comma-separated region list (`us,eu,ap`), trimming blanks.
+pub fn parse_regions(list: &str) -> Result<Vec<String>, TopologyError> {
+    let regions: Vec<String> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect();
+    check_regions(&regions)?;
+    Ok(regions)
+}
+
+fn check_regions(names: &[String]) -> Result<(), TopologyError> {
+    if names.is_empty() {
+        return Err(TopologyError::NoRegions);
+    }
+    let mut seen = HashSet::new();
+    for n in names {
+        if !valid_region(n) {
+            return Err(TopologyError::BadRegion(n.clone()));
+        }
+        if !seen.insert(n.as_str()) {
+            return Err(TopologyError::DuplicateRegion(n.clone()));
+        }
+    }
+    Ok(())
+}
+
+fn valid_secret(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b'-'))
+}
+
+impl Topology {
+    /// Regions with explicit ports, local defaults for host and secrets.
+    pub fn new(regions: Vec<Region>, store_dir: impl Into<PathBuf>) -> Result<Self, TopologyError> {
+        let t = Topology {
+            regions,
+            store_dir: store_dir.into(),
+            host: "127.0.0.1".into(),
+            secrets: Secrets::default(),
+        };
+        t.validate()?;
+        Ok(t)
+    }
+
+    /// Region `i` (in list order) gets ports `base + 10*i + 0..6`: hub client, hub gateway,
+    /// hub leaf node, JetStream client, hub monitoring, JetStream monitoring. Appending a
+    /// region to the list keeps every existing region's ports.
+    pub fn with_base_port(
+        regions: &[String],
+        base: u16,
+        store_dir: impl Into<PathBuf>,
+    ) -> Result<Self, TopologyError> {
+        check_regions(regions)?;
+        let needed = u32::from(base) + u32::from(PORTS_PER_REGION) * regions.len() as u32;
+        if base == 0 || needed > 65536 {
+            return Err(TopologyError::PortsExhausted {
+                base,
+                regions: regions.len(),
+                needed: needed.saturating_sub(1),
+            });
+        }
+        let regions = regions
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let p = base + PORTS_PER_REGION * i as u16;
+                Region {
+                    name: name.clone(),
+                    ports: RegionPorts {
+                        hub_client: p,
+                        hub_gateway: p + 1,
+                        hub_leafnode: p + 2,
+                        js_client: p + 3,
+                        hub_monitor: Some(p + 4),
+                        js_monitor: Some(p + 5),
+                    },
+                }
+            })
+            .collect();
+        Self::new(regions, store_dir)
+    }
+
+    /// Checks names, ports, host, secrets and store path.
+    pub fn validate(&self) -> Result<(), TopologyError> {
+        let names: Vec<String> = self.regions.iter().map(|r| r.name.clone()).collect();
+        check_regions(&names)?;
+        let mut ports = HashSet::new();
+        for r in &self.regions {
+            for p in r.ports.all() {
+                if p == 0 {
+                    return Err(TopologyError::ZeroPort(r.name.clone()));
+                }
+                if !ports.insert(p) {
+                    return Err(TopologyError::DuplicatePort(p));
+                }
+            }
+        }
+        let host_ok = !self.host.is_empty()
+            && self
+                .host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':'));
+        if !host_ok {
+            return Err(TopologyError::BadHost(self.host.clone()));
+        }
+        if !valid_secret(&self.secrets.leaf_password) {
+            return Err(TopologyError::BadSecret("leaf password"));
+        }
+        if !valid_secret(&self.secrets.system_password) {
+            return Err(TopologyError::BadSecret("system password"));
+        }
+        let store = self.store_dir.to_string_lossy();
+        if store.is_empty()
+            || store
+                .chars()
+                .any(|c| c == '"' || c == '\\' || c.is_control())
+        {
+            return Err(TopologyError::BadStoreDir(self.store_dir.clone()));
+        }
+        Ok(())
+    }
+
+    pub fn region(&self, name: &str) -> Result<&Region, TopologyError> {
+        self.regions
+            .iter()
+            .find(|r| r.name == name)
+            .ok_or_else(|| TopologyError::UnknownRegion(name.to_string()))
+    }
+
+    pub fn region_names(&self) -> Vec<String> {
+        self.regions.iter().map(|r| r.name.clone()).collect()
+    }
+
+    /// `host:port`, with IPv6 literals bracketed.
+    fn addr(&self, port: u16) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{port}", self.host)
+        } else {
+            format!("{}:{port}", self.host)
+        }
+    }
+
+    /// URL of a region's JetStream server: what its sidecars use as `nats.url`.
+    pub fn js_url(&self, region: &str) -> Result<String, TopologyError> {
+        Ok(format!(
+            "nats://{}",
+            self.addr(self.region(region)?.ports.js_client)
+        ))
+    }
+
+    /// URL of a region's hub (core NATS only).
+    pub fn hub_url(&self, region: &str) -> Result<String, TopologyError> {
+        Ok(format!(
+            "nats://{}",
+            self.addr(self.region(region)?.ports.hub_client)
+        ))
+    }
+
+    /// Where a region's JetStream server keeps its store.
+    pub fn store_of(&self, region: &str) -> PathBuf {
+        self.store_dir.join(region)
+    }
+
+    /// The accounts block shared by every server: SYS (system) and VETO (application). The
+    /// application user is the `no_auth_user`, so clients connect without credentials.
+    fn accounts(&self, out: &mut String, jetstream: bool) {
+        let js = if jetstream {
+            "jetstream: enabled, "
+        } else {
+            ""
+        };
+        let _ = write!(
+            out,
+            "accounts {{\n  SYS {{ users: [ {{ user: \"sys\", password: \"{sys}\" }} ] }}\n  \
+             VETO {{ {js}users: [ {{ user: \"veto\" }} ] }}\n}}\n\
+             system_account: SYS\nno_auth_user: \"veto\"\n",
+            sys = self.secrets.system_password,
+        );
+    }
+
+    fn header(out: &mut String, what: &str, region: &str) {
+        let _ = write!(
+            out,
+            "# Veto NATS topology, region {region:?}: {what}.\n\
+             # Generated by `veto nats topology`; regenerate, do not edit.\n\
+             # nats-server 2.9: only 2.9 keys here; check with `nats-server -t -c FILE`.\n\n",
+        );
+    }
+
+    /// The hub of `region`: core NATS, gateways to every other region, a leaf-node listener
+    /// that binds its user to account VETO.
+    pub fn hub_config(&self, region: &str) -> Result<String, TopologyError> {
+        let r = self.region(region)?;
+        let mut out = String::new();
+        Self::header(
+            &mut out,
+            "core-NATS hub (gateways + leaf-node listener)",
+            region,
+        );
+        let _ = writeln!(out, "server_name: \"{}\"", hub_server_name(region));
+        let _ = writeln!(out, "listen: \"{}\"", self.addr(r.ports.hub_client));
+        if let Some(m) = r.ports.hub_monitor {
+            let _ = writeln!(out, "http: \"{}\"", self.addr(m));
+        }
+        out.push('\n');
+        self.accounts(&mut out, false);
+        let _ = write!(
+            out,
+            "\n# The super-cluster: one gateway per region, named after it.\n\
+             gateway {{\n  name: \"{region}\"\n  listen: \"{}\"\n  gateways: [\n",
+            self.addr(r.ports.hub_gateway)
+        );
+        for other in self.regions.iter().filter(|o| o.name != region) {
+            let _ = writeln!(
+                out,
+                "    {{ name: \"{}\", urls: [ \"nats://{}\" ] }}",
+                other.name,
+                self.addr(other.ports.hub_gateway)
+            );
+        }
+        let _ = write!(
+            out,
+            "  ]\n}}\n\n\
+             # This region's JetStream server (domain {region:?}) attaches here.\n\
+             leafnodes {{\n  listen: \"{}\"\n  authorization {{\n    users: [\n      \
+             {{ user: \"leaf\", password: \"{}\", account: \"VETO\" }}\n    ]\n  }}\n}}\n",
+            self.addr(r.ports.hub_leafnode),
+            self.secrets.leaf_password,
+        );
+        Ok(out)
+    }
+
+    /// The JetStream server of `region`: its own domain, leaf node of the region's hub.
+    pub fn js_config(&self, region: &str) -> Result<String, TopologyError> {
+        let r = self.region(region)?;
+        let mut out = String::new();
+        Self::header(&mut out, "JetStream server (leaf node of the hub)", region);
+        let _ = writeln!(out, "server_name: \"{}\"", js_server_name(region));
+        let _ = writeln!(out, "listen: \"{}\"", self.addr(r.ports.js_client));
+        if let Some(m) = r.ports.js_monitor {
+            let _ = writeln!(out, "http: \"{}\"", self.addr(m));
+        }
+        out.push('\n');
+        self.accounts(&mut out, true);
+        let _ = write!(
+            out,
+            "\n# Its own domain: no meta group shared with other regions.\n\
+             jetstream {{\n  domain: \"{region}\"\n  store_dir: \"{}\"\n}}\n\n\
+             # Only the application account is bridged to the hub.\n\
+             leafnodes {{\n  remotes: [\n    \
+             {{ url: \"nats://leaf:{}@{}\", account: \"VETO\" }}\n  ]\n}}\n",
+            self.store_of(region).display(),
+            self.secrets.leaf_password,
+            self.addr(r.ports.hub_leafnode),
+        );
+        Ok(out)
+    }
+
+    /// Every file of the topology: `(file name, text)`, `<region>-hub.conf`,
+    /// `<region>-js.conf` per region, then `ports.env`.
+    pub fn files(&self) -> Result<Vec<(String, String)>, TopologyError> {
+        self.validate()?;
+        let mut files = Vec::with_capacity(self.regions.len() * 2 + 1);
+        for r in &self.regions {
+            files.push((format!("{}-hub.conf", r.name), self.hub_config(&r.name)?));
+            files.push((format!("{}-js.conf", r.name), self.js_config(&r.name)?));
+        }
+        files.push(("ports.env".into(), self.ports_env()));
+        Ok(files)
+    }
+
+    /// A shell-sourceable list of the ports and URLs, one region per block.
+    pub fn ports_env(&self) -> String {
+        let mut out = String::from(
+            "# Veto NATS topology: ports and URLs. Generated by `veto nats topology`.\n\
+             # VETO_NATS_<REGION>_URL is the region's JetStream server: sidecars, `veto revoke`\n\
+             # and `veto nats provision` connect there.\n",
+        );
+        let _ = writeln!(out, "VETO_NATS_REGIONS={}", self.region_names().join(","));
+        let _ = writeln!(out, "VETO_NATS_STORE_DIR={}", self.store_dir.display());
+        let mut seen = BTreeSet::new();
+        for r in &self.regions {
+            let key = env_key(&r.name);
+            // `a-b` and `a_b` would share a key; the first keeps it, the README says so.
+            if !seen.insert(key.clone()) {
+                continue;
+            }
+            let p = &r.ports;
+            let _ = write!(
+                out,
+                "\n# region {name}\nVETO_NATS_{key}_URL=nats://{js}\nVETO_NATS_{key}_HUB_URL=nats://{hub}\n\
+                 VETO_NATS_{key}_GATEWAY_PORT={gw}\nVETO_NATS_{key}_LEAFNODE_PORT={leaf}\n",
+                name = r.name,
+                js = self.addr(p.js_client),
+                hub = self.addr(p.hub_client),
+                gw = p.hub_gateway,
+                leaf = p.hub_leafnode,
+            );
+            if let Some(m) = p.hub_monitor {
+                let _ = writeln!(out, "VETO_NATS_{key}_HUB_MONITOR=http://{}", self.addr(m));
+            }
+            if let Some(m) = p.js_monitor {
+                let _ = writeln!(out, "VETO_NATS_{key}_JS_MONITOR=http://{}", self.addr(m));
+            }
+        }
+        out
+    }
+}
+
+fn env_key(region: &str) -> String {
+    region
+        .chars()
+        .map(|c| match c {
+            '-' => '_',
+            c => c.to_ascii_uppercase(),
+        })
+        .collect()
+}
+
+/// Writes [`Topology::files`] into `dir` (created if missing); returns the paths written.
+pub fn write_files(t: &Topology, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let files = t
+        .files()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+    std::fs::create_dir_all(dir)?;
+    files
+        .into_iter()
+        .map(|(name, text)| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).map(|()| path)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn three() -> Topology {
+        let regions = parse_regions("us, eu,ap").unwrap();
+        Topology::with_base_port(&regions, 14000, "/tmp/veto-nats").unwrap()
+    }
+
+    #[test]
+    fn base_port_packs_regions_in_list_order() {
+        let t = three();
+        let eu = t.region("eu").unwrap().ports;
+        assert_eq!(
+            (eu.hub_client, eu.hub_gateway, eu.hub_leafnode, eu.js_client),
+            (14010, 14011, 14012, 14013)
+        );
+        assert_eq!((eu.hub_monitor, eu.js_monitor), (Some(14014), Some(14015)));
+        assert_eq!(t.js_url("ap").unwrap(), "nats://127.0.0.1:14023");
+        // Appending a region keeps the others' ports.
+        let four = Topology::with_base_port(
+            &parse_regions("us,eu,ap,sa").unwrap(),
+            14000,
+            "/tmp/veto-nats",
+        )
+        .unwrap();
+        assert_eq!(four.regions[..3], t.regions[..]);
+        // ... and every existing JetStream server's file: only the hubs need a restart.
+        for r in ["us", "eu", "ap"] {
+            assert_eq!(four.js_config(r).unwrap(), t.js_config(r).unwrap());
+        }
+        assert_ne!(four.hub_config("us").unwrap(), t.hub_config("us").unwrap());
+    }
+
+    #[test]
+    fn hub_gateways_reach_every_other_region_and_bind_the_leaf_to_veto() {
+        let t = three();
+        let hub = t.hub_config("eu").unwrap();
+        assert!(hub.contains("server_name: \"eu-hub\""));
+        assert!(hub.contains("name: \"eu\"\n  listen: \"127.0.0.1:14011\""));
+        assert!(hub.contains("{ name: \"us\", urls: [ \"nats://127.0.0.1:14001\" ] }"));
+        assert!(hub.contains("{ name: \"ap\", urls: [ \"nats://127.0.0.1:14021\" ] }"));
+        assert!(!hub.contains("{ name: \"eu\", urls"));
+        assert!(hub.contains("account: \"VETO\""));
+        assert!(hub.contains("system_account: SYS"));
+        assert!(!hub.contains("jetstream"));
+    }
+
+    #[test]
+    fn js_server_has_its_own_domain_and_attaches_to_its_hub() {
+        let t = three();
+        let js = t.js_config("ap").unwrap();
+        assert!(js.contains("server_name: \"ap-js\""));
+        assert!(js.contains("domain: \"ap\""));
+        assert!(js.contains("store_dir: \"/tmp/veto-nats/ap\""));
+        assert!(js.contains("url: \"nats://leaf:veto-local-leaf@127.0.0.1:14022\""));
+        assert!(js.contains("no_auth_user: \"veto\""));
+        assert!(js.contains("jetstream: enabled"));
+        for key in ["compression", "pool_size", "sync_interval"] {
+            assert!(!js.contains(key), "2.10+ key {key}");
+        }
+    }
+
+    #[test]
+    fn files_are_named_per_region_and_role() {
+        let names: Vec<String> = three().files().unwrap().into_iter().map(|f| f.0).collect();
+        assert_eq!(
+            names,
+            [
+                "us-hub.conf",
+                "us-js.conf",
+                "eu-hub.conf",
+                "eu-js.conf",
+                "ap-hub.conf",
+                "ap-js.conf",
+                "ports.env"
+            ]
+        );
+        let env = three().ports_env();
+        assert!(env.contains("VETO_NATS_EU_URL=nats://127.0.0.1:14013\n"));
+        assert!(env.contains("VETO_NATS_REGIONS=us,eu,ap\n"));
+    }
+
+    #[test]
+    fn bad_input_is_refused() {
+        assert_eq!(parse_regions(" , "), Err(TopologyError::NoRegions));
+        assert_eq!(
+            parse_regions("us,eu,us"),
+            Err(TopologyError::DuplicateRegion("us".into()))
+        );
+        assert_eq!(
+            parse_regions("us,e.u"),
+            Err(TopologyError::BadRegion("e.u".into()))
+        );
+        let regions = parse_regions("us,eu").unwrap();
+        assert!(matches!(
+            Topology::with_base_port(&regions, 65530, "/tmp/x"),
+            Err(TopologyError::PortsExhausted { .. })
+        ));
+        let mut t = three();
+        t.regions[1].ports.js_client = t.regions[0].ports.hub_client;
+        assert_eq!(t.validate(), Err(TopologyError::DuplicatePort(14000)));
+        let mut t = three();
+        t.secrets.leaf_password = "a@b".into();
+        assert_eq!(t.validate(), Err(TopologyError::BadSecret("leaf password")));
+        let mut t = three();
+        t.store_dir = PathBuf::from("/tmp/a\"b");
+        assert!(matches!(t.validate(), Err(TopologyError::BadStoreDir(_))));
+        assert!(t.hub_config("sa").is_err());
+    }
+}
