@@ -221,6 +221,7 @@ pub struct Nats {
     /// catches up. Needs `regions`.
     #[serde(default = "default_catchup_after", with = "humantime_serde")]
     pub catchup_after: Duration,
+    /// Base name of the revocation streams: region R's stream is `<stream>_<R>`.
     #[serde(default = "default_stream")]
     pub stream: String,
     /// JetStream domain of this region, if the servers use one.

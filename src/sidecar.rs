@@ -176,7 +176,7 @@ impl Sidecar {
             for origin in n.regions.iter().filter(|r| **r != n.region) {
                 let c = feed::CatchUp {
                     origin: origin.clone(),
-                    stream: n.stream.clone(),
+                    stream: crate::provision::stream_name(&n.stream, origin),
                     lag_threshold: n.catchup_after,
                     request_timeout: Duration::from_secs(1),
                     applier: applier.clone(),

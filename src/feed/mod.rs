@@ -132,54 +132,6 @@ pub fn origin_subjects(region: &str) -> String {
     format!("{}.{region}.>", crate::revocation::SUBJECT_ROOT)
 }
 
-/// Creates the region's stream, or brings an existing one's limits in line; leaves every
-/// other setting (sources, replicas, placement) as the operator made it.
-pub async fn ensure_stream(
-    js: &jetstream::Context,
-    name: &str,
-    region: &str,
-    retention: Duration,
-) -> Result<stream::Info, FeedError> {
-    let err = |m: String| FeedError::Stream {
-        stream: name.to_string(),
-        message: m,
-    };
-    // 2.9 rejects a duplicate window longer than max_age.
-    let dup = Duration::from_secs(120).min(retention);
-    let subject = origin_subjects(region);
-    match js.get_stream(name).await {
-        Ok(mut s) => {
-            let info = s.info().await.map_err(|e| err(e.to_string()))?.clone();
-            let mut cfg = info.config.clone();
-            if !cfg.subjects.contains(&subject) {
-                cfg.subjects.push(subject);
-            }
-            cfg.max_age = retention;
-            cfg.duplicate_window = dup;
-            cfg.max_messages_per_subject = 1;
-            if cfg == info.config {
-                return Ok(info);
-            }
-            js.update_stream(&cfg).await.map_err(|e| err(e.to_string()))
-        }
-        Err(e)
-            if matches!(
-                e.kind(),
-                jetstream::context::GetStreamErrorKind::JetStream(ref j)
-                    if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
-            ) =>
-        {
-            let cfg = stream_config(name, region, retention);
-            let mut s = js
-                .create_stream(cfg)
-                .await
-                .map_err(|e| err(e.to_string()))?;
-            Ok(s.info().await.map_err(|e| err(e.to_string()))?.clone())
-        }
-        Err(e) => Err(err(e.to_string())),
-    }
-}
-
 /// The stream a region needs: its origin subjects, entries kept for the longest revocation
 /// lifetime, dedup on `Nats-Msg-Id`, and one message per subject — events have unique
 /// subjects, heartbeats share one, so only the newest heartbeat is kept.
@@ -253,6 +205,7 @@ impl Feed {
         let metrics = self.applier.metrics.clone();
         let js = context(client.clone(), &self.cfg);
         let started = Instant::now();
+        let stream_name = crate::provision::stream_name(&self.cfg.stream, &self.cfg.region);
         let mut last_seq: u64 = 0;
         let mut ready = false;
         let mut failures: u32 = 0;
@@ -267,20 +220,7 @@ impl Feed {
                     _ = tokio::time::sleep(backoff) => {}
                 }
             }
-            let info = if self.cfg.ensure_stream {
-                ensure_stream(&js, &self.cfg.stream, &self.cfg.region, self.retention).await
-            } else {
-                match js.get_stream(&self.cfg.stream).await {
-                    Ok(mut s) => s.info().await.cloned().map_err(|e| FeedError::Stream {
-                        stream: self.cfg.stream.clone(),
-                        message: e.to_string(),
-                    }),
-                    Err(e) => Err(FeedError::Stream {
-                        stream: self.cfg.stream.clone(),
-                        message: e.to_string(),
-                    }),
-                }
-            };
+            let info = self.prepare_stream(&js, &stream_name).await;
             let info = match info {
                 Ok(i) => i,
                 Err(e) => {
@@ -300,7 +240,7 @@ impl Feed {
                     start_sequence: last_seq + 1,
                 }
             };
-            let stream = js.get_stream(&self.cfg.stream).await;
+            let stream = js.get_stream(&stream_name).await;
             let messages = match stream {
                 Ok(s) => match s
                     .create_consumer(OrderedConfig {
@@ -324,7 +264,7 @@ impl Feed {
             };
             metrics.feed_restarts.inc();
             metrics.feed_connected.set(1);
-            tracing::info!(stream = %self.cfg.stream, from = last_seq + 1, "following revocation stream");
+            tracing::info!(stream = %stream_name, from = last_seq + 1, "following revocation stream");
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tokio::select! {
@@ -381,6 +321,42 @@ impl Feed {
                 }
             }
         }
+    }
+
+    /// With `nats.ensure_stream`, provisions the region's stream (the same idempotent logic
+    /// as `veto nats provision`: limits, and sources for `nats.regions`; sources it does not
+    /// know are kept); otherwise only looks it up.
+    async fn prepare_stream(
+        &self,
+        js: &jetstream::Context,
+        name: &str,
+    ) -> Result<stream::Info, FeedError> {
+        let err = |m: String| FeedError::Stream {
+            stream: name.to_string(),
+            message: m,
+        };
+        if self.cfg.ensure_stream {
+            let regions = if self.cfg.regions.is_empty() {
+                vec![self.cfg.region.clone()]
+            } else {
+                self.cfg.regions.clone()
+            };
+            let plan = crate::provision::Plan::new(
+                &self.cfg.stream,
+                &self.cfg.region,
+                &regions,
+                self.retention,
+            )
+            .map_err(|e| err(e.to_string()))?;
+            let (outcome, _) = crate::provision::provision(js, &plan)
+                .await
+                .map_err(|e| err(e.to_string()))?;
+            if outcome != crate::provision::Outcome::Unchanged {
+                tracing::info!(stream = name, ?outcome, "revocation stream provisioned");
+            }
+        }
+        let mut s = js.get_stream(name).await.map_err(|e| err(e.to_string()))?;
+        s.info().await.cloned().map_err(|e| err(e.to_string()))
     }
 
     fn mark_ready(&self, started: Instant) {
