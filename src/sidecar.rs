@@ -213,6 +213,7 @@ impl Sidecar {
         {
             let (me, sd, max_entries, prune_every) = (
                 Housekeeping {
+                    max_staleness_ms: s.revocation.max_staleness.as_millis() as i64,
                     revoked: self.revoked.clone(),
                     freshness: self.freshness.clone(),
                     readiness: self.readiness.clone(),
@@ -290,6 +291,7 @@ impl Sidecar {
 }
 
 struct Housekeeping {
+    max_staleness_ms: i64,
     revoked: Arc<RevokedSet>,
     freshness: Arc<Freshness>,
     readiness: Readiness,
@@ -343,12 +345,22 @@ impl Housekeeping {
             } else {
                 self.readiness.set_ready("revocations");
             }
+            let mut stale_origins = Vec::new();
             for (origin, stale) in self.freshness.staleness(now) {
                 let secs = stale.map_or(f64::INFINITY, |ms| ms as f64 / 1000.0);
                 self.metrics
                     .staleness
                     .with_label_values(&[origin.as_str()])
                     .set(secs);
+                if stale.is_none_or(|ms| ms > self.max_staleness_ms) {
+                    stale_origins.push(origin);
+                }
+            }
+            if stale_origins.is_empty() {
+                self.readiness.set_ready("freshness");
+            } else {
+                let why = format!("revocations from {} are stale", stale_origins.join(", "));
+                self.readiness.set_unready("freshness", &why);
             }
             let ready = self.readiness.is_ready();
             if was_ready != Some(ready) {
