@@ -254,7 +254,10 @@ async fn stale_feed_applies_the_configured_policy() {
         ok && metric(&m, "veto_stale_decisions_total{policy=\"allow\"}").unwrap_or(0.0) >= 1.0
     })
     .await;
-    assert!(counted.is_some(), "allow policy: stale decisions not counted");
+    assert!(
+        counted.is_some(),
+        "allow policy: stale decisions not counted"
+    );
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let m = deny.metrics().await;
     assert!(
