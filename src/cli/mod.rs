@@ -152,6 +152,12 @@ pub async fn revoke(a: RevokeArgs) -> Result<(), Failure> {
     if !valid_token_name(&event_id, 128) {
         return Err(usage("--event-id: 1-128 characters of [A-Za-z0-9_-]"));
     }
+    let cfg = nats_settings(a.nats, a.region.clone(), a.domain, a.credentials_file, a.timeout);
+    let (client, _events) = veto::feed::connect(&cfg, "veto-revoke", false)
+        .await
+        .map_err(|e| unavailable(format!("{e}")))?;
+    let js = veto::feed::context(client.clone(), &cfg);
+    // Stamped once connected, so propagation lag measures the bus, not this CLI's start-up.
     let now = veto::now_ms();
     let ev = RevocationEvent {
         event_id,
@@ -160,15 +166,10 @@ pub async fn revoke(a: RevokeArgs) -> Result<(), Failure> {
         issuer: a.issuer,
         revoked_at: now,
         expires_at: now + a.ttl.as_millis() as i64,
-        origin_region: a.region.clone(),
+        origin_region: a.region,
         reason: a.reason,
         urgent: a.urgent,
     };
-    let cfg = nats_settings(a.nats, a.region, a.domain, a.credentials_file, a.timeout);
-    let (client, _events) = veto::feed::connect(&cfg, "veto-revoke", false)
-        .await
-        .map_err(|e| unavailable(format!("{e}")))?;
-    let js = veto::feed::context(client.clone(), &cfg);
     let (seq, dup) = veto::feed::publish_event(&js, &ev, a.timeout)
         .await
         .map_err(|e| unavailable(e.to_string()))?;

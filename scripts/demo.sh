@@ -1,0 +1,209 @@
+#!/usr/bin/env bash
+# The Veto demo: three regions (us, eu, ap) for real, on this machine.
+#
+#   per region: a core-NATS hub (gateways between all hubs) + a JetStream server in its own
+#               domain (leaf of the hub), a heartbeat publisher, a veto sidecar, Envoy, and a
+#               tiny upstream
+#
+# It mints a token, shows 200 in every region, revokes the session in us, shows 401 everywhere
+# with the measured lag per region, cuts eu off (kills its hub), shows staleness and the deny
+# policy at work, heals it, shows the catch-up, prints a summary, and tears everything down.
+# Everything listens on 127.0.0.1; nothing is left running.
+set -euo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+scripts/install-deps.sh >/dev/null
+# shellcheck source=scripts/env.sh
+source scripts/env.sh
+echo "building veto..."
+cargo build --quiet --bin veto
+VETO="$REPO/target/debug/veto"
+REGIONS=(us eu ap)
+MAX_STALENESS=4
+
+WORK="$(mktemp -d)"
+declare -A PID
+cleanup() {
+    for p in "${PID[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# A base port whose next 30 ports are all free (the topology uses base+10*i .. base+10*i+5).
+free_base() {
+    python3 - <<'PY'
+import random, socket
+for _ in range(200):
+    base = random.randrange(20000, 60000, 100)
+    socks = []
+    try:
+        for p in range(base, base + 30):
+            s = socket.socket(); s.bind(("127.0.0.1", p)); socks.append(s)
+        print(base); break
+    except OSError:
+        pass
+    finally:
+        for s in socks: s.close()
+PY
+}
+wait_port() { for _ in $(seq 1 400); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.025; done; echo "port $1 never opened" >&2; return 1; }
+now_ms() { date +%s%3N; }
+start() { # name, log, command...
+    local name=$1 log=$2; shift 2
+    "$@" >"$log" 2>&1 &
+    PID[$name]=$!
+}
+
+BASE=$(free_base)
+"$VETO" nats topology --regions us,eu,ap --base-port "$BASE" --store "$WORK/js" --out "$WORK/nats" >/dev/null
+# shellcheck disable=SC1091
+source "$WORK/nats/ports.env"
+url_of() { local v="VETO_NATS_${1^^}_URL"; echo "${!v}"; }
+hub_port_of() { local v="VETO_NATS_${1^^}_HUB_URL"; echo "${!v##*:}"; }
+start_hub() { start "$1-hub" "$WORK/$1-hub.log" "$VETO_NATS_SERVER_BIN" -c "$WORK/nats/$1-hub.conf"; wait_port "$(hub_port_of "$1")"; }
+
+echo "== NATS: 3 hubs (gateways) + 3 JetStream domains (leaf nodes), base port $BASE"
+for r in "${REGIONS[@]}"; do start_hub "$r"; done
+for r in "${REGIONS[@]}"; do
+    start "$r-js" "$WORK/$r-js.log" "$VETO_NATS_SERVER_BIN" -c "$WORK/nats/$r-js.conf"
+    u=$(url_of "$r"); wait_port "${u##*:}"
+done
+echo "== provisioning streams (each captures its region, sources the others)"
+for r in "${REGIONS[@]}"; do
+    for _ in $(seq 1 50); do
+        if out=$("$VETO" nats provision --nats "$(url_of "$r")" --region "$r" --regions us,eu,ap --retention 1h --timeout 2s 2>&1); then
+            echo "   $r: $out"; break
+        fi
+        sleep 0.2
+    done
+done
+for r in "${REGIONS[@]}"; do
+    start "$r-hb" "$WORK/$r-hb.log" "$VETO" heartbeat --nats "$(url_of "$r")" --region "$r" --interval 500ms
+done
+
+echo "== signing key, JWKS, token for alice (session sess-1)"
+"$VETO" keys generate --kid demo-1 --out "$WORK/demo-1.ES256.der" >/dev/null
+"$VETO" keys jwks "$WORK/demo-1.ES256.der" >"$WORK/jwks.json"
+mint() { "$VETO" keys mint --key "$WORK/demo-1.ES256.der" --iss https://auth.demo --sub "$1" --sid "$2"; }
+T1=$(mint alice sess-1)
+T2=$(mint bob sess-2)
+
+declare -A HTTP LISTEN
+UP=$(free_port)
+python3 - "$UP" >/dev/null 2>&1 <<'PY' &
+import http.server, json, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({"user": self.headers.get("x-user-id")}).encode()
+        self.send_response(200); self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body))); self.end_headers(); self.wfile.write(body)
+    def log_message(self, *a): pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+PY
+PID[upstream]=$!
+wait_port "$UP"
+
+for r in "${REGIONS[@]}"; do
+    grpc=$(free_port); HTTP[$r]=$(free_port); LISTEN[$r]=$(free_port); admin=$(free_port)
+    cat >"$WORK/$r.toml" <<TOML
+[grpc]
+listen = "127.0.0.1:$grpc"
+[http]
+listen = "127.0.0.1:${HTTP[$r]}"
+[[issuers]]
+issuer = "https://auth.demo"
+audiences = ["api"]
+algorithms = ["ES256"]
+jwks_file = "$WORK/jwks.json"
+[nats]
+url = "$(url_of "$r")"
+region = "$r"
+regions = ["us", "eu", "ap"]
+catchup_after = "1500ms"
+[revocation]
+retention = "1h"
+max_staleness = "${MAX_STALENESS}s"
+on_stale = "deny"
+TOML
+    start "$r-veto" "$WORK/$r-veto.log" "$VETO" sidecar --config "$WORK/$r.toml"
+    LISTEN_PORT=${LISTEN[$r]} ADMIN_PORT=$admin AUTHZ_PORT=$grpc UPSTREAM_PORT=$UP \
+        envsubst '${LISTEN_PORT} ${ADMIN_PORT} ${AUTHZ_PORT} ${UPSTREAM_PORT}' \
+        <deploy/envoy/envoy-sidecar.yaml.tmpl >"$WORK/$r-envoy.yaml"
+    start "$r-envoy" "$WORK/$r-envoy.log" "$VETO_ENVOY_BIN" -c "$WORK/$r-envoy.yaml" --use-dynamic-base-id -l warning --concurrency 1
+done
+echo "== sidecars + Envoy in us, eu, ap; waiting for ready (keys loaded, stream replayed, every origin fresh)"
+for r in "${REGIONS[@]}"; do
+    wait_port "${LISTEN[$r]}"
+    for _ in $(seq 1 400); do curl -fs "http://127.0.0.1:${HTTP[$r]}/readyz" >/dev/null && break; sleep 0.025; done
+    curl -fs "http://127.0.0.1:${HTTP[$r]}/readyz" >/dev/null || { echo "$r not ready: $(curl -s "http://127.0.0.1:${HTTP[$r]}/readyz")"; exit 1; }
+done
+
+code() { curl -s -o "$WORK/body" -w '%{http_code}' -H "authorization: Bearer $2" "http://127.0.0.1:${LISTEN[$1]}/orders/7"; }
+reason() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d.get("reason") or d.get("user"))' "$WORK/body" 2>/dev/null || cat "$WORK/body"; }
+# The sidecar's own measurement: sum of veto_revocation_propagation_seconds (all origins/paths).
+lag_sum() { curl -s "http://127.0.0.1:${HTTP[$1]}/metrics" | awk '/^veto_revocation_propagation_seconds_sum/ {s+=$2} END {printf "%.6f", s+0}'; }
+staleness() { curl -s "http://127.0.0.1:${HTTP[$1]}/metrics" | awk -v o="$2" '$0 ~ "^veto_feed_staleness_seconds\\{origin_region=\""o"\"" {print $2}'; }
+
+echo
+echo "1) alice's token in every region (through Envoy):"
+for r in "${REGIONS[@]}"; do echo "   $r -> $(code "$r" "$T1") $(reason)"; done
+
+declare -A BEFORE LAG REACHED
+for r in "${REGIONS[@]}"; do BEFORE[$r]=$(lag_sum "$r"); done
+echo
+echo "2) revoke session sess-1 in us"
+t0=$(now_ms)
+"$VETO" revoke --session sess-1 --nats "$(url_of us)" --region us --reason demo | sed 's/^/   /'
+refused=0
+while (( refused < ${#REGIONS[@]} )) && (( $(now_ms) - t0 < 5000 )); do
+    for r in "${REGIONS[@]}"; do
+        [ -n "${REACHED[$r]:-}" ] && continue
+        if [ "$(code "$r" "$T1")" = 401 ]; then REACHED[$r]=$(( $(now_ms) - t0 )); refused=$((refused + 1)); fi
+    done
+done
+for r in "${REGIONS[@]}"; do : "${REACHED[$r]:=not refused after 5 s}"; done
+sleep 0.2
+for r in "${REGIONS[@]}"; do
+    LAG[$r]=$(python3 -c "print(f'{(float(\"$(lag_sum "$r")\") - float(\"${BEFORE[$r]}\")) * 1000:.2f}')")
+    echo "   $r -> $(code "$r" "$T1") $(reason)   lag measured by the sidecar: ${LAG[$r]} ms"
+done
+
+echo
+echo "3) cut eu off (kill its hub); revoke bob's session sess-2 in us"
+kill "${PID[eu-hub]}"; wait "${PID[eu-hub]}" 2>/dev/null || true; unset 'PID[eu-hub]'
+cut=$(now_ms)
+"$VETO" revoke --session sess-2 --nats "$(url_of us)" --region us --reason demo | sed 's/^/   /'
+sleep 0.3
+for r in "${REGIONS[@]}"; do echo "   bob in $r -> $(code "$r" "$T2") $(reason)"; done
+echo "   (eu cannot know yet: it keeps serving its local state until revocations from us are ${MAX_STALENESS}s stale)"
+while [ "$(code eu "$T2")" != 503 ]; do
+    (( $(now_ms) - cut < 15000 )) || { echo "   eu never went stale"; break; }
+    sleep 0.2
+done
+echo "   after $(( ($(now_ms) - cut) )) ms: bob in eu -> $(code eu "$T2") $(reason)   (on_stale = deny: fail closed)"
+echo "   eu staleness of origin us: $(staleness eu us) s; /readyz: $(curl -s "http://127.0.0.1:${HTTP[eu]}/readyz")"
+
+echo
+echo "4) heal: restart eu's hub"
+healed=$(now_ms)
+start_hub eu
+while [ "$(code eu "$T2")" != 401 ]; do
+    (( $(now_ms) - healed < 20000 )) || { echo "   eu did not catch up in 20 s"; break; }
+    sleep 0.05
+done
+CATCHUP=$(( $(now_ms) - healed ))
+echo "   eu caught up ${CATCHUP} ms after the hub restarted: bob in eu -> $(code eu "$T2") $(reason)"
+echo "   alice in eu -> $(code eu "$T1") $(reason); a new session in eu -> $(code eu "$(mint carol sess-3)") $(reason)"
+
+echo
+echo "== summary"
+printf '   %-8s %-22s %-22s %-18s\n' region "sess-1 lag (sidecar)" "sess-1 refused (curl)" "after partition"
+for r in "${REGIONS[@]}"; do
+    after="refused"; [ "$r" = eu ] && after="caught up in ${CATCHUP} ms"
+    printf '   %-8s %-22s %-22s %-18s\n' "$r" "${LAG[$r]} ms" "${REACHED[$r]} ms" "$after"
+done
+echo "   (curl times include starting curl and Envoy round trips; the sidecar lag is applied time - revoked_at)"
+echo
+echo "tearing down"
