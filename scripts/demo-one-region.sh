@@ -8,6 +8,8 @@ cd "$REPO"
 scripts/install-deps.sh >/dev/null
 # shellcheck source=scripts/env.sh
 source scripts/env.sh
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 cargo build --quiet --bin veto
 VETO="$REPO/target/debug/veto"
 
@@ -20,8 +22,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 1 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
 
 NATS_PORT=$(free_port); GRPC=$(free_port); HTTP=$(free_port); UP=$(free_port); LISTEN=$(free_port); ADMIN=$(free_port)
 
@@ -56,22 +56,11 @@ for _ in $(seq 1 200); do curl -fs "http://127.0.0.1:$HTTP/readyz" >/dev/null &&
 curl -fs "http://127.0.0.1:$HTTP/readyz"; echo
 
 echo "== upstream on :$UP (echoes the identity Envoy passed on)"
-python3 - "$UP" >/dev/null 2>&1 <<'PY' &
-import http.server, json, sys
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = json.dumps({"upstream_saw_x_user_id": self.headers.get("x-user-id")}).encode()
-        self.send_response(200); self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body))); self.end_headers(); self.wfile.write(body)
-    def log_message(self, *a): pass
-http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
-PY
-PIDS+=($!); wait_port "$UP"
+start_upstream "$UP"
+PIDS+=("$UPSTREAM_PID")
 
 echo "== Envoy on :$LISTEN (ext_authz -> veto)"
-LISTEN_PORT=$LISTEN ADMIN_PORT=$ADMIN AUTHZ_PORT=$GRPC UPSTREAM_PORT=$UP \
-    envsubst '${LISTEN_PORT} ${ADMIN_PORT} ${AUTHZ_PORT} ${UPSTREAM_PORT}' \
-    <deploy/envoy/envoy-sidecar.yaml.tmpl >"$WORK/envoy.yaml"
+envoy_config "$LISTEN" "$ADMIN" "$GRPC" "$UP" >"$WORK/envoy.yaml"
 "$VETO_ENVOY_BIN" -c "$WORK/envoy.yaml" --use-dynamic-base-id -l warning >"$WORK/envoy.log" 2>&1 &
 PIDS+=($!); wait_port "$LISTEN"
 

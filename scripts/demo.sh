@@ -15,6 +15,8 @@ cd "$REPO"
 scripts/install-deps.sh >/dev/null
 # shellcheck source=scripts/env.sh
 source scripts/env.sh
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 echo "building veto..."
 cargo build --quiet --bin veto
 VETO="$REPO/target/debug/veto"
@@ -30,7 +32,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 # A base port whose next 30 ports are all free (the topology uses base+10*i .. base+10*i+5).
 free_base() {
     python3 - <<'PY'
@@ -48,8 +49,6 @@ for _ in range(200):
         for s in socks: s.close()
 PY
 }
-wait_port() { for _ in $(seq 1 400); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.025; done; echo "port $1 never opened" >&2; return 1; }
-now_ms() { date +%s%3N; }
 start() { # name, log, command...
     local name=$1 log=$2; shift 2
     "$@" >"$log" 2>&1 &
@@ -92,18 +91,8 @@ T2=$(mint bob sess-2)
 
 declare -A HTTP LISTEN
 UP=$(free_port)
-python3 - "$UP" >/dev/null 2>&1 <<'PY' &
-import http.server, json, sys
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = json.dumps({"user": self.headers.get("x-user-id")}).encode()
-        self.send_response(200); self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body))); self.end_headers(); self.wfile.write(body)
-    def log_message(self, *a): pass
-http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
-PY
-PID[upstream]=$!
-wait_port "$UP"
+start_upstream "$UP"
+PID[upstream]=$UPSTREAM_PID
 
 for r in "${REGIONS[@]}"; do
     grpc=$(free_port); HTTP[$r]=$(free_port); LISTEN[$r]=$(free_port); admin=$(free_port)
@@ -128,9 +117,7 @@ max_staleness = "${MAX_STALENESS}s"
 on_stale = "deny"
 TOML
     start "$r-veto" "$WORK/$r-veto.log" "$VETO" sidecar --config "$WORK/$r.toml"
-    LISTEN_PORT=${LISTEN[$r]} ADMIN_PORT=$admin AUTHZ_PORT=$grpc UPSTREAM_PORT=$UP \
-        envsubst '${LISTEN_PORT} ${ADMIN_PORT} ${AUTHZ_PORT} ${UPSTREAM_PORT}' \
-        <deploy/envoy/envoy-sidecar.yaml.tmpl >"$WORK/$r-envoy.yaml"
+    envoy_config "${LISTEN[$r]}" "$admin" "$grpc" "$UP" >"$WORK/$r-envoy.yaml"
     start "$r-envoy" "$WORK/$r-envoy.log" "$VETO_ENVOY_BIN" -c "$WORK/$r-envoy.yaml" --use-dynamic-base-id -l warning --concurrency 1
 done
 echo "== sidecars + Envoy in us, eu, ap; waiting for ready (keys loaded, stream replayed, every origin fresh)"
@@ -182,7 +169,7 @@ while [ "$(code eu "$T2")" != 503 ]; do
     (( $(now_ms) - cut < 15000 )) || { echo "   eu never went stale"; break; }
     sleep 0.2
 done
-echo "   after $(( ($(now_ms) - cut) )) ms: bob in eu -> $(code eu "$T2") $(reason)   (on_stale = deny: fail closed)"
+echo "   after $(( $(now_ms) - cut )) ms: bob in eu -> $(code eu "$T2") $(reason)   (on_stale = deny: fail closed)"
 echo "   eu staleness of origin us: $(staleness eu us) s; /readyz: $(curl -s "http://127.0.0.1:${HTTP[eu]}/readyz")"
 
 echo

@@ -108,23 +108,14 @@ pub struct RevokeArgs {
     /// Also push the logout to connected clients.
     #[arg(long)]
     urgent: bool,
-    /// NATS server URL(s) of this region's JetStream domain.
-    #[arg(long, env = "VETO_NATS_URL")]
-    nats: String,
-    /// Origin region of the event.
-    #[arg(long, env = "VETO_REGION")]
-    region: String,
-    /// JetStream domain, if the servers use one.
-    #[arg(long)]
-    domain: Option<String>,
+    #[command(flatten)]
+    bus: NatsArgs,
     /// How long the revocation is held: at least the longest token lifetime + leeway.
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     ttl: Duration,
     /// Event id (default: random). Re-using one makes a retry idempotent.
     #[arg(long)]
     event_id: Option<String>,
-    #[arg(long)]
-    credentials_file: Option<PathBuf>,
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     timeout: Duration,
 }
@@ -136,9 +127,7 @@ pub fn random_id() -> String {
 }
 
 pub async fn revoke(a: RevokeArgs) -> Result<(), Failure> {
-    if !valid_region(&a.region) {
-        return Err(usage("--region: 1-64 characters of [A-Za-z0-9_-]"));
-    }
+    a.bus.validate()?;
     let (kind, id) = match (a.session, a.token, a.subject) {
         (Some(s), None, None) => (Kind::Session, s),
         (None, Some(t), None) => (Kind::Token, t),
@@ -152,7 +141,7 @@ pub async fn revoke(a: RevokeArgs) -> Result<(), Failure> {
     if !valid_token_name(&event_id, 128) {
         return Err(usage("--event-id: 1-128 characters of [A-Za-z0-9_-]"));
     }
-    let cfg = nats_settings(a.nats, a.region.clone(), a.domain, a.credentials_file, a.timeout);
+    let cfg = a.bus.settings(a.timeout);
     let (client, _events) = veto::feed::connect(&cfg, "veto-revoke", false)
         .await
         .map_err(|e| unavailable(format!("{e}")))?;
@@ -166,7 +155,7 @@ pub async fn revoke(a: RevokeArgs) -> Result<(), Failure> {
         issuer: a.issuer,
         revoked_at: now,
         expires_at: now + a.ttl.as_millis() as i64,
-        origin_region: a.region,
+        origin_region: a.bus.region,
         reason: a.reason,
         urgent: a.urgent,
     };
@@ -184,35 +173,71 @@ pub async fn revoke(a: RevokeArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// How a CLI command reaches its region's JetStream servers.
+#[derive(Args)]
+pub struct NatsArgs {
+    /// NATS server URL(s) of this region's JetStream servers.
+    #[arg(long, env = "VETO_NATS_URL")]
+    pub(crate) nats: String,
+    /// The region (origin of what is published).
+    #[arg(long, env = "VETO_REGION")]
+    pub(crate) region: String,
+    /// JetStream domain, if the servers use one.
+    #[arg(long)]
+    pub(crate) domain: Option<String>,
+    #[arg(long)]
+    pub(crate) credentials_file: Option<PathBuf>,
+}
+
+impl NatsArgs {
+    fn validate(&self) -> Result<(), Failure> {
+        if valid_region(&self.region) {
+            Ok(())
+        } else {
+            Err(usage("--region: 1-64 characters of [A-Za-z0-9_-]"))
+        }
+    }
+
+    /// NATS settings for CLI commands (no stream management, no fast path).
+    pub(crate) fn settings(&self, connect_timeout: Duration) -> Nats {
+        Nats {
+            url: self.nats.clone(),
+            region: self.region.clone(),
+            regions: Vec::new(),
+            fast_path: false,
+            catchup_after: Duration::from_secs(3),
+            stream: "VETO_REVOCATIONS".into(),
+            domain: self.domain.clone(),
+            credentials_file: self.credentials_file.clone(),
+            token_file: None,
+            user: None,
+            password_file: None,
+            nkey_seed_file: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_required: false,
+            connect_timeout,
+            ensure_stream: false,
+        }
+    }
+}
+
 #[derive(Args)]
 pub struct HeartbeatArgs {
-    #[arg(long, env = "VETO_NATS_URL")]
-    nats: String,
-    #[arg(long, env = "VETO_REGION")]
-    region: String,
-    #[arg(long)]
-    domain: Option<String>,
+    #[command(flatten)]
+    bus: NatsArgs,
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     interval: Duration,
-    #[arg(long)]
-    credentials_file: Option<PathBuf>,
 }
 
 pub async fn heartbeat(a: HeartbeatArgs) -> Result<(), Failure> {
-    if !valid_region(&a.region) {
-        return Err(usage("--region: 1-64 characters of [A-Za-z0-9_-]"));
-    }
+    a.bus.validate()?;
     if a.interval.is_zero() {
         return Err(usage("--interval must be positive"));
     }
     veto::telemetry::init(&veto::config::Log::default());
-    let cfg = nats_settings(
-        a.nats,
-        a.region.clone(),
-        a.domain,
-        a.credentials_file,
-        Duration::from_secs(5),
-    );
+    let cfg = a.bus.settings(Duration::from_secs(5));
     // Waits for the server rather than failing: a heartbeat publisher is a long-running
     // service, and its absence is what staleness alerts report.
     let (client, _events) = veto::feed::connect(&cfg, "veto-heartbeat", true)
@@ -225,39 +250,9 @@ pub async fn heartbeat(a: HeartbeatArgs) -> Result<(), Failure> {
         wait_for_signal().await;
         sd.cancel();
     });
-    tracing::info!(region = %a.region, interval = ?a.interval, "publishing heartbeats");
-    veto::feed::heartbeat::run(js, a.region, a.interval, shutdown).await;
+    tracing::info!(region = %a.bus.region, interval = ?a.interval, "publishing heartbeats");
+    veto::feed::heartbeat::run(js, a.bus.region, a.interval, shutdown).await;
     Ok(())
-}
-
-/// NATS settings for the CLI commands (no stream management, no fast path).
-fn nats_settings(
-    url: String,
-    region: String,
-    domain: Option<String>,
-    credentials_file: Option<PathBuf>,
-    connect_timeout: Duration,
-) -> Nats {
-    Nats {
-        url,
-        region,
-        regions: Vec::new(),
-        fast_path: false,
-        catchup_after: Duration::from_secs(3),
-        stream: "VETO_REVOCATIONS".into(),
-        domain,
-        credentials_file,
-        token_file: None,
-        user: None,
-        password_file: None,
-        nkey_seed_file: None,
-        tls_ca_file: None,
-        tls_cert_file: None,
-        tls_key_file: None,
-        tls_required: false,
-        connect_timeout,
-        ensure_stream: false,
-    }
 }
 
 #[derive(Subcommand)]

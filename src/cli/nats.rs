@@ -1,7 +1,7 @@
 //! `veto nats ...`: the multi-region NATS topology (config generation) and stream
 //! provisioning.
 
-use super::{nats_settings, other, unavailable, usage, Failure};
+use super::{other, unavailable, usage, Failure, NatsArgs};
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -116,13 +116,13 @@ async fn provision(a: ProvisionArgs) -> Result<(), Failure> {
     }
     // Every request goes to $JS.<region>.API: the stream lands in domain <region> whichever
     // server of the topology the URL names.
-    let cfg = nats_settings(
-        a.nats,
-        a.region.clone(),
-        Some(a.region.clone()),
-        a.credentials_file,
-        a.timeout,
-    );
+    let cfg = NatsArgs {
+        nats: a.nats,
+        region: a.region.clone(),
+        domain: Some(a.region.clone()),
+        credentials_file: a.credentials_file,
+    }
+    .settings(a.timeout);
     let (client, _events) = veto::feed::connect(&cfg, "veto-nats-provision", false)
         .await
         .map_err(|e| unavailable(e.to_string()))?;

@@ -1,0 +1,42 @@
+# shellcheck shell=bash
+# Helpers shared by the demo scripts (source me).
+
+# A free TCP port on 127.0.0.1.
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# Waits until something listens on 127.0.0.1:$1 (10 s at most).
+wait_port() {
+    for _ in $(seq 1 400); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.025
+    done
+    echo "port $1 never opened" >&2
+    return 1
+}
+
+now_ms() { date +%s%3N; }
+
+# A tiny upstream on 127.0.0.1:$1 that answers {"user": <x-user-id it received>}, in the
+# background; its pid is left in UPSTREAM_PID.
+start_upstream() {
+    python3 - "$1" >/dev/null 2>&1 <<'PY' &
+import http.server, json, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({"user": self.headers.get("x-user-id")}).encode()
+        self.send_response(200); self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body))); self.end_headers(); self.wfile.write(body)
+    def log_message(self, *a): pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+PY
+    export UPSTREAM_PID=$!
+    wait_port "$1"
+}
+
+# Renders the Envoy sidecar template: envoy_config LISTEN ADMIN AUTHZ UPSTREAM > file
+envoy_config() {
+    # shellcheck disable=SC2016 # envsubst wants the literal ${NAME}s it may replace
+    LISTEN_PORT=$1 ADMIN_PORT=$2 AUTHZ_PORT=$3 UPSTREAM_PORT=$4 \
+        envsubst '${LISTEN_PORT} ${ADMIN_PORT} ${AUTHZ_PORT} ${UPSTREAM_PORT}' \
+        <"$(dirname "${BASH_SOURCE[0]}")/../deploy/envoy/envoy-sidecar.yaml.tmpl"
+}
