@@ -12,8 +12,9 @@ use crate::metrics::Metrics;
 use crate::revocation::{Freshness, RevokedBy, RevokedSet};
 use crate::token::{TokenError, Validator, VerifiedToken};
 use serde_json::Value;
+use std::any::Any;
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// Why a request was denied. `reason()` strings are a stable contract (JSON body, metrics).
@@ -61,9 +62,58 @@ pub struct Denial {
     pub body: String,
 }
 
+/// A verified token as cached: the token, plus each transport's allow answer, rendered once
+/// per token instead of once per request (a repeat token's answer never changes; revocation
+/// and freshness are still checked on every request before it is used).
+pub struct Verified {
+    pub token: VerifiedToken,
+    rendered: [OnceLock<Box<dyn Any + Send + Sync>>; 2],
+}
+
+/// Which transport a rendered answer belongs to.
+#[derive(Clone, Copy)]
+pub enum Transport {
+    Grpc = 0,
+    Http = 1,
+}
+
+impl Verified {
+    fn new(token: VerifiedToken) -> Verified {
+        Verified {
+            token,
+            rendered: Default::default(),
+        }
+    }
+
+    /// The transport's rendering of this token's allow answer, built on first use.
+    pub fn rendered<T: Any + Send + Sync>(
+        &self,
+        transport: Transport,
+        build: impl FnOnce() -> T,
+    ) -> &T {
+        let slot = self.rendered[transport as usize].get_or_init(|| Box::new(build()));
+        // Each transport only ever stores its own type in its slot.
+        slot.downcast_ref::<T>()
+            .unwrap_or_else(|| unreachable!("one type per transport slot"))
+    }
+}
+
+impl std::ops::Deref for Verified {
+    type Target = VerifiedToken;
+    fn deref(&self) -> &VerifiedToken {
+        &self.token
+    }
+}
+
+impl std::fmt::Debug for Verified {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.token.fmt(f)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum Decision {
-    Allow(Arc<VerifiedToken>),
+    Allow(Arc<Verified>),
     Deny(Denial),
     /// Veto cannot decide (e.g. the issuer's keys were never loaded). Transports answer with
     /// an error status so the proxy's own failure mode applies; the text is internal.
@@ -104,7 +154,7 @@ pub struct DeciderConfig {
 
 pub struct Decider {
     validator: Validator,
-    cache: moka::sync::Cache<Box<str>, Arc<VerifiedToken>>,
+    cache: moka::sync::Cache<Box<str>, Arc<Verified>>,
     revoked: Arc<RevokedSet>,
     freshness: Arc<Freshness>,
     refetchers: Vec<Option<Arc<Refetcher>>>,
@@ -116,11 +166,11 @@ struct UntilExp {
     leeway: Vec<i64>,
 }
 
-impl moka::Expiry<Box<str>, Arc<VerifiedToken>> for UntilExp {
+impl moka::Expiry<Box<str>, Arc<Verified>> for UntilExp {
     fn expire_after_create(
         &self,
         _key: &Box<str>,
-        v: &Arc<VerifiedToken>,
+        v: &Arc<Verified>,
         _now: std::time::Instant,
     ) -> Option<Duration> {
         let leeway = self.leeway.get(v.issuer).copied().unwrap_or(0);
@@ -197,7 +247,7 @@ impl Decider {
         Some(self.after_verification(v, now_ms))
     }
 
-    fn after_verification(&self, v: Arc<VerifiedToken>, now_ms: i64) -> Decision {
+    fn after_verification(&self, v: Arc<Verified>, now_ms: i64) -> Decision {
         let c = &v.claims;
         if let Some(by) = self.revoked.check(
             &c.iss,
@@ -226,18 +276,18 @@ impl Decider {
         Decision::Allow(v)
     }
 
-    async fn verified(&self, token: &str, now_ms: i64) -> Result<Arc<VerifiedToken>, TokenError> {
+    async fn verified(&self, token: &str, now_ms: i64) -> Result<Arc<Verified>, TokenError> {
         let now = now_ms.div_euclid(1000);
         if let Some(v) = self.cache.get(token) {
             let leeway = self.config.leeway.get(v.issuer).copied().unwrap_or(0);
             if now < v.claims.exp + leeway {
-                self.metrics.token_cache.with_label_values(&["hit"]).inc();
+                self.metrics.hot.cache_hit.inc();
                 return Ok(v);
             }
             self.cache.invalidate(token);
             return Err(TokenError::Expired);
         }
-        self.metrics.token_cache.with_label_values(&["miss"]).inc();
+        self.metrics.hot.cache_miss.inc();
         let result = match self.validator.validate(token, now) {
             Err(TokenError::UnknownKid) => {
                 // One refetch of that issuer's JWKS (shared, rate-limited), then one retry.
@@ -254,7 +304,7 @@ impl Decider {
             }
             other => other,
         };
-        let v = Arc::new(result?);
+        let v = Arc::new(Verified::new(result?));
         self.cache.insert(token.into(), v.clone());
         Ok(v)
     }

@@ -6,8 +6,20 @@ use prometheus::{
     IntGauge, IntGaugeVec, Opts, Registry,
 };
 
+/// Children of the request-path metrics resolved once, so the hot path does no label lookups.
+#[derive(Clone)]
+pub struct Hot {
+    pub cache_hit: IntCounter,
+    pub cache_miss: IntCounter,
+    /// `veto_checks_total{result="allow",reason="ok"}` per transport: [grpc, http].
+    pub allow_ok: [IntCounter; 2],
+    /// `veto_check_duration_seconds` per transport: [grpc, http].
+    pub duration: [Histogram; 2],
+}
+
 #[derive(Clone)]
 pub struct Metrics {
+    pub hot: Hot,
     pub checks: IntCounterVec,
     pub check_duration: HistogramVec,
     pub propagation: HistogramVec,
@@ -43,16 +55,46 @@ impl Metrics {
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
             30.0, 60.0, 300.0,
         ];
-        Metrics {
-            checks: reg(r, IntCounterVec::new(
-                Opts::new("veto_checks_total", "Authorization checks by transport, result and reason."),
+        let checks = reg(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "veto_checks_total",
+                    "Authorization checks by transport, result and reason.",
+                ),
                 &["transport", "result", "reason"],
-            ).expect("static metric")),
-            check_duration: reg(r, HistogramVec::new(
+            )
+            .expect("static metric"),
+        );
+        let check_duration = reg(
+            r,
+            HistogramVec::new(
                 HistogramOpts::new("veto_check_duration_seconds", "Time to decide one check.")
                     .buckets(exponential_buckets(0.000_005, 2.5, 12).expect("static buckets")),
                 &["transport"],
-            ).expect("static metric")),
+            )
+            .expect("static metric"),
+        );
+        let token_cache = reg(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "veto_token_cache_lookups_total",
+                    "Verified-token cache lookups by result.",
+                ),
+                &["result"],
+            )
+            .expect("static metric"),
+        );
+        Metrics {
+            hot: Hot {
+                cache_hit: token_cache.with_label_values(&["hit"]),
+                cache_miss: token_cache.with_label_values(&["miss"]),
+                allow_ok: ["grpc", "http"].map(|t| checks.with_label_values(&[t, "allow", "ok"])),
+                duration: ["grpc", "http"].map(|t| check_duration.with_label_values(&[t])),
+            },
+            checks: checks.clone(),
+            check_duration: check_duration.clone(),
             propagation: reg(r, HistogramVec::new(
                 HistogramOpts::new(
                     "veto_revocation_propagation_seconds",
@@ -93,10 +135,7 @@ impl Metrics {
                 Opts::new("veto_stale_decisions_total", "Checks decided while the feed was stale, by policy."),
                 &["policy"],
             ).expect("static metric")),
-            token_cache: reg(r, IntCounterVec::new(
-                Opts::new("veto_token_cache_lookups_total", "Verified-token cache lookups by result."),
-                &["result"],
-            ).expect("static metric")),
+            token_cache: token_cache.clone(),
             replay_duration: reg(r, Histogram::with_opts(
                 HistogramOpts::new("veto_feed_replay_seconds", "Time from feed start to caught up.")
                     .buckets(exponential_buckets(0.001, 4.0, 10).expect("static buckets")),

@@ -5,7 +5,7 @@
 //! whose status is UNAUTHENTICATED / PERMISSION_DENIED / UNAVAILABLE with a denied HTTP
 //! response; cannot decide → a gRPC error, so Envoy's `failure_mode_allow` governs.
 
-use crate::decision::{Decider, Decision};
+use crate::decision::{Decider, Decision, Transport, Verified};
 use crate::metrics::Metrics;
 use envoy_types::ext_authz::v3::pb::{
     Authorization, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction,
@@ -96,52 +96,57 @@ fn pb_value(v: &Value) -> PbValue {
 }
 
 impl AuthzService {
+    /// The allow answer for a verified token (built once per cached token).
+    fn allow_response(&self, v: &Verified) -> CheckResponse {
+        let mut ok = OkHttpResponse::default();
+        for (h, value) in self.decider.identity_headers(v) {
+            match value {
+                Some(value) => ok.headers.push(header(
+                    h,
+                    &value,
+                    HeaderAppendAction::OverwriteIfExistsOrAdd,
+                )),
+                None => ok.headers_to_remove.push(h.to_string()),
+            }
+        }
+        if self.decider.config.remove_authorization {
+            ok.headers_to_remove.push("authorization".into());
+        }
+        let claims = Struct {
+            fields: v
+                .claims
+                .all
+                .iter()
+                .map(|(k, v)| (k.clone(), pb_value(v)))
+                .collect(),
+        };
+        let ns = &self.decider.config.metadata_namespace;
+        let metadata = if ns.is_empty() {
+            claims
+        } else {
+            Struct {
+                fields: [(
+                    ns.clone(),
+                    PbValue {
+                        kind: Some(Kind::StructValue(claims)),
+                    },
+                )]
+                .into_iter()
+                .collect(),
+            }
+        };
+        CheckResponse {
+            status: status(tonic::Code::Ok, ""),
+            http_response: Some(HttpResponse::OkResponse(ok)),
+            dynamic_metadata: Some(metadata),
+        }
+    }
+
     pub fn respond(&self, d: &Decision) -> Result<CheckResponse, Status> {
         match d {
-            Decision::Allow(v) => {
-                let mut ok = OkHttpResponse::default();
-                for (h, value) in self.decider.identity_headers(v) {
-                    match value {
-                        Some(value) => ok.headers.push(header(
-                            h,
-                            &value,
-                            HeaderAppendAction::OverwriteIfExistsOrAdd,
-                        )),
-                        None => ok.headers_to_remove.push(h.to_string()),
-                    }
-                }
-                if self.decider.config.remove_authorization {
-                    ok.headers_to_remove.push("authorization".into());
-                }
-                let claims = Struct {
-                    fields: v
-                        .claims
-                        .all
-                        .iter()
-                        .map(|(k, v)| (k.clone(), pb_value(v)))
-                        .collect(),
-                };
-                let ns = &self.decider.config.metadata_namespace;
-                let metadata = if ns.is_empty() {
-                    claims
-                } else {
-                    Struct {
-                        fields: [(
-                            ns.clone(),
-                            PbValue {
-                                kind: Some(Kind::StructValue(claims)),
-                            },
-                        )]
-                        .into_iter()
-                        .collect(),
-                    }
-                };
-                Ok(CheckResponse {
-                    status: status(tonic::Code::Ok, ""),
-                    http_response: Some(HttpResponse::OkResponse(ok)),
-                    dynamic_metadata: Some(metadata),
-                })
-            }
+            Decision::Allow(v) => Ok(v
+                .rendered(Transport::Grpc, || self.allow_response(v))
+                .clone()),
             Decision::Deny(den) => {
                 let code = match den.http_status {
                     403 => tonic::Code::PermissionDenied,
@@ -196,7 +201,7 @@ impl Authorization for AuthzService {
         let started = Instant::now();
         let req = req.into_inner();
         let d = self.decider.decide(authorization(&req)).await;
-        super::observe(&self.metrics, "grpc", started, &d);
+        super::observe(&self.metrics, Transport::Grpc, started, &d);
         self.respond(&d).map(Response::new)
     }
 }

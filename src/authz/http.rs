@@ -2,7 +2,7 @@
 //! headers, or 401/403/503 with the same challenge and body as the gRPC denial. Fits nginx
 //! `auth_request`, Caddy `forward_auth`, Traefik ForwardAuth and Envoy's `http_service`.
 
-use crate::decision::{Decider, Decision};
+use crate::decision::{Decider, Decision, Transport};
 use crate::metrics::Metrics;
 use axum::body::Body;
 use axum::extract::State;
@@ -27,7 +27,7 @@ pub async fn check(State(s): State<ForwardAuth>, headers: HeaderMap) -> Response
         (None, _) => None,
     };
     let d = s.decider.decide(auth).await;
-    super::observe(&s.metrics, "http", started, &d);
+    super::observe(&s.metrics, Transport::Http, started, &d);
     render(&s.decider, &d)
 }
 
@@ -37,12 +37,19 @@ fn render(decider: &Decider, d: &Decision) -> Response<Body> {
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     match d {
         Decision::Allow(v) => {
-            for (name, value) in decider.identity_headers(v) {
-                if let (Ok(n), Some(Ok(val))) =
-                    (HeaderName::try_from(name), value.map(HeaderValue::try_from))
-                {
-                    h.insert(n, val);
-                }
+            let identity: &Vec<(HeaderName, HeaderValue)> = v.rendered(Transport::Http, || {
+                decider
+                    .identity_headers(v)
+                    .filter_map(|(name, value)| {
+                        Some((
+                            HeaderName::try_from(name).ok()?,
+                            HeaderValue::try_from(value?).ok()?,
+                        ))
+                    })
+                    .collect()
+            });
+            for (n, val) in identity {
+                h.insert(n.clone(), val.clone());
             }
         }
         Decision::Deny(den) => {
