@@ -1,13 +1,17 @@
 //! The revoked set: a grow-only set of 128-bit digests with expiries.
 //!
 //! Why this shape: the set must hold millions of entries cheaply and never forget one before
-//! it expires (no size-based eviction, ever), so it is a plain open-addressing table of
+//! it expires (no size-based eviction, ever), so it is plain open-addressing tables of
 //! `([u32; 4] digest, u32 expiry-seconds)` — 20 bytes a slot plus one control byte — split
 //! into shards so that pruning and writes never stall readers for long. moka would cost ~20x
 //! the memory and may evict; it is used only for the verified-token cache.
 //!
-//! Digests are SipHash-1-3-128 under a per-process random key over (kind, issuer, id), so
-//! nobody can craft collisions; a collision could only ever deny, never allow.
+//! Keys: `H_id(id) XOR H_iss(issuer)`, two SipHash-1-3-128 functions under independent
+//! per-process random keys, so nobody can craft collisions (a collision could only ever deny,
+//! never allow) and a request hashes each claim once, whatever it is looked up against.
+//! Entries live in one table per (kind, scope) — scope being "this issuer" or "any issuer" —
+//! with a count each, so a request skips every table that is empty (typically the token,
+//! subject and any-issuer ones) without touching memory.
 
 use super::event::{Kind, RevocationEvent};
 use parking_lot::RwLock;
@@ -17,6 +21,10 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 const SHARDS: usize = 64;
+/// Kinds with tables: session, token, subject.
+const KINDS: usize = 3;
+/// Scope 0: entries for one issuer; scope 1: entries for any issuer.
+const SCOPES: usize = 2;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct Key([u32; 4]);
@@ -58,17 +66,18 @@ impl BuildHasher for BuildPassThrough {
 
 #[derive(Clone, Copy)]
 struct SubjectEntry {
-    /// Tokens with `iat` (in ms) before this are dead.
-    not_before_ms: i64,
+    /// Tokens with `iat` (seconds) before this are dead: `ceil(revoked_at / 1000)`.
+    not_before: u32,
     expires: u32,
 }
 
 #[derive(Default)]
 struct Shard {
-    /// SESSION ([0]) and TOKEN ([1]) revocations: digest → expiry (seconds since the epoch,
-    /// rounded up).
-    exact: [HashMap<Key, u32, BuildPassThrough>; 2],
-    subjects: HashMap<Key, SubjectEntry, BuildPassThrough>,
+    /// SESSION and TOKEN revocations per [kind][scope]: digest → expiry (seconds since the
+    /// epoch, rounded up).
+    exact: [[HashMap<Key, u32, BuildPassThrough>; SCOPES]; 2],
+    /// SUBJECT revocations per scope.
+    subjects: [HashMap<Key, SubjectEntry, BuildPassThrough>; SCOPES],
 }
 
 /// What applying an event did.
@@ -107,8 +116,12 @@ impl SetStats {
 
 pub struct RevokedSet {
     shards: Box<[RwLock<Shard>]>,
-    keys: (u64, u64),
-    counts: [AtomicUsize; 3],
+    id_key: (u64, u64),
+    issuer_key: (u64, u64),
+    /// Live entries per [kind][scope].
+    counts: [[AtomicUsize; SCOPES]; KINDS],
+    /// `H_iss("")`: the any-issuer scope's tweak.
+    any_issuer: [u64; 2],
 }
 
 impl Default for RevokedSet {
@@ -135,38 +148,48 @@ fn kind_index(kind: Kind) -> usize {
     }
 }
 
+fn sip(keys: (u64, u64), bytes: &[u8]) -> [u64; 2] {
+    let mut h = SipHasher13::new_with_keys(keys.0, keys.1);
+    h.write(bytes);
+    let d = h.finish128();
+    [d.h1, d.h2]
+}
+
+fn random_keys() -> (u64, u64) {
+    let mut k = [0u8; 16];
+    // A fixed key would still be correct, only collision-craftable; aws-lc's RNG does not
+    // fail in practice.
+    let _ = aws_lc_rs::rand::fill(&mut k);
+    let (a, b) = k.split_at(8);
+    (
+        u64::from_le_bytes(a.try_into().unwrap_or_default()),
+        u64::from_le_bytes(b.try_into().unwrap_or_default()),
+    )
+}
+
+fn combine(id: [u64; 2], issuer: [u64; 2]) -> Key {
+    let (a, b) = (id[0] ^ issuer[0], id[1] ^ issuer[1]);
+    Key([a as u32, (a >> 32) as u32, b as u32, (b >> 32) as u32])
+}
+
 impl RevokedSet {
     pub fn new() -> RevokedSet {
-        let mut k = [0u8; 16];
-        // A fixed key would still be correct, only collision-craftable; aws-lc's RNG does
-        // not fail in practice.
-        let _ = aws_lc_rs::rand::fill(&mut k);
-        let k0 = u64::from_le_bytes(k[..8].try_into().unwrap_or_default());
-        let k1 = u64::from_le_bytes(k[8..].try_into().unwrap_or_default());
+        let issuer_key = random_keys();
         RevokedSet {
             shards: (0..SHARDS).map(|_| RwLock::new(Shard::default())).collect(),
-            keys: (k0, k1),
+            id_key: random_keys(),
+            issuer_key,
             counts: Default::default(),
+            any_issuer: sip(issuer_key, b""),
         }
-    }
-
-    fn key(&self, kind: Kind, issuer: &str, id: &str) -> Key {
-        let mut h = SipHasher13::new_with_keys(self.keys.0, self.keys.1);
-        h.write_u8(kind as u8);
-        h.write_u32(issuer.len() as u32);
-        h.write(issuer.as_bytes());
-        h.write(id.as_bytes());
-        let d = h.finish128();
-        Key([
-            d.h1 as u32,
-            (d.h1 >> 32) as u32,
-            d.h2 as u32,
-            (d.h2 >> 32) as u32,
-        ])
     }
 
     fn shard(&self, k: &Key) -> &RwLock<Shard> {
         &self.shards[k.0[0] as usize % SHARDS]
+    }
+
+    fn count(&self, kind: usize, scope: usize) -> usize {
+        self.counts[kind][scope].load(Ordering::Relaxed)
     }
 
     /// Applies a (validated) event at `now_ms`. Idempotent and order-independent: the set only
@@ -175,31 +198,36 @@ impl RevokedSet {
         if ev.expires_at <= now_ms {
             return Applied::Expired;
         }
-        let kind = Kind::try_from(ev.kind).unwrap_or(Kind::Unspecified);
-        let key = self.key(kind, &ev.issuer, &ev.id);
+        let kind = kind_index(Kind::try_from(ev.kind).unwrap_or(Kind::Unspecified));
+        let scope = usize::from(ev.issuer.is_empty());
+        let key = combine(
+            sip(self.id_key, ev.id.as_bytes()),
+            sip(self.issuer_key, ev.issuer.as_bytes()),
+        );
         let expires = secs_ceil(ev.expires_at);
         let mut shard = self.shard(&key).write();
-        let result = if kind == Kind::Subject {
-            match shard.subjects.get_mut(&key) {
+        let changed = if kind == 2 {
+            let not_before = secs_ceil(ev.revoked_at);
+            match shard.subjects[scope].get_mut(&key) {
                 None => {
-                    shard.subjects.insert(
+                    shard.subjects[scope].insert(
                         key,
                         SubjectEntry {
-                            not_before_ms: ev.revoked_at,
+                            not_before,
                             expires,
                         },
                     );
                     None
                 }
                 Some(e) => {
-                    let changed = ev.revoked_at > e.not_before_ms || expires > e.expires;
-                    e.not_before_ms = e.not_before_ms.max(ev.revoked_at);
+                    let changed = not_before > e.not_before || expires > e.expires;
+                    e.not_before = e.not_before.max(not_before);
                     e.expires = e.expires.max(expires);
                     Some(changed)
                 }
             }
         } else {
-            let table = &mut shard.exact[kind_index(kind)];
+            let table = &mut shard.exact[kind][scope];
             match table.get_mut(&key) {
                 None => {
                     table.insert(key, expires);
@@ -212,9 +240,9 @@ impl RevokedSet {
                 }
             }
         };
-        match result {
+        match changed {
             None => {
-                self.counts[kind_index(kind)].fetch_add(1, Ordering::Relaxed);
+                self.counts[kind][scope].fetch_add(1, Ordering::Relaxed);
                 Applied::New
             }
             Some(true) => Applied::New,
@@ -223,7 +251,8 @@ impl RevokedSet {
     }
 
     /// Is a token with these claims revoked at `now_ms`? Checks the session, the token and
-    /// the subject, each under the token's issuer and under "any issuer".
+    /// the subject, each under the token's issuer and under "any issuer"; tables that hold
+    /// nothing are skipped.
     pub fn check(
         &self,
         issuer: &str,
@@ -233,54 +262,75 @@ impl RevokedSet {
         iat_secs: i64,
         now_ms: i64,
     ) -> Option<RevokedBy> {
-        for iss in [issuer, ""] {
-            if self.exact_live(Kind::Session, self.key(Kind::Session, iss, sid), now_ms) {
-                return Some(RevokedBy::Session);
+        let mut issuer_hash = None;
+        let mut tweak = |scope: usize| -> [u64; 2] {
+            if scope == 1 {
+                self.any_issuer
+            } else {
+                *issuer_hash.get_or_insert_with(|| sip(self.issuer_key, issuer.as_bytes()))
             }
-            if let Some(jti) = jti {
-                if self.exact_live(Kind::Token, self.key(Kind::Token, iss, jti), now_ms) {
-                    return Some(RevokedBy::Token);
+        };
+        let claims = [
+            (0, Some(sid), RevokedBy::Session),
+            (1, jti, RevokedBy::Token),
+            (2, sub, RevokedBy::Subject),
+        ];
+        for (kind, id, by) in claims {
+            let Some(id) = id else { continue };
+            if self.count(kind, 0) == 0 && self.count(kind, 1) == 0 {
+                continue;
+            }
+            let h = sip(self.id_key, id.as_bytes());
+            for scope in 0..SCOPES {
+                if self.count(kind, scope) == 0 {
+                    continue;
                 }
-            }
-            if let Some(sub) = sub {
-                let k = self.key(Kind::Subject, iss, sub);
-                if let Some(e) = self.shard(&k).read().subjects.get(&k) {
-                    if live(e.expires, now_ms) && iat_secs.saturating_mul(1000) < e.not_before_ms {
-                        return Some(RevokedBy::Subject);
-                    }
+                let key = combine(h, tweak(scope));
+                let shard = self.shard(&key).read();
+                let hit = if kind == 2 {
+                    shard.subjects[scope].get(&key).is_some_and(|e| {
+                        live(e.expires, now_ms) && iat_secs < i64::from(e.not_before)
+                    })
+                } else {
+                    shard.exact[kind][scope]
+                        .get(&key)
+                        .is_some_and(|&exp| live(exp, now_ms))
+                };
+                if hit {
+                    return Some(by);
                 }
             }
         }
         None
     }
 
-    fn exact_live(&self, kind: Kind, k: Key, now_ms: i64) -> bool {
-        self.shard(&k).read().exact[kind_index(kind)]
-            .get(&k)
-            .is_some_and(|&exp| live(exp, now_ms))
-    }
-
     /// Forgets entries whose expiry has passed; returns how many. Never touches live ones.
     pub fn prune(&self, now_ms: i64) -> usize {
-        let mut removed = [0usize; 3];
+        let mut removed = [[0usize; SCOPES]; KINDS];
         for shard in self.shards.iter() {
             let mut s = shard.write();
-            for (i, table) in s.exact.iter_mut().enumerate() {
-                let before = table.len();
-                table.retain(|_, exp| live(*exp, now_ms));
-                removed[i] += before - table.len();
-                if table.capacity() > 64 && table.len() < table.capacity() / 4 {
-                    table.shrink_to_fit();
+            for (kind, tables) in s.exact.iter_mut().enumerate() {
+                for (scope, table) in tables.iter_mut().enumerate() {
+                    let before = table.len();
+                    table.retain(|_, exp| live(*exp, now_ms));
+                    removed[kind][scope] += before - table.len();
+                    if table.capacity() > 64 && table.len() < table.capacity() / 4 {
+                        table.shrink_to_fit();
+                    }
                 }
             }
-            let before = s.subjects.len();
-            s.subjects.retain(|_, e| live(e.expires, now_ms));
-            removed[2] += before - s.subjects.len();
+            for (scope, table) in s.subjects.iter_mut().enumerate() {
+                let before = table.len();
+                table.retain(|_, e| live(e.expires, now_ms));
+                removed[2][scope] += before - table.len();
+            }
         }
-        for (count, n) in self.counts.iter().zip(removed) {
-            count.fetch_sub(n, Ordering::Relaxed);
+        for (counts, removed) in self.counts.iter().zip(removed) {
+            for (c, n) in counts.iter().zip(removed) {
+                c.fetch_sub(n, Ordering::Relaxed);
+            }
         }
-        removed.iter().sum()
+        removed.iter().flatten().sum()
     }
 
     pub fn stats(&self) -> SetStats {
@@ -293,21 +343,28 @@ impl RevokedSet {
                 let s = s.read();
                 s.exact
                     .iter()
+                    .flatten()
                     .map(|t| buckets(t.capacity()) * slot_exact)
                     .sum::<usize>()
-                    + buckets(s.subjects.capacity()) * slot_subj
+                    + s.subjects
+                        .iter()
+                        .map(|t| buckets(t.capacity()) * slot_subj)
+                        .sum::<usize>()
             })
             .sum();
+        let per_kind = |k: usize| self.count(k, 0) + self.count(k, 1);
         SetStats {
-            sessions: self.counts[0].load(Ordering::Relaxed),
-            tokens: self.counts[1].load(Ordering::Relaxed),
-            subjects: self.counts[2].load(Ordering::Relaxed),
+            sessions: per_kind(0),
+            tokens: per_kind(1),
+            subjects: per_kind(2),
             table_bytes,
         }
     }
 
     pub fn len(&self) -> usize {
-        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+        (0..KINDS)
+            .map(|k| self.count(k, 0) + self.count(k, 1))
+            .sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -433,6 +490,24 @@ mod tests {
                 .check("", &format!("s{i}"), None, None, 0, T + 50_000)
                 .is_some());
         }
+    }
+
+    #[test]
+    fn issuer_and_id_do_not_mix() {
+        let s = RevokedSet::new();
+        s.apply(&ev(Kind::Session, "a", "b", T, T + 60_000), T);
+        assert!(s.check("b", "a", None, None, 0, T).is_some());
+        // swapped issuer and id, and the same id as a token or subject: all distinct
+        assert!(s.check("a", "b", None, None, 0, T).is_none());
+        assert!(s.check("b", "x", Some("a"), Some("a"), 0, T).is_none());
+        // an any-issuer subject entry applies to every issuer
+        s.apply(&ev(Kind::Subject, "u", "", T, T + 60_000), T);
+        assert_eq!(
+            s.check("zzz", "x", None, Some("u"), T / 1000 - 1, T),
+            Some(RevokedBy::Subject)
+        );
+        let st = s.stats();
+        assert_eq!((st.sessions, st.tokens, st.subjects), (1, 0, 1));
     }
 
     #[test]
