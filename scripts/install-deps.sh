@@ -14,10 +14,12 @@ log() { printf 'install-deps: %s\n' "$*" >&2; }
 
 # --- Debian packages -------------------------------------------------------
 missing_pkgs=()
-command -v nats-server >/dev/null 2>&1 || missing_pkgs+=(nats-server)
+# Debian puts nats-server in /usr/sbin, which a non-root PATH may lack.
+PATH="$PATH:/usr/sbin:/usr/local/sbin" command -v nats-server >/dev/null 2>&1 || missing_pkgs+=(nats-server)
 command -v promtool >/dev/null 2>&1 || missing_pkgs+=(prometheus)
 command -v wrk >/dev/null 2>&1 || missing_pkgs+=(wrk)
 command -v envsubst >/dev/null 2>&1 || missing_pkgs+=(gettext-base)
+command -v jq >/dev/null 2>&1 || missing_pkgs+=(jq) # benchmark scripts
 if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
     missing_pkgs+=(python3-venv)
 fi
