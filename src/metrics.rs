@@ -28,6 +28,7 @@ pub struct Metrics {
     pub feed_ready: IntGauge,
     pub feed_last_sequence: IntGauge,
     pub feed_restarts: IntCounter,
+    pub feed_stalls: IntCounter,
     pub revocations_held: IntGaugeVec,
     pub revocations_table_bytes: IntGauge,
     pub over_capacity: IntGauge,
@@ -110,6 +111,14 @@ impl Metrics {
             feed_ready: reg(r, IntGauge::new("veto_feed_ready", "1 once the revocation stream has been replayed.").expect("static metric")),
             feed_last_sequence: reg(r, IntGauge::new("veto_feed_last_sequence", "Last stream sequence applied.").expect("static metric")),
             feed_restarts: reg(r, IntCounter::new("veto_feed_consumer_restarts_total", "Times the stream consumer was recreated.").expect("static metric")),
+            feed_stalls: reg(
+                r,
+                IntCounter::new(
+                    "veto_feed_consumer_stalls_total",
+                    "Times the stream consumer stopped delivering while the stream held more, and was recreated.",
+                )
+                .expect("static metric"),
+            ),
             revocations_held: reg(r, IntGaugeVec::new(
                 Opts::new("veto_revocations_held", "Live revocations held, by kind."),
                 &["kind"],

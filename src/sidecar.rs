@@ -178,7 +178,9 @@ impl Sidecar {
                     origin: origin.clone(),
                     stream: crate::provision::stream_name(&n.stream, origin),
                     lag_threshold: n.catchup_after,
-                    request_timeout: Duration::from_secs(1),
+                    // fail fast while the origin is unreachable, so the read starts as soon
+                    // as the link is back
+                    request_timeout: Duration::from_millis(250),
                     applier: applier.clone(),
                 };
                 let (client, sd) = (client.clone(), shutdown.clone());
@@ -302,7 +304,8 @@ struct Housekeeping {
 impl Housekeeping {
     async fn run(self, max_entries: usize, prune_every: Duration, shutdown: CancellationToken) {
         const AUTHZ: &str = "envoy.service.auth.v3.Authorization";
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        // Short, so readiness follows the feed within a quarter second.
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
         let mut last_prune = tokio::time::Instant::now();
         let mut was_ready = None;
         loop {
@@ -338,9 +341,12 @@ impl Housekeeping {
                 .revocations_table_bytes
                 .set(st.table_bytes as i64);
             let over = st.total() > max_entries;
+            let was_over = self.metrics.over_capacity.get() == 1;
             self.metrics.over_capacity.set(i64::from(over));
             if over {
-                tracing::error!(held = st.total(), max_entries, "revocations over capacity; none are dropped, raise revocation.max_entries or memory");
+                if !was_over {
+                    tracing::error!(held = st.total(), max_entries, "revocations over capacity; none are dropped, raise revocation.max_entries or memory");
+                }
                 self.readiness.set_unready("revocations", "over capacity");
             } else {
                 self.readiness.set_ready("revocations");

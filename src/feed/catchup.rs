@@ -45,7 +45,7 @@ impl CatchUp {
             .timeout(self.request_timeout)
             .domain(self.origin.clone())
             .build(client);
-        let poll = Duration::from_millis(200);
+        let poll = Duration::from_millis(100);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -95,7 +95,9 @@ impl CatchUp {
                 .with_label_values(&[self.origin.as_str()])
                 .inc();
             // Follow until the source has caught up (its heartbeats arrive through our own
-            // stream again) or the origin becomes unreachable.
+            // stream again) or the direct read fails or goes quiet while still lagging (then
+            // it is recreated on the next round).
+            let mut last_message = std::time::Instant::now();
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
@@ -104,10 +106,21 @@ impl CatchUp {
                             tracing::info!(origin = %self.origin, "source caught up; direct read stopped");
                             break;
                         }
+                        if last_message.elapsed() > Duration::from_secs(2) {
+                            tracing::info!(origin = %self.origin, "direct read quiet while the source still lags; recreating");
+                            break;
+                        }
                     }
                     m = messages.next() => match m {
-                        Some(Ok(msg)) => self.applier.apply(&msg.subject, &msg.payload, "direct"),
-                        _ => break,
+                        Some(Ok(msg)) => {
+                            last_message = std::time::Instant::now();
+                            self.applier.apply(&msg.subject, &msg.payload, "direct");
+                        }
+                        Some(Err(e)) => {
+                            tracing::info!(origin = %self.origin, error = %e, "direct read failed; will retry");
+                            break;
+                        }
+                        None => break,
                     }
                 }
             }

@@ -208,6 +208,7 @@ impl Feed {
         let stream_name = crate::provision::stream_name(&self.cfg.stream, &self.cfg.region);
         let mut last_seq: u64 = 0;
         let mut ready = false;
+        let mut seen_disconnect = false;
         let mut failures: u32 = 0;
         loop {
             if shutdown.is_cancelled() {
@@ -265,11 +266,18 @@ impl Feed {
             metrics.feed_restarts.inc();
             metrics.feed_connected.set(1);
             tracing::info!(stream = %stream_name, from = last_seq + 1, "following revocation stream");
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            let mut last_progress = Instant::now();
+            let mut last_pending: u64 = 0;
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     ev = events.recv() => match ev {
+                        // The first connection (with retry_on_initial_connect it is reported
+                        // after start-up) needs no new consumer.
+                        Some(async_nats::Event::Connected) if !seen_disconnect => {
+                            metrics.feed_connected.set(1);
+                        }
                         Some(async_nats::Event::Connected) => {
                             // The pitfall DESIGN §4 names: after a server restart the ordered
                             // consumer can stall. Recreate it from our own position.
@@ -280,14 +288,36 @@ impl Feed {
                         }
                         Some(async_nats::Event::Disconnected) => {
                             tracing::warn!("NATS disconnected");
+                            seen_disconnect = true;
                             metrics.feed_connected.set(0);
                         }
-                        Some(other) => tracing::debug!(event = %other, "NATS event"),
+                        Some(other) => tracing::info!(event = %other, "NATS event"),
                         None => {}
                     },
                     _ = tick.tick() => {
                         if ready && client.connection_state() == async_nats::connection::State::Connected {
                             self.applier.freshness.mark(&self.cfg.region, crate::now_ms());
+                        }
+                        // Watchdog: a consumer that stops delivering while the stream holds
+                        // more than we applied is recreated from our position (seen on 1M
+                        // replays: a stall at a pull-batch boundary that never recovers).
+                        let quiet = last_progress.elapsed();
+                        let suspect = if !ready || last_pending > 0 {
+                            quiet > Duration::from_secs(2)
+                        } else {
+                            quiet > Duration::from_secs(15)
+                        };
+                        if suspect {
+                            last_progress = Instant::now();
+                            if let Ok(mut s) = js.get_stream(&stream_name).await {
+                                if let Ok(info) = s.info().await {
+                                    if info.state.last_sequence > last_seq && info.state.messages > 0 {
+                                        tracing::warn!(last_seq, stream_last = info.state.last_sequence, "stream consumer stalled; recreating");
+                                        metrics.feed_stalls.inc();
+                                        break;
+                                    }
+                                }
+                            }
                         }
                     }
                     m = messages.next() => match m {
@@ -296,6 +326,8 @@ impl Feed {
                                 Ok(i) => (i.stream_sequence, i.pending),
                                 Err(_) => continue,
                             };
+                            last_progress = Instant::now();
+                            last_pending = pending;
                             if seq <= last_seq {
                                 continue; // redelivery after a consumer recreate
                             }
