@@ -45,10 +45,29 @@ fn tool(var: &str, fallback: &str) -> PathBuf {
     );
 }
 
+/// A child process that is killed and reaped when killed or dropped.
+#[derive(Default)]
+pub struct Proc(Option<Child>);
+
+impl Proc {
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// A real nats-server with JetStream, on a free port, with its own store directory.
 pub struct NatsServer {
     pub port: u16,
-    child: Option<Child>,
+    child: Proc,
     store: tempfile::TempDir,
     log: PathBuf,
     extra: String,
@@ -73,7 +92,7 @@ impl NatsServer {
         let log = store.path().join("nats.log");
         let mut s = NatsServer {
             port,
-            child: None,
+            child: Proc::default(),
             store,
             log,
             extra: extra.to_string(),
@@ -104,7 +123,7 @@ impl NatsServer {
             .stderr(log)
             .spawn()
             .expect("start nats-server");
-        self.child = Some(child);
+        self.child = Proc(Some(child));
         assert!(
             wait_port(self.port, Duration::from_secs(10)),
             "nats-server did not listen"
@@ -116,22 +135,13 @@ impl NatsServer {
     }
 
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.child.kill();
     }
 
     /// Kill and start again on the same port with the same store.
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
@@ -176,7 +186,7 @@ impl Issuer {
 pub struct Sidecar {
     pub grpc: u16,
     pub http: u16,
-    child: Option<Child>,
+    child: Proc,
     pub dir: tempfile::TempDir,
     config: String,
 }
@@ -210,7 +220,7 @@ impl Sidecar {
         let mut s = Sidecar {
             grpc: free_port(),
             http: free_port(),
-            child: None,
+            child: Proc::default(),
             dir,
             config: config.into(),
         };
@@ -237,7 +247,7 @@ impl Sidecar {
             .stderr(log)
             .spawn()
             .expect("start veto");
-        self.child = Some(child);
+        self.child = Proc(Some(child));
         assert!(
             wait_port(self.http, Duration::from_secs(10)),
             "veto did not listen:\n{}",
@@ -290,10 +300,7 @@ impl Sidecar {
     }
 
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.child.kill();
     }
 
     pub fn restart(&mut self) {
@@ -302,17 +309,11 @@ impl Sidecar {
     }
 }
 
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// Real Envoy in front of a sidecar and an upstream.
 pub struct Envoy {
     pub port: u16,
     pub admin: u16,
-    child: Option<Child>,
+    child: Proc,
     dir: tempfile::TempDir,
 }
 
@@ -349,7 +350,7 @@ impl Envoy {
         let e = Envoy {
             port,
             admin,
-            child: Some(child),
+            child: Proc(Some(child)),
             dir,
         };
         assert!(
@@ -366,15 +367,6 @@ impl Envoy {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
-    }
-}
-
-impl Drop for Envoy {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
     }
 }
 
