@@ -13,6 +13,8 @@
 //!   errors; plus the publisher used by `veto revoke`.
 //! - [`authz`]: transports that translate only: Envoy ext_authz v3 gRPC and HTTP forward-auth.
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`topology`]: generated nats-server configs for N regions (hub + JetStream leaf each).
+//! - [`provision`]: creates/updates a region's stream with cross-domain sources, idempotently.
 //! - [`sidecar`]: wires the parts together with one shutdown token and a readiness latch.
 //! - [`config`]: layered settings (defaults → TOML file → `VETO__SECTION__KEY`), validated.
 
