@@ -63,7 +63,7 @@ pub async fn sidecar(config: &Path) -> Result<(), Failure> {
     let shutdown = CancellationToken::new();
     let sd = shutdown.clone();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        veto::shutdown_signal().await;
         tracing::info!("shutting down");
         sd.cancel();
     });
@@ -71,21 +71,6 @@ pub async fn sidecar(config: &Path) -> Result<(), Failure> {
         .run(s, grpc, http, shutdown)
         .await
         .map_err(|e| other(format!("{e:#}")))
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 #[derive(Args)]
@@ -247,7 +232,7 @@ pub async fn heartbeat(a: HeartbeatArgs) -> Result<(), Failure> {
     let shutdown = CancellationToken::new();
     let sd = shutdown.clone();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        veto::shutdown_signal().await;
         sd.cancel();
     });
     tracing::info!(region = %a.bus.region, interval = ?a.interval, "publishing heartbeats");
