@@ -12,14 +12,9 @@
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
-scripts/install-deps.sh >/dev/null
-# shellcheck source=scripts/env.sh
-source scripts/env.sh
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
-echo "building veto..."
-cargo build --quiet --bin veto
-VETO="$REPO/target/debug/veto"
+prepare_demo
 REGIONS=(us eu ap)
 MAX_STALENESS=4
 

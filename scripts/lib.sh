@@ -1,5 +1,15 @@
 # shellcheck shell=bash
-# Helpers shared by the demo scripts (source me).
+# Helpers shared by the demo scripts (source me from the repository root).
+
+# Installs what is missing, exports the tool paths (scripts/env.sh) and builds veto; sets VETO.
+prepare_demo() {
+    scripts/install-deps.sh >/dev/null
+    # shellcheck source=scripts/env.sh
+    source scripts/env.sh
+    echo "building veto..."
+    cargo build --quiet --bin veto
+    export VETO="$PWD/target/debug/veto"
+}
 
 # A free TCP port on 127.0.0.1.
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }

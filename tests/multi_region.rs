@@ -6,13 +6,12 @@ mod support;
 #[path = "support/topology.rs"]
 mod topology_support;
 
-use prost::Message;
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use support::*;
 use topology_support::LocalTopology;
-use veto::revocation::{event_subject, Kind, RevocationEvent};
+use veto::revocation::{Kind, RevocationEvent};
 use veto::token::Alg;
 
 const REGIONS: [&str; 3] = ["us", "eu", "ap"];
@@ -178,24 +177,12 @@ async fn revoke_anywhere_denied_everywhere_through_partitions_and_restarts() {
         // newer first, then an older one for the same session, then the newer again
         let newer = ev(&format!("{origin}-n"), &sid, now);
         let older = ev(&format!("{origin}-o"), &sid, now - 60_000);
-        publish(
-            event_subject(origin, &newer.event_id),
-            newer.event_id.clone(),
-            newer.encode_to_vec(),
-        )
-        .await;
-        publish(
-            event_subject(origin, &older.event_id),
-            older.event_id.clone(),
-            older.encode_to_vec(),
-        )
-        .await;
-        publish(
-            event_subject(origin, &newer.event_id),
-            newer.event_id.clone(),
-            newer.encode_to_vec(),
-        )
-        .await;
+        // through the library's publisher, as the authority and `veto revoke` publish
+        for e in [&newer, &older, &newer] {
+            veto::feed::publish_event(&js, e, Duration::from_secs(5))
+                .await
+                .unwrap();
+        }
         publish(
             format!("veto.revocations.{origin}.ev.{origin}-poison"),
             format!("{origin}-poison"),

@@ -221,16 +221,17 @@ impl Feed {
                     _ = tokio::time::sleep(backoff) => {}
                 }
             }
-            let info = self.prepare_stream(&js, &stream_name).await;
-            let info = match info {
-                Ok(i) => i,
+            let stream = match self.prepare_stream(&js, &stream_name).await {
+                Ok(s) => s,
                 Err(e) => {
                     failures = failures.saturating_add(1);
                     tracing::warn!(error = %e, "revocation stream not available; retrying");
                     continue;
                 }
             };
-            if !ready && (info.state.messages == 0 || last_seq >= info.state.last_sequence) {
+            // get_stream already fetched the stream's info: no second request.
+            let state = &stream.cached_info().state;
+            if !ready && (state.messages == 0 || last_seq >= state.last_sequence) {
                 ready = true;
                 self.mark_ready(started);
             }
@@ -241,18 +242,14 @@ impl Feed {
                     start_sequence: last_seq + 1,
                 }
             };
-            let stream = js.get_stream(&stream_name).await;
-            let messages = match stream {
-                Ok(s) => match s
-                    .create_consumer(OrderedConfig {
-                        deliver_policy,
-                        ..Default::default()
-                    })
-                    .await
-                {
-                    Ok(c) => c.messages().await.map_err(|e| e.to_string()),
-                    Err(e) => Err(e.to_string()),
-                },
+            let messages = match stream
+                .create_consumer(OrderedConfig {
+                    deliver_policy,
+                    ..Default::default()
+                })
+                .await
+            {
+                Ok(c) => c.messages().await.map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             };
             let mut messages = match messages {
@@ -362,7 +359,7 @@ impl Feed {
         &self,
         js: &jetstream::Context,
         name: &str,
-    ) -> Result<stream::Info, FeedError> {
+    ) -> Result<stream::Stream, FeedError> {
         let err = |m: String| FeedError::Stream {
             stream: name.to_string(),
             message: m,
@@ -387,8 +384,7 @@ impl Feed {
                 tracing::info!(stream = name, ?outcome, "revocation stream provisioned");
             }
         }
-        let mut s = js.get_stream(name).await.map_err(|e| err(e.to_string()))?;
-        s.info().await.cloned().map_err(|e| err(e.to_string()))
+        js.get_stream(name).await.map_err(|e| err(e.to_string()))
     }
 
     fn mark_ready(&self, started: Instant) {
