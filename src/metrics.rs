@@ -184,8 +184,11 @@ mod tests {
         assert!(
             text.contains("veto_checks_total{reason=\"ok\",result=\"allow\",transport=\"grpc\"} 1")
         );
-        // a second registration on the same registry fails loudly rather than silently
+        // metrics are per registry (no globals): a second sidecar in the same process gets
+        // its own complete set
         let r2 = Registry::new();
         let _ = Metrics::register(&r2);
+        assert!(Metrics::render(&r2).contains("veto_feed_ready 0"));
+        assert!(!Metrics::render(&r2).contains("veto_checks_total{"));
     }
 }
