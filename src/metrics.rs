@@ -189,6 +189,7 @@ mod tests {
         let r2 = Registry::new();
         let _ = Metrics::register(&r2);
         assert!(Metrics::render(&r2).contains("veto_feed_ready 0"));
-        assert!(!Metrics::render(&r2).contains("veto_checks_total{"));
+        assert!(Metrics::render(&r2)
+            .contains("veto_checks_total{reason=\"ok\",result=\"allow\",transport=\"grpc\"} 0"));
     }
 }
