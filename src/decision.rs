@@ -10,10 +10,10 @@ use crate::config::{DenyStatus, OnStale};
 use crate::jwks::Refetcher;
 use crate::metrics::Metrics;
 use crate::revocation::{Freshness, RevokedBy, RevokedSet};
-use crate::token::{TokenError, Validator, VerifiedToken};
-use serde_json::Value;
+use crate::token::{header_value, TokenError, Validator, VerifiedToken};
 use std::any::Any;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -67,6 +67,11 @@ pub struct Denial {
 /// and freshness are still checked on every request before it is used).
 pub struct Verified {
     pub token: VerifiedToken,
+    /// Identity headers in their canonical form (`None`: remove the header), in the order of
+    /// `authz.headers`; computed once, at verification.
+    headers: Vec<(Box<str>, Option<Box<str>>)>,
+    /// The issuer key-store generation at which this token's key was last seen published.
+    key_checked: AtomicU64,
     rendered: [OnceLock<Box<dyn Any + Send + Sync>>; 2],
 }
 
@@ -78,11 +83,25 @@ pub enum Transport {
 }
 
 impl Verified {
-    fn new(token: VerifiedToken) -> Verified {
-        Verified {
+    /// Wraps a verified token with its identity headers (header → claim), refusing it when a
+    /// mapped claim is present but not in its canonical form.
+    fn new(
+        token: VerifiedToken,
+        mapping: &BTreeMap<String, String>,
+    ) -> Result<Verified, TokenError> {
+        let headers = mapping
+            .iter()
+            .map(|(h, claim)| {
+                let value = header_value(&token.claims.all, claim)?;
+                Ok((h.as_str().into(), value.map(String::into_boxed_str)))
+            })
+            .collect::<Result<_, TokenError>>()?;
+        Ok(Verified {
+            key_checked: AtomicU64::new(token.key_generation),
             token,
+            headers,
             rendered: Default::default(),
-        }
+        })
     }
 
     /// The transport's rendering of this token's allow answer, built on first use.
@@ -280,12 +299,25 @@ impl Decider {
         let now = now_ms.div_euclid(1000);
         if let Some(v) = self.cache.get(token) {
             let leeway = self.config.leeway.get(v.issuer).copied().unwrap_or(0);
-            if now < v.claims.exp + leeway {
-                self.metrics.hot.cache_hit.inc();
-                return Ok(v);
+            if now >= v.claims.exp + leeway {
+                self.cache.invalidate(token);
+                return Err(TokenError::Expired);
             }
-            self.cache.invalidate(token);
-            return Err(TokenError::Expired);
+            // A key withdrawn (or replaced) by a JWKS refresh stops vouching for the tokens
+            // it verified at that refresh, not at their `exp`.
+            let checked = v.key_checked.load(Ordering::Relaxed);
+            match self.validator.key_still_valid(&v.token, checked) {
+                Some(generation) => {
+                    if generation != checked {
+                        v.key_checked.store(generation, Ordering::Relaxed);
+                    }
+                    self.metrics.hot.cache_hit.inc();
+                    return Ok(v);
+                }
+                // Verify afresh against the current keys: the answer is what a new token
+                // signed by the withdrawn key gets (unknown_kid or bad_signature).
+                None => self.cache.invalidate(token),
+            }
         }
         self.metrics.hot.cache_miss.inc();
         let result = match self.validator.validate(token, now) {
@@ -304,7 +336,7 @@ impl Decider {
             }
             other => other,
         };
-        let v = Arc::new(Verified::new(result?));
+        let v = Arc::new(Verified::new(result?, &self.config.headers)?);
         self.cache.insert(token.into(), v.clone());
         Ok(v)
     }
@@ -340,27 +372,9 @@ impl Decider {
 
     /// Identity headers for an allowed request: (header, Some(value)) to set (overwriting any
     /// client-supplied value), (header, None) to remove because the token lacks the claim.
-    pub fn identity_headers<'a>(
-        &'a self,
-        v: &'a VerifiedToken,
-    ) -> impl Iterator<Item = (&'a str, Option<String>)> + 'a {
-        self.config.headers.iter().map(move |(h, claim)| {
-            let value = match v.claims.all.get(claim) {
-                Some(Value::String(s)) => Some(s.clone()),
-                Some(Value::Number(n)) => Some(n.to_string()),
-                Some(Value::Bool(b)) => Some(b.to_string()),
-                Some(Value::Array(a)) => {
-                    let parts: Vec<&str> = a.iter().filter_map(Value::as_str).collect();
-                    (parts.len() == a.len()).then(|| parts.join(","))
-                }
-                _ => None,
-            };
-            // Header values must be visible ASCII/space; anything else is dropped, not mangled.
-            let value = value.filter(|s| {
-                !s.is_empty() && s.len() <= 4096 && s.bytes().all(|b| (0x20..0x7f).contains(&b))
-            });
-            (h.as_str(), value)
-        })
+    /// Values are in their canonical form (`token::header_value`), checked at verification.
+    pub fn identity_headers(v: &Verified) -> impl Iterator<Item = (&str, Option<&str>)> + '_ {
+        v.headers.iter().map(|(h, value)| (&**h, value.as_deref()))
     }
 
     pub fn revoked(&self) -> &Arc<RevokedSet> {

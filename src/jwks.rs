@@ -106,6 +106,13 @@ impl Refetcher {
     async fn load(&self) -> Result<Option<Duration>, FetchError> {
         let result = self.fetch().await.and_then(|(doc, max_age)| {
             let (set, skipped) = KeySet::from_jwks(&doc, &self.allowed)?;
+            if !set.duplicate_kids().is_empty() {
+                tracing::warn!(
+                    issuer = %self.issuer,
+                    kids = ?set.duplicate_kids(),
+                    "JWKS publishes more than one key of the same type under one kid; the first one in the document is used"
+                );
+            }
             if skipped > 0 {
                 tracing::debug!(issuer = %self.issuer, skipped, "JWKS keys skipped (unsupported or not for signing)");
             }

@@ -327,7 +327,8 @@ async fn jwks_server(doc: String) -> JwksServer {
     JwksServer { port, hits, doc }
 }
 
-fn url_config(port: u16, extra: &str) -> String {
+/// An issuer whose JWKS is at `port`, with the given refetch bounds.
+fn url_config(port: u16, min_refetch: &str, refresh: &str) -> String {
     format!(
         r#"
 [[issuers]]
@@ -335,8 +336,8 @@ issuer = "{ISS}"
 audiences = ["api"]
 algorithms = ["ES256"]
 jwks_url = "http://127.0.0.1:{port}/jwks.json"
-jwks_min_refetch_interval = "5s"
-{extra}
+jwks_min_refetch_interval = "{min_refetch}"
+jwks_refresh_interval = "{refresh}"
 "#
     )
 }
@@ -346,7 +347,7 @@ async fn jwks_refetch_on_rotation_is_single_and_rate_limited() {
     let k1 = SigningKey::generate(Alg::ES256, "k1").unwrap();
     let k2 = SigningKey::generate(Alg::ES256, "k2").unwrap();
     let server = jwks_server(jwks(&[&k1]).to_string()).await;
-    let sidecar = Sidecar::start(&url_config(server.port, ""));
+    let sidecar = Sidecar::start(&url_config(server.port, "60s", "5m"));
     sidecar.wait_ready(Duration::from_secs(10)).await;
     let issuer = Issuer::new(Alg::ES256);
     let claims = issuer.claims("u", "s");
@@ -415,7 +416,7 @@ async fn jwks_down_at_start_is_unready_then_recovers() {
     let k1 = SigningKey::generate(Alg::ES256, "k1").unwrap();
     let server = jwks_server(String::new()).await;
     *server.doc.lock() = None;
-    let sidecar = Sidecar::start(&url_config(server.port, ""));
+    let sidecar = Sidecar::start(&url_config(server.port, "5s", "5m"));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let r = reqwest::get(format!("{}/readyz", sidecar.base()))
         .await
@@ -443,5 +444,190 @@ async fn jwks_down_at_start_is_unready_then_recovers() {
     assert_eq!(
         sidecar.check(Some(&format!("Bearer {t}"))).await.status(),
         200
+    );
+}
+
+/// Claims of a token issued a minute ago (a subject revocation covers tokens issued before it).
+fn issued_before_the_revocations(issuer: &Issuer) -> serde_json::Value {
+    let mut c = issuer.claims("u-ok", "s-ok");
+    c["iat"] = json!(c["iat"].as_i64().unwrap() - 60);
+    c
+}
+
+/// Issue: a revocation keyed on `sub`/`jti`/the session was skipped when the claim was not a
+/// canonical string (a numeric `sub`), while `x-user-id` was still set from the raw value.
+/// Every shape of every claim the revoked set or a header keys on is tried, over both
+/// transports, with the string forms revoked first: nothing but the canonical string passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_revocation_keys_on_have_one_form_or_the_token_is_refused() {
+    let nats = NatsServer::start();
+    let issuer = Issuer::new(Alg::ES256);
+    let sidecar = Sidecar::start(&sidecar_config(
+        &issuer,
+        Some(&nats.url()),
+        "[authz.headers]\nx-user-id = \"sub\"\nx-roles = \"roles\"\n",
+    ));
+    sidecar.wait_ready(Duration::from_secs(10)).await;
+    for (what, id) in [
+        ("--subject", "12345"),
+        ("--token", "7"),
+        ("--session", "42"),
+    ] {
+        let (code, out, err) = veto(&["revoke", what, id, "--nats", &nats.url(), "--region", "us"]);
+        assert_eq!(code, 0, "{out}{err}");
+    }
+    let mut grpc = AuthorizationClient::connect(format!("http://127.0.0.1:{}", sidecar.grpc))
+        .await
+        .unwrap();
+    let long = "x".repeat(veto::revocation::MAX_ID_BYTES + 1);
+    let shapes = |canonical: &str| {
+        let n: i64 = canonical.parse().unwrap();
+        vec![
+            json!(n),
+            json!(n as f64),
+            json!([canonical]),
+            json!({ "id": canonical }),
+            json!(true),
+            json!(null),
+            json!(""),
+            json!(long),
+        ]
+    };
+    let mut tried = 0;
+    for (claim, revoked) in [("sub", "12345"), ("jti", "7"), ("sid", "42")] {
+        for shape in shapes(revoked) {
+            let mut c = issued_before_the_revocations(&issuer);
+            c[claim] = shape.clone();
+            let t = format!("Bearer {}", issuer.key.sign(&c).unwrap());
+            let r = sidecar.check(Some(&t)).await;
+            assert!(r.headers().get("x-user-id").is_none(), "{claim}={shape}");
+            assert_eq!(
+                reason(r).await,
+                (401, "invalid_claim".into()),
+                "{claim}={shape}"
+            );
+            let g = grpc
+                .check(check_request(Some(&t)))
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(g.status.unwrap().code, 16, "{claim}={shape} over gRPC");
+            let Some(HttpResponse::DeniedResponse(d)) = g.http_response else {
+                panic!("{claim}={shape}: not denied over gRPC")
+            };
+            assert!(d.body.contains("invalid_claim"), "{}", d.body);
+            tried += 1;
+        }
+        // the canonical string form of the same id is revoked, as `veto revoke` said
+        let mut c = issued_before_the_revocations(&issuer);
+        c[claim] = json!(revoked);
+        let t = format!("Bearer {}", issuer.key.sign(&c).unwrap());
+        let got = eventually(Duration::from_secs(5), || async {
+            reason(sidecar.check(Some(&t)).await).await == (401, "revoked".into())
+        })
+        .await;
+        assert!(
+            got.is_some(),
+            "{claim}={revoked:?} not revoked:\n{}",
+            sidecar.log()
+        );
+    }
+    assert_eq!(tried, 24);
+
+    // a claim mapped to a header has one form too: strings, or arrays of strings
+    for roles in [
+        json!(5),
+        json!(["a", 1]),
+        json!(["a,b"]),
+        json!({"r": 1}),
+        json!("a\u{7f}"),
+    ] {
+        let mut c = issuer.claims("u-ok", "s-ok");
+        c["roles"] = roles.clone();
+        let t = format!("Bearer {}", issuer.key.sign(&c).unwrap());
+        assert_eq!(
+            reason(sidecar.check(Some(&t)).await).await,
+            (401, "invalid_claim".into()),
+            "{roles}"
+        );
+    }
+    let mut c = issuer.claims("u-ok", "s-ok");
+    c["roles"] = json!(["admin", "ops"]);
+    let t = format!("Bearer {}", issuer.key.sign(&c).unwrap());
+    let r = sidecar.check(Some(&t)).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-user-id"], "u-ok");
+    assert_eq!(r.headers()["x-roles"], "admin,ops");
+
+    // aud: an array with a non-string member is refused even though "api" is in it
+    let mut c = issuer.claims("u-ok", "s-ok");
+    c["aud"] = json!(["api", 1]);
+    let t = format!("Bearer {}", issuer.key.sign(&c).unwrap());
+    assert_eq!(
+        reason(sidecar.check(Some(&t)).await).await,
+        (401, "invalid_claim".into())
+    );
+}
+
+/// Issue: a key withdrawn from the JWKS kept working for tokens already in the verified-token
+/// cache, until their `exp`. Now the refresh that withdraws (or replaces) a key ends it; the
+/// keys that stay keep their cached tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_withdrawn_key_stops_working_at_the_refresh_that_withdraws_it() {
+    let k1 = SigningKey::generate(Alg::ES256, "k1").unwrap();
+    let k2 = SigningKey::generate(Alg::ES256, "k2").unwrap();
+    let k3 = SigningKey::generate(Alg::ES256, "k3").unwrap();
+    let server = jwks_server(jwks(&[&k1, &k2, &k3]).to_string()).await;
+    let sidecar = Sidecar::start(&url_config(server.port, "1s", "1s"));
+    sidecar.wait_ready(Duration::from_secs(10)).await;
+    let issuer = Issuer::new(Alg::ES256);
+    let claims = issuer.claims("u", "s");
+    let t1 = format!("Bearer {}", k1.sign(&claims).unwrap());
+    let t2 = format!("Bearer {}", k2.sign(&claims).unwrap());
+    let t3 = format!("Bearer {}", k3.sign(&claims).unwrap());
+    for t in [&t1, &t2, &t3] {
+        // twice: the second answer comes from the verified-token cache
+        assert_eq!(sidecar.check(Some(t)).await.status(), 200);
+        assert_eq!(sidecar.check(Some(t)).await.status(), 200);
+    }
+    let hits = server.hits.load(Ordering::SeqCst);
+    // k1 withdrawn; k3's kid now names other key material (a replaced key)
+    let k3_new = SigningKey::generate(Alg::ES256, "k3").unwrap();
+    *server.doc.lock() = Some(jwks(&[&k2, &k3_new]).to_string());
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            server.hits.load(Ordering::SeqCst) > hits
+        })
+        .await
+        .is_some(),
+        "no scheduled JWKS refresh"
+    );
+    // the refresh is fetched; give the sidecar a moment to install it
+    let refused = eventually(Duration::from_secs(3), || async {
+        reason(sidecar.check(Some(&t1)).await).await.0 == 401
+    })
+    .await;
+    assert!(
+        refused.is_some(),
+        "a token of a withdrawn key is still allowed"
+    );
+    assert_eq!(
+        reason(sidecar.check(Some(&t1)).await).await,
+        (401, "unknown_kid".into())
+    );
+    assert_eq!(
+        reason(sidecar.check(Some(&t3)).await).await,
+        (401, "bad_signature".into())
+    );
+    assert_eq!(
+        sidecar.check(Some(&t2)).await.status(),
+        200,
+        "a kept key keeps working"
+    );
+    let m = sidecar.metrics().await;
+    // the first answers really came from the cache (so the withdrawal reached cached entries)
+    assert!(
+        metric_sum(&m, "veto_token_cache_lookups_total", &["result=\"hit\""]) >= 3.0,
+        "{m}"
     );
 }

@@ -99,13 +99,12 @@ impl AuthzService {
     /// The allow answer for a verified token (built once per cached token).
     fn allow_response(&self, v: &Verified) -> CheckResponse {
         let mut ok = OkHttpResponse::default();
-        for (h, value) in self.decider.identity_headers(v) {
+        for (h, value) in Decider::identity_headers(v) {
             match value {
-                Some(value) => ok.headers.push(header(
-                    h,
-                    &value,
-                    HeaderAppendAction::OverwriteIfExistsOrAdd,
-                )),
+                Some(value) => {
+                    ok.headers
+                        .push(header(h, value, HeaderAppendAction::OverwriteIfExistsOrAdd))
+                }
                 None => ok.headers_to_remove.push(h.to_string()),
             }
         }

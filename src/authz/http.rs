@@ -28,18 +28,17 @@ pub async fn check(State(s): State<ForwardAuth>, headers: HeaderMap) -> Response
     };
     let d = s.decider.decide(auth).await;
     super::observe(&s.metrics, Transport::Http, started, &d);
-    render(&s.decider, &d)
+    render(&d)
 }
 
-fn render(decider: &Decider, d: &Decision) -> Response<Body> {
+fn render(d: &Decision) -> Response<Body> {
     let mut resp = Response::new(Body::empty());
     let h = resp.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     match d {
         Decision::Allow(v) => {
             let identity: &Vec<(HeaderName, HeaderValue)> = v.rendered(Transport::Http, || {
-                decider
-                    .identity_headers(v)
+                Decider::identity_headers(v)
                     .filter_map(|(name, value)| {
                         Some((
                             HeaderName::try_from(name).ok()?,

@@ -119,7 +119,7 @@ pub async fn revoke(a: RevokeArgs) -> Result<(), Failure> {
         (None, None, Some(s)) => (Kind::Subject, s),
         _ => return Err(usage("give exactly one of --session, --token, --subject")),
     };
-    if id.is_empty() || id.len() > 1024 {
+    if id.is_empty() || id.len() > veto::revocation::MAX_ID_BYTES {
         return Err(usage("the revoked id must be 1-1024 bytes"));
     }
     let event_id = a.event_id.unwrap_or_else(random_id);

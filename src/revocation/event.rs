@@ -7,6 +7,10 @@ use prost::Message;
 /// Root of every revocation subject: `veto.revocations.<origin_region>.{ev.<event_id>|hb}`.
 pub const SUBJECT_ROOT: &str = "veto.revocations";
 
+/// Longest revoked id (session, token or subject) an event carries, in bytes. A token whose
+/// session, `jti` or `sub` is longer could never be revoked, so the validator refuses it.
+pub const MAX_ID_BYTES: usize = 1024;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
 #[repr(i32)]
 pub enum Kind {
@@ -105,7 +109,7 @@ pub fn decode_event(bytes: &[u8], subject: Option<&str>) -> Result<RevocationEve
         Ok(Kind::Session | Kind::Token | Kind::Subject) => {}
         _ => return Err(EventError::BadField("kind")),
     }
-    if ev.id.is_empty() || ev.id.len() > 1024 {
+    if ev.id.is_empty() || ev.id.len() > MAX_ID_BYTES {
         return Err(EventError::BadField("id"));
     }
     if ev.issuer.len() > 1024 {

@@ -9,7 +9,7 @@ mod set;
 
 pub use event::{
     decode_event, decode_heartbeat, event_subject, heartbeat_subject, valid_region,
-    valid_token_name, EventError, Heartbeat, Kind, RevocationEvent, SUBJECT_ROOT,
+    valid_token_name, EventError, Heartbeat, Kind, RevocationEvent, MAX_ID_BYTES, SUBJECT_ROOT,
 };
 pub use freshness::Freshness;
 pub use set::{Applied, RevokedBy, RevokedSet, SetStats};

@@ -24,6 +24,10 @@ pub enum TokenError {
     WrongAudience,
     #[error("required claim is missing")]
     MissingClaim(&'static str),
+    /// A claim Veto keys revocation or an identity header on is present in a shape other than
+    /// its one canonical form (see `token::claims`).
+    #[error("claim is not in its accepted form")]
+    InvalidClaim(&'static str),
     #[error("token lifetime exceeds the issuer's maximum")]
     LifetimeTooLong,
     /// The issuer's keys have never been loaded: Veto cannot decide (not the client's fault).
@@ -46,6 +50,7 @@ impl TokenError {
             TokenError::NotYetValid => "not_yet_valid",
             TokenError::WrongAudience => "wrong_audience",
             TokenError::MissingClaim(_) => "missing_claim",
+            TokenError::InvalidClaim(_) => "invalid_claim",
             TokenError::LifetimeTooLong => "lifetime_too_long",
             TokenError::KeysUnavailable => "keys_unavailable",
         }
@@ -56,6 +61,7 @@ impl TokenError {
         match self {
             TokenError::Malformed(what) => format!("malformed token: {what}"),
             TokenError::MissingClaim(c) => format!("required claim missing: {c}"),
+            TokenError::InvalidClaim(c) => format!("claim is not in its accepted form: {c}"),
             other => other.to_string(),
         }
     }

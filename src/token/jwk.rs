@@ -8,6 +8,7 @@ use base64::Engine;
 use parking_lot::RwLock;
 use serde_json::Value;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -21,7 +22,25 @@ pub enum JwkError {
 /// One public key, with one parsed verifier per algorithm it may be used with.
 pub struct Jwk {
     pub kid: Option<String>,
+    /// The JWK `kty` ("EC", "RSA", "OKP").
+    pub kty: &'static str,
+    /// Identifies the key material and the algorithms it serves (SHA-256, truncated), so a
+    /// cached verification can tell whether its key is still published after a refresh.
+    pub fingerprint: u128,
     verifiers: Vec<(Alg, ParsedPublicKey)>,
+}
+
+/// A truncated SHA-256 over length-prefixed parts: equality of keys, not a secret.
+fn fingerprint(parts: &[&[u8]]) -> u128 {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for p in parts {
+        ctx.update(&(p.len() as u64).to_be_bytes());
+        ctx.update(p);
+    }
+    let d = ctx.finish();
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&d.as_ref()[..16]);
+    u128::from_be_bytes(b)
 }
 
 impl std::fmt::Debug for Jwk {
@@ -51,6 +70,14 @@ impl Jwk {
     pub fn from_json(v: &Value, allowed: &[Alg]) -> Option<Jwk> {
         let o = v.as_object()?;
         let s = |k: &str| o.get(k).and_then(Value::as_str);
+        // RFC 7517 §4: `use`, `alg`, `kid` are strings and `key_ops` an array of strings. A
+        // member of another JSON type makes the key unusable; it is never read as "absent"
+        // (a numeric `alg` must not leave the key unpinned).
+        for member in ["use", "alg", "kid", "kty", "crv"] {
+            if o.get(member).is_some_and(|m| !m.is_string()) {
+                return None;
+            }
+        }
         if s("use").is_some_and(|u| u != "sig") {
             return None;
         }
@@ -60,9 +87,9 @@ impl Jwk {
             return None;
         }
         if let Some(ops) = o.get("key_ops") {
-            let ok = ops
-                .as_array()
-                .is_some_and(|a| a.iter().any(|op| op.as_str() == Some("verify")));
+            let ok = ops.as_array().is_some_and(|a| {
+                a.iter().all(Value::is_string) && a.iter().any(|op| op.as_str() == Some("verify"))
+            });
             if !ok {
                 return None;
             }
@@ -71,11 +98,7 @@ impl Jwk {
             Some(a) => Some(Alg::parse(a)?),
             None => None,
         };
-        let kid = match o.get("kid") {
-            None => None,
-            Some(Value::String(k)) => Some(k.clone()),
-            Some(_) => return None,
-        };
+        let kid = s("kid").map(str::to_string);
         let candidates: Vec<Alg> = allowed
             .iter()
             .copied()
@@ -83,7 +106,9 @@ impl Jwk {
             .collect();
         let dec = |k: &str| s(k).and_then(|x| b64().decode(x).ok());
         let mut verifiers = Vec::new();
-        match s("kty")? {
+        let kty = s("kty")?;
+        let material: Vec<u8>;
+        match kty {
             "EC" => {
                 let (x, y) = (dec("x")?, dec("y")?);
                 let (crv_alg, len) = match s("crv")? {
@@ -98,6 +123,7 @@ impl Jwk {
                 point.push(4);
                 point.extend_from_slice(&x);
                 point.extend_from_slice(&y);
+                material = point.clone();
                 verifiers.push((
                     crv_alg,
                     ParsedPublicKey::new(crv_alg.verification()?, &point).ok()?,
@@ -105,6 +131,7 @@ impl Jwk {
             }
             "RSA" => {
                 let (n, e) = (dec("n")?, dec("e")?);
+                material = [&(n.len() as u64).to_be_bytes()[..], &n, &e].concat();
                 let comps = RsaPublicKeyComponents {
                     n: n.as_slice(),
                     e: e.as_slice(),
@@ -127,6 +154,7 @@ impl Jwk {
                 if s("crv")? != "Ed25519" || x.len() != 32 || !candidates.contains(&Alg::EdDSA) {
                     return None;
                 }
+                material = x.clone();
                 verifiers.push((
                     Alg::EdDSA,
                     ParsedPublicKey::new(Alg::EdDSA.verification()?, &x).ok()?,
@@ -137,23 +165,44 @@ impl Jwk {
         if verifiers.is_empty() {
             return None;
         }
-        Some(Jwk { kid, verifiers })
+        let algs: Vec<u8> = verifiers
+            .iter()
+            .flat_map(|(a, _)| a.as_str().bytes().chain([0]))
+            .collect();
+        let fingerprint = fingerprint(&[kty.as_bytes(), &material, &algs]);
+        let kty = match kty {
+            "EC" => "EC",
+            "RSA" => "RSA",
+            _ => "OKP",
+        };
+        Some(Jwk {
+            kid,
+            kty,
+            fingerprint,
+            verifiers,
+        })
     }
 }
 
 /// An issuer's verification keys at one point in time.
 #[derive(Debug, Default)]
 pub struct KeySet {
-    by_kid: HashMap<String, Arc<Jwk>>,
+    /// By `kid`: one key per (`kid`, `kty`). RFC 7517 §4.5 allows one `kid` for keys of
+    /// different types; two keys of the same type under one `kid` are a duplicate, and the
+    /// first in document order wins (the later ones are skipped and reported).
+    by_kid: HashMap<String, Vec<Arc<Jwk>>>,
     /// Keys published without a `kid`; used only for tokens without a `kid`.
     anonymous: Vec<Arc<Jwk>>,
     /// Shared secret for HS* algorithms, only when explicitly configured.
     hmac_secret: Option<Arc<[u8]>>,
+    /// `kid`s that appeared more than once with the same `kty` (each listed once).
+    duplicate_kids: Vec<String>,
 }
 
 impl KeySet {
     /// Parses a JWKS document. Keys that cannot be used are skipped (and counted in the
-    /// returned number), so one exotic key does not take the issuer's other keys down.
+    /// returned number, duplicates included), so one exotic key does not take the issuer's
+    /// other keys down.
     pub fn from_jwks(doc: &[u8], allowed: &[Alg]) -> Result<(KeySet, usize), JwkError> {
         let v: Value = serde_json::from_slice(doc).map_err(|_| JwkError::NotAJwks)?;
         let keys = v
@@ -164,7 +213,11 @@ impl KeySet {
         let mut skipped = 0;
         for k in keys {
             match Jwk::from_json(k, allowed) {
-                Some(jwk) => set.insert(jwk),
+                Some(jwk) => {
+                    if !set.insert(jwk) {
+                        skipped += 1;
+                    }
+                }
                 None => skipped += 1,
             }
         }
@@ -179,17 +232,34 @@ impl KeySet {
         self
     }
 
-    pub fn insert(&mut self, jwk: Jwk) {
+    /// Adds a key. A key whose (`kid`, `kty`) is already present is not added (the first one
+    /// wins) and is recorded in [`KeySet::duplicate_kids`]; returns whether it was added.
+    pub fn insert(&mut self, jwk: Jwk) -> bool {
         match jwk.kid.clone() {
             Some(kid) => {
-                self.by_kid.insert(kid, Arc::new(jwk));
+                let same = self.by_kid.entry(kid.clone()).or_default();
+                if same.iter().any(|k| k.kty == jwk.kty) {
+                    if !self.duplicate_kids.contains(&kid) {
+                        self.duplicate_kids.push(kid);
+                    }
+                    return false;
+                }
+                same.push(Arc::new(jwk));
             }
             None => self.anonymous.push(Arc::new(jwk)),
         }
+        true
+    }
+
+    /// `kid`s published more than once for the same key type (only the first one is used).
+    pub fn duplicate_kids(&self) -> &[String] {
+        &self.duplicate_kids
     }
 
     pub fn len(&self) -> usize {
-        self.by_kid.len() + self.anonymous.len() + usize::from(self.hmac_secret.is_some())
+        self.by_kid.values().map(Vec::len).sum::<usize>()
+            + self.anonymous.len()
+            + usize::from(self.hmac_secret.is_some())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -200,11 +270,26 @@ impl KeySet {
         self.hmac_secret.as_deref()
     }
 
-    /// Finds the key for a token: by `kid` when the token has one; without a `kid`, only if
-    /// exactly one anonymous key serves `alg` (never a guess among several).
+    /// Fingerprint of the HMAC secret (for [`KeySet::still_holds`]).
+    pub fn hmac_fingerprint(&self) -> Option<u128> {
+        self.hmac_secret
+            .as_deref()
+            .map(|s| fingerprint(&[b"oct", s]))
+    }
+
+    /// Finds the key for a token: by `kid` when the token has one (the key of that `kid`
+    /// serving `alg`, else the first of that `kid`, whose verifier then refuses `alg`);
+    /// without a `kid`, only if exactly one anonymous key serves `alg` (never a guess among
+    /// several).
     pub fn find(&self, kid: Option<&str>, alg: Alg) -> Option<&Jwk> {
         match kid {
-            Some(kid) => self.by_kid.get(kid).map(|k| &**k),
+            Some(kid) => {
+                let same = self.by_kid.get(kid)?;
+                same.iter()
+                    .find(|k| k.verifier(alg).is_some())
+                    .or_else(|| same.first())
+                    .map(|k| &**k)
+            }
             None => {
                 let mut it = self.anonymous.iter().filter(|k| k.verifier(alg).is_some());
                 match (it.next(), it.next()) {
@@ -214,6 +299,16 @@ impl KeySet {
             }
         }
     }
+
+    /// Whether a token verified earlier with key `fingerprint` (found by `kid` for `alg`)
+    /// would still find that very key here: false once the key was withdrawn or replaced.
+    pub fn still_holds(&self, kid: Option<&str>, alg: Alg, fingerprint: u128) -> bool {
+        if alg.is_hmac() {
+            return self.hmac_fingerprint() == Some(fingerprint);
+        }
+        self.find(kid, alg)
+            .is_some_and(|k| k.fingerprint == fingerprint && k.verifier(alg).is_some())
+    }
 }
 
 /// An issuer's current keys, swapped atomically when a refresh succeeds. `None` until the
@@ -221,12 +316,16 @@ impl KeySet {
 #[derive(Default)]
 pub struct KeyStore {
     current: RwLock<Option<Arc<KeySet>>>,
+    /// Bumped on every replacement: a cached verification older than the current generation
+    /// re-checks that its key is still published (one atomic load on the request path).
+    generation: AtomicU64,
 }
 
 impl KeyStore {
     pub fn new(initial: Option<KeySet>) -> KeyStore {
         KeyStore {
             current: RwLock::new(initial.map(Arc::new)),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -235,7 +334,15 @@ impl KeyStore {
     }
 
     pub fn replace(&self, set: KeySet) {
-        *self.current.write() = Some(Arc::new(set));
+        let mut cur = self.current.write();
+        *cur = Some(Arc::new(set));
+        // Under the write lock: whoever reads the new generation finds the new set.
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// The current key set's generation (see [`KeyStore::replace`]).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     pub fn is_loaded(&self) -> bool {
@@ -290,6 +397,77 @@ mod tests {
         .unwrap();
         let key = set.find(Some("r"), Alg::RS256).unwrap();
         assert_eq!(key.algs().collect::<Vec<_>>(), vec![Alg::RS256, Alg::PS256]);
+    }
+
+    #[test]
+    fn members_of_the_wrong_json_type_make_a_key_unusable() {
+        let good = SigningKey::generate(Alg::ES256, "k").unwrap().public_jwk();
+        let bad = |member: &str, v: Value| {
+            let mut k = good.clone();
+            k[member] = v;
+            k
+        };
+        for k in [
+            bad("alg", serde_json::json!(256)),
+            bad("alg", serde_json::json!(["ES256"])),
+            bad("alg", Value::Null),
+            bad("use", serde_json::json!(true)),
+            bad("use", serde_json::json!(["sig"])),
+            bad("key_ops", serde_json::json!("verify")),
+            bad("key_ops", serde_json::json!(["verify", 1])),
+            bad("kid", serde_json::json!(5)),
+            bad("kty", serde_json::json!(["EC"])),
+            bad("crv", serde_json::json!(256)),
+        ] {
+            assert!(Jwk::from_json(&k, &[Alg::ES256]).is_none(), "{k}");
+        }
+        assert!(Jwk::from_json(
+            &bad("key_ops", serde_json::json!(["verify"])),
+            &[Alg::ES256]
+        )
+        .is_some());
+        assert!(Jwk::from_json(&good, &[Alg::ES256]).is_some());
+    }
+
+    #[test]
+    fn duplicate_kids_first_wins_per_key_type() {
+        let first = SigningKey::generate(Alg::ES256, "dup").unwrap();
+        let second = SigningKey::generate(Alg::ES256, "dup").unwrap();
+        let rsa = SigningKey::generate(Alg::RS256, "dup").unwrap();
+        let doc = serde_json::json!({"keys": [first.public_jwk(), second.public_jwk(), rsa.public_jwk()]});
+        let (set, skipped) =
+            KeySet::from_jwks(doc.to_string().as_bytes(), &[Alg::ES256, Alg::RS256]).unwrap();
+        assert_eq!(skipped, 1, "the second EC key under the same kid");
+        assert_eq!(set.duplicate_kids(), ["dup".to_string()]);
+        let ec = Jwk::from_json(&first.public_jwk(), &[Alg::ES256]).unwrap();
+        let ec2 = Jwk::from_json(&second.public_jwk(), &[Alg::ES256]).unwrap();
+        assert_eq!(
+            set.find(Some("dup"), Alg::ES256).unwrap().fingerprint,
+            ec.fingerprint
+        );
+        assert_ne!(ec.fingerprint, ec2.fingerprint);
+        // a different key type under the same kid is a legitimate alternative (RFC 7517 §4.5)
+        assert!(set
+            .find(Some("dup"), Alg::RS256)
+            .unwrap()
+            .verifier(Alg::RS256)
+            .is_some());
+        assert!(set.still_holds(Some("dup"), Alg::ES256, ec.fingerprint));
+        assert!(!set.still_holds(Some("dup"), Alg::ES256, ec2.fingerprint));
+        assert!(!set.still_holds(Some("gone"), Alg::ES256, ec.fingerprint));
+    }
+
+    #[test]
+    fn fingerprints_follow_the_material_and_the_store_counts_replacements() {
+        let k = SigningKey::generate(Alg::ES256, "k").unwrap();
+        let a = Jwk::from_json(&k.public_jwk(), &[Alg::ES256]).unwrap();
+        let b = Jwk::from_json(&k.public_jwk(), &[Alg::ES256]).unwrap();
+        assert_eq!(a.fingerprint, b.fingerprint, "same key parsed twice");
+        let store = KeyStore::new(None);
+        assert_eq!(store.generation(), 0);
+        store.replace(KeySet::default());
+        store.replace(KeySet::default());
+        assert_eq!(store.generation(), 2);
     }
 
     #[test]

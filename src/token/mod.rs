@@ -13,7 +13,7 @@ pub mod sign;
 mod validator;
 
 pub use alg::Alg;
-pub use claims::Claims;
+pub use claims::{header_value, Claims, MAX_HEADER_VALUE_BYTES};
 pub use error::TokenError;
 pub use jwk::{Jwk, JwkError, KeySet, KeyStore};
 pub use jws::{b64, Header};

@@ -1,7 +1,7 @@
 //! Local token validation: the order of checks is fixed so that a forged token never gets a
 //! more specific answer than `bad_signature`.
 
-use super::claims::{numeric_date, string_claim};
+use super::claims::{audiences, id_claim, numeric_date};
 use super::jwk::KeyStore;
 use super::jws;
 use super::{Alg, Claims, TokenError};
@@ -31,6 +31,11 @@ pub struct VerifiedToken {
     pub issuer: usize,
     pub alg: Alg,
     pub claims: Claims,
+    /// The key that verified it: the token's `kid` and the key's fingerprint, and the
+    /// issuer's key-store generation it was found in (see [`Validator::key_still_valid`]).
+    pub kid: Option<String>,
+    pub key_fingerprint: u128,
+    pub key_generation: u64,
 }
 
 pub struct Validator {
@@ -47,10 +52,15 @@ impl Validator {
         if !policy.algorithms.contains(&alg) {
             return Err(TokenError::UnsupportedAlg);
         }
+        // Read before the key set: a replacement racing this validation bumps it past what
+        // the token records, so the next cache hit re-checks the key.
+        let key_generation = policy.keys.generation();
         let keys = policy.keys.get().ok_or(TokenError::KeysUnavailable)?;
+        let key_fingerprint;
         let ok = if alg.is_hmac() {
             let secret = keys.hmac_secret().ok_or(TokenError::UnsupportedAlg)?;
             let algo = alg.hmac().ok_or(TokenError::UnsupportedAlg)?;
+            key_fingerprint = keys.hmac_fingerprint().unwrap_or_default();
             let key = aws_lc_rs::hmac::Key::new(algo, secret);
             aws_lc_rs::hmac::verify(&key, parsed.signing_input, &parsed.signature).is_ok()
         } else {
@@ -60,6 +70,7 @@ impl Validator {
             // The key must be bound to this very algorithm: an RSA or EC key is never fed to
             // another family's verifier, and a key pinned to RS256 never verifies PS256.
             let verifier = jwk.verifier(alg).ok_or(TokenError::UnsupportedAlg)?;
+            key_fingerprint = jwk.fingerprint;
             verifier
                 .verify_sig(parsed.signing_input, &parsed.signature)
                 .is_ok()
@@ -72,7 +83,25 @@ impl Validator {
             issuer: idx,
             alg,
             claims,
+            kid: parsed.header.kid,
+            key_fingerprint,
+            key_generation,
         })
+    }
+
+    /// Whether the key that verified `v` is still published by its issuer. Cheap while the
+    /// issuer's keys have not changed since (`Some(generation)` it can be re-stamped with
+    /// when they changed but still hold the key); `None` once the key was withdrawn or
+    /// replaced: the verification must no longer be honoured.
+    pub fn key_still_valid(&self, v: &VerifiedToken, checked_generation: u64) -> Option<u64> {
+        let store = &self.issuers.get(v.issuer)?.keys;
+        let now = store.generation();
+        if now == checked_generation {
+            return Some(now);
+        }
+        let set = store.get()?;
+        set.still_holds(v.kid.as_deref(), v.alg, v.key_fingerprint)
+            .then_some(now)
     }
 
     /// The issuer a token claims to come from, without verifying anything. Used only to
@@ -128,27 +157,27 @@ fn check_claims(
         return Err(TokenError::LifetimeTooLong);
     }
     let aud_ok = match all.get("aud") {
-        Some(Value::String(a)) => policy.audiences.iter().any(|x| x == a),
-        Some(Value::Array(list)) => list
-            .iter()
-            .filter_map(Value::as_str)
-            .any(|a| policy.audiences.iter().any(|x| x == a)),
         None => return Err(TokenError::MissingClaim("aud")),
-        Some(_) => false,
+        Some(v) => audiences(v)
+            .ok_or(TokenError::InvalidClaim("aud"))?
+            .into_iter()
+            .any(|a| policy.audiences.iter().any(|x| x == a)),
     };
     if !aud_ok {
         return Err(TokenError::WrongAudience);
     }
-    let sid = string_claim(&all, &policy.session_claim)
+    // Every claim the revoked set keys on is checked for its canonical form before use: a
+    // `sub` of 12345 (a number) must not skip the subject check.
+    let sid = id_claim(&all, &policy.session_claim, "session")?
         .ok_or(TokenError::MissingClaim("session"))?
         .to_string();
+    let sub = id_claim(&all, "sub", "sub")?.map(str::to_string);
+    let jti = id_claim(&all, "jti", "jti")?.map(str::to_string);
     for c in &policy.required_claims {
         if !all.contains_key(c) {
             return Err(TokenError::MissingClaim("required"));
         }
     }
-    let sub = string_claim(&all, "sub").map(str::to_string);
-    let jti = string_claim(&all, "jti").map(str::to_string);
     Ok(Claims {
         iss: policy.issuer.clone(),
         sub,
@@ -264,7 +293,7 @@ mod tests {
         assert_eq!(check(with(claims(), "aud", json!(["x", "api"]))), None);
         assert_eq!(
             check(with(claims(), "aud", json!(7))),
-            Some(TokenError::WrongAudience)
+            Some(TokenError::InvalidClaim("aud"))
         );
         assert_eq!(
             check(with(claims(), "exp", Value::Null)),
@@ -280,11 +309,11 @@ mod tests {
         );
         assert_eq!(
             check(with(claims(), "sid", json!(""))),
-            Some(TokenError::MissingClaim("session"))
+            Some(TokenError::InvalidClaim("session"))
         );
         assert_eq!(
             check(with(claims(), "sid", json!({"a":1}))),
-            Some(TokenError::MissingClaim("session"))
+            Some(TokenError::InvalidClaim("session"))
         );
         assert_eq!(
             check(with(claims(), "exp", json!("soon"))),
@@ -302,6 +331,78 @@ mod tests {
             check(with(claims(), "exp", json!((NOW + 60) as f64 + 0.5))),
             None
         );
+    }
+
+    /// Every claim the revoked set keys on, in every non-canonical shape, is refused: never
+    /// validated with the claim treated as absent (which would skip its revocation check).
+    #[test]
+    fn revocation_keys_in_any_other_shape_are_refused() {
+        let k = SigningKey::generate(Alg::ES256, "k1").unwrap();
+        let v = validator(&[&k], &[Alg::ES256]);
+        let long = "x".repeat(crate::revocation::MAX_ID_BYTES + 1);
+        let shapes = [
+            json!(12345),
+            json!(12345.0),
+            json!(7),
+            json!(-0.0),
+            json!(["12345"]),
+            json!([]),
+            json!({"id": "12345"}),
+            json!(true),
+            json!(false),
+            json!(null),
+            json!(""),
+            json!(long),
+        ];
+        for (claim, what) in [("sub", "sub"), ("jti", "jti"), ("sid", "session")] {
+            for shape in &shapes {
+                let t = k.sign(&with(claims(), claim, shape.clone())).unwrap();
+                // json null is "remove" for `with`: set it explicitly
+                let t = if shape.is_null() {
+                    let mut c = claims();
+                    c[claim] = Value::Null;
+                    k.sign(&c).unwrap()
+                } else {
+                    t
+                };
+                assert_eq!(
+                    v.validate(&t, NOW).err(),
+                    Some(TokenError::InvalidClaim(what)),
+                    "{claim} = {shape}"
+                );
+            }
+            // the canonical form at the length limit passes and is carried unchanged
+            let edge = "é".repeat(crate::revocation::MAX_ID_BYTES / 2);
+            let ok = v
+                .validate(&k.sign(&with(claims(), claim, json!(edge))).unwrap(), NOW)
+                .unwrap();
+            let got = match claim {
+                "sub" => ok.claims.sub.clone(),
+                "jti" => ok.claims.jti.clone(),
+                _ => Some(ok.claims.sid.clone()),
+            };
+            assert_eq!(got.as_deref(), Some(edge.as_str()), "{claim}");
+        }
+        // absent sub / jti are absent (their checks have nothing to key on); absent sid is not
+        for claim in ["sub", "jti"] {
+            assert!(v
+                .validate(&k.sign(&with(claims(), claim, Value::Null)).unwrap(), NOW)
+                .is_ok());
+        }
+        // aud: an array must hold strings only, even when one member matches
+        for aud in [
+            json!(["api", 1]),
+            json!(["api", null]),
+            json!([["api"]]),
+            json!({"api": 1}),
+        ] {
+            assert_eq!(
+                v.validate(&k.sign(&with(claims(), "aud", aud.clone())).unwrap(), NOW)
+                    .err(),
+                Some(TokenError::InvalidClaim("aud")),
+                "{aud}"
+            );
+        }
     }
 
     #[test]
