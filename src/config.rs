@@ -456,6 +456,23 @@ impl Settings {
             if n.stream.is_empty() || n.stream.contains(['.', '*', '>', ' ']) {
                 return Err(bad("nats.stream", "must be a valid stream name"));
             }
+            // `nats.stream` is the base name. A base that already ends in a region's suffix is
+            // the mistake of writing a region's full stream name here: the sidecar would look
+            // for `<name>_<region>` and never become ready.
+            if let Some(r) = std::iter::once(&n.region)
+                .chain(&n.regions)
+                .find(|r| n.stream.ends_with(&format!("_{r}")))
+            {
+                return Err(bad(
+                    "nats.stream",
+                    format!(
+                        "is the base name (region R's stream is <stream>_R); {:?} ends in \"_{r}\", so region {r}'s stream would be {:?} — use {:?}",
+                        n.stream,
+                        format!("{}_{r}", n.stream),
+                        n.stream.trim_end_matches(&format!("_{r}")),
+                    ),
+                ));
+            }
             if n.tls_cert_file.is_some() != n.tls_key_file.is_some() {
                 return Err(bad(
                     "nats.tls_key_file",

@@ -114,6 +114,9 @@ impl Sidecar {
                 freshness.expect(r);
             }
             readiness.register(feed::COMPONENT, "revocation stream not replayed yet");
+            // Unready until housekeeping has first looked: otherwise /readyz could say 200
+            // while every origin is still unheard of and checks answer feed_stale.
+            readiness.register("freshness", "freshness not evaluated yet");
         }
         let decider = Arc::new(Decider::new(
             validator,

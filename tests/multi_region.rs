@@ -7,7 +7,6 @@ mod support;
 mod topology_support;
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use support::*;
 use topology_support::LocalTopology;
@@ -15,36 +14,6 @@ use veto::revocation::{Kind, RevocationEvent};
 use veto::token::Alg;
 
 const REGIONS: [&str; 3] = ["us", "eu", "ap"];
-
-struct Heartbeat(Child);
-
-impl Heartbeat {
-    fn start(url: &str, region: &str) -> Heartbeat {
-        Heartbeat(
-            Command::new(env!("CARGO_BIN_EXE_veto"))
-                .args([
-                    "heartbeat",
-                    "--nats",
-                    url,
-                    "--region",
-                    region,
-                    "--interval",
-                    "250ms",
-                ])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("veto heartbeat"),
-        )
-    }
-}
-
-impl Drop for Heartbeat {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn region_config(issuer: &Issuer, topo: &LocalTopology, region: &str, staleness: &str) -> String {
     sidecar_config(issuer, None, "")
@@ -108,9 +77,9 @@ async fn revoke_anywhere_denied_everywhere_through_partitions_and_restarts() {
     let mut topo = LocalTopology::start(&REGIONS);
     topo.wait_linked(Duration::from_secs(20)).await;
     topo.provision_all().await;
-    let mut beats: BTreeMap<&str, Heartbeat> = REGIONS
+    let mut beats: BTreeMap<&str, Proc> = REGIONS
         .iter()
-        .map(|r| (*r, Heartbeat::start(&topo.js_url(r), r)))
+        .map(|r| (*r, heartbeat(&topo.js_url(r), r)))
         .collect();
     let issuer = Issuer::new(Alg::ES256);
     let mut sidecars: BTreeMap<&str, Sidecar> = BTreeMap::new();

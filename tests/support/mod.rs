@@ -64,6 +64,19 @@ impl Drop for Proc {
     }
 }
 
+/// `veto heartbeat` for `region` against the JetStream server at `url`, every 250 ms: what
+/// keeps that origin fresh for the sidecars that expect it.
+pub fn heartbeat(url: &str, region: &str) -> Proc {
+    let child = Command::new(env!("CARGO_BIN_EXE_veto"))
+        .args(["heartbeat", "--nats", url, "--region", region])
+        .args(["--interval", "250ms"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("veto heartbeat");
+    Proc(Some(child))
+}
+
 /// A real nats-server with JetStream, on a free port, with its own store directory.
 pub struct NatsServer {
     pub port: u16,
