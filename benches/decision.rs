@@ -37,7 +37,7 @@ use std::hint::black_box;
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
-use veto::config::{DenyStatus, OnStale};
+use veto::config::{DenyStatus, Isolation, OnStale};
 use veto::decision::{Decider, DeciderConfig, Decision};
 use veto::metrics::Metrics;
 use veto::revocation::{Freshness, Kind, RevocationEvent, RevokedSet};
@@ -179,6 +179,8 @@ impl AlgFixture {
                 session_claim: "sid".into(),
                 max_token_lifetime: 900,
                 required_claims: vec![],
+                home_claim: Some("veto_home".into()),
+                home_region: None,
                 keys: self.store.clone(),
             }],
             max_token_bytes: 8192,
@@ -199,9 +201,8 @@ impl AlgFixture {
 }
 
 fn decider(validator: Validator, revoked: Arc<RevokedSet>, metrics: &Metrics) -> Decider {
-    let freshness = Arc::new(Freshness::default());
     // A live feed: one expected origin, fresh; the check runs on every request as in prod.
-    freshness.expect("bench");
+    let freshness = Arc::new(Freshness::expecting(["bench"]));
     freshness.mark("bench", veto::now_ms() + 3_600_000);
     Decider::new(
         validator,
@@ -213,6 +214,8 @@ fn decider(validator: Validator, revoked: Arc<RevokedSet>, metrics: &Metrics) ->
             remove_authorization: false,
             revoked_status: DenyStatus::Unauthenticated,
             on_stale: OnStale::Deny,
+            isolation: Isolation::Home,
+            own_region: Some("bench".into()),
             max_staleness: Duration::from_secs(30),
             cache_capacity: 100_000,
             leeway: vec![30],

@@ -23,7 +23,7 @@ declare -A PID
 cleanup() {
     for p in "${PID[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    rm -rf "$WORK"
+    [ -n "${VETO_DEMO_KEEP:-}" ] && echo "kept $WORK" || rm -rf "$WORK"
 }
 trap cleanup EXIT
 
@@ -80,9 +80,12 @@ done
 echo "== signing key, JWKS, token for alice (session sess-1)"
 "$VETO" keys generate --kid demo-1 --out "$WORK/demo-1.ES256.der" >/dev/null
 "$VETO" keys jwks "$WORK/demo-1.ES256.der" >"$WORK/jwks.json"
-mint() { "$VETO" keys mint --key "$WORK/demo-1.ES256.der" --iss https://auth.demo --sub "$1" --sid "$2"; }
+# mint SUB SID [HOME]: HOME is the session's home region (claim veto_home)
+mint() { "$VETO" keys mint --key "$WORK/demo-1.ES256.der" --iss https://auth.demo --sub "$1" --sid "$2" ${3:+--home "$3"}; }
 T1=$(mint alice sess-1)
-T2=$(mint bob sess-2)
+T2=$(mint bob sess-2 us)
+T_US=$(mint dave sess-4 us)
+T_EU=$(mint erin sess-5 eu)
 
 declare -A HTTP LISTEN
 UP=$(free_port)
@@ -115,12 +118,27 @@ TOML
     envoy_config "${LISTEN[$r]}" "$admin" "$grpc" "$UP" >"$WORK/$r-envoy.yaml"
     start "$r-envoy" "$WORK/$r-envoy.log" "$VETO_ENVOY_BIN" -c "$WORK/$r-envoy.yaml" --use-dynamic-base-id -l warning --concurrency 1
 done
-echo "== sidecars + Envoy in us, eu, ap; waiting for ready (keys loaded, stream replayed, every origin fresh)"
+echo "== sidecars + Envoy in us, eu, ap; waiting for ready (keys loaded, stream replayed, own origin fresh)"
 for r in "${REGIONS[@]}"; do
     wait_port "${LISTEN[$r]}"
     for _ in $(seq 1 400); do curl -fs "http://127.0.0.1:${HTTP[$r]}/readyz" >/dev/null && break; sleep 0.025; done
     curl -fs "http://127.0.0.1:${HTTP[$r]}/readyz" >/dev/null || { echo "$r not ready: $(curl -s "http://127.0.0.1:${HTTP[$r]}/readyz")"; exit 1; }
 done
+# Stream sourcing of freshly provisioned regions starts on nats-server's retry timers (seconds):
+# wait until every sidecar hears every origin, as a settled system does.
+all_fresh() {
+    curl -s "http://127.0.0.1:${HTTP[$1]}/metrics" | awk -v max="$MAX_STALENESS" '
+        /^veto_feed_staleness_seconds\{/ { n++; if ($2 + 0 < max && $2 != "+Inf") ok++ }
+        END { exit !(n == 3 && ok == 3) }'
+}
+t_wait=$(now_ms)
+for r in "${REGIONS[@]}"; do
+    until all_fresh "$r"; do
+        (( $(now_ms) - t_wait < 30000 )) || { echo "$r: not every origin fresh after 30 s"; exit 1; }
+        sleep 0.1
+    done
+done
+echo "   every sidecar hears every origin ($(( $(now_ms) - t_wait )) ms after ready)"
 
 code() { curl -s -o "$WORK/body" -w '%{http_code}' -H "authorization: Bearer $2" "http://127.0.0.1:${LISTEN[$1]}/orders/7"; }
 reason() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d.get("reason") or d.get("user"))' "$WORK/body" 2>/dev/null || cat "$WORK/body"; }
@@ -153,31 +171,38 @@ for r in "${REGIONS[@]}"; do
 done
 
 echo
-echo "3) cut eu off (kill its hub); revoke bob's session sess-2 in us"
+echo "3) cut eu off (kill its hub); revoke bob's session sess-2 (homed in us) in us"
 kill "${PID[eu-hub]}"; wait "${PID[eu-hub]}" 2>/dev/null || true; unset 'PID[eu-hub]'
 cut=$(now_ms)
 "$VETO" revoke --session sess-2 --nats "$(url_of us)" --region us --reason demo | sed 's/^/   /'
 sleep 0.3
 for r in "${REGIONS[@]}"; do echo "   bob in $r -> $(code "$r" "$T2") $(reason)"; done
-echo "   (eu cannot know yet: it keeps serving its local state until revocations from us are ${MAX_STALENESS}s stale)"
-while [ "$(code eu "$T2")" != 503 ]; do
-    (( $(now_ms) - cut < 15000 )) || { echo "   eu never went stale"; break; }
+echo "   (eu cannot know: it keeps its local state until revocations from us are ${MAX_STALENESS}s stale)"
+while [ "$(code us "$T_EU")" != 503 ]; do
+    (( $(now_ms) - cut < 15000 )) || { echo "   us never saw eu as stale"; break; }
     sleep 0.2
 done
-echo "   after $(( $(now_ms) - cut )) ms: bob in eu -> $(code eu "$T2") $(reason)   (on_stale = deny: fail closed)"
-echo "   eu staleness of origin us: $(staleness eu us) s; /readyz: $(curl -s "http://127.0.0.1:${HTTP[eu]}/readyz")"
+echo "   after $(( $(now_ms) - cut )) ms, revocation.isolation = home (the default), on_stale = deny:"
+for r in "${REGIONS[@]}"; do
+    printf '   %-3s dave (home us) -> %s %-10s erin (home eu) -> %s %-10s bob -> %s %-10s /readyz %s\n' "$r" \
+        "$(code "$r" "$T_US")" "$(reason)" "$(code "$r" "$T_EU")" "$(reason)" "$(code "$r" "$T2")" "$(reason)" \
+        "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:${HTTP[$r]}/readyz")"
+done
+echo "   us and ap keep serving (and enforcing each other's revocations); only tokens homed in eu,"
+echo "   whose revocations only eu could publish, are refused there. eu serves its own, refuses the rest."
+echo "   eu staleness of origin us: $(staleness eu us) s; us staleness of origin eu: $(staleness us eu) s"
 
 echo
 echo "4) heal: restart eu's hub"
 healed=$(now_ms)
 start_hub eu
-while [ "$(code eu "$T2")" != 401 ]; do
-    (( $(now_ms) - healed < 20000 )) || { echo "   eu did not catch up in 20 s"; break; }
+while [ "$(code eu "$T2")" != 401 ] || [ "$(code us "$T_EU")" != 200 ]; do
+    (( $(now_ms) - healed < 20000 )) || { echo "   not converged in 20 s"; break; }
     sleep 0.05
 done
 CATCHUP=$(( $(now_ms) - healed ))
-echo "   eu caught up ${CATCHUP} ms after the hub restarted: bob in eu -> $(code eu "$T2") $(reason)"
-echo "   alice in eu -> $(code eu "$T1") $(reason); a new session in eu -> $(code eu "$(mint carol sess-3)") $(reason)"
+echo "   converged ${CATCHUP} ms after the hub restarted: bob in eu -> $(code eu "$T2") $(reason); erin in us -> $(code us "$T_EU") $(reason)"
+echo "   alice in eu -> $(code eu "$T1") $(reason); a new session in eu -> $(code eu "$(mint carol sess-3 eu)") $(reason)"
 
 echo
 echo "== summary"

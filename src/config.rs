@@ -178,6 +178,19 @@ pub struct Issuer {
     pub jwks_min_refetch_interval: Duration,
     #[serde(default = "default_fetch_timeout", with = "humantime_serde")]
     pub jwks_fetch_timeout: Duration,
+    /// Claim naming the region a token's session is homed in (`""`: none). With
+    /// `revocation.isolation = "home"` a token depends only on its home's and this region's
+    /// revocation origins.
+    #[serde(default = "default_home_claim")]
+    pub home_claim: String,
+    /// Home region of every token of this issuer that carries no home claim (e.g. a
+    /// third-party IdP whose revocations are all published in one region).
+    #[serde(default)]
+    pub home_region: Option<String>,
+}
+
+fn default_home_claim() -> String {
+    "veto_home".into()
 }
 
 fn default_algs() -> Vec<String> {
@@ -264,6 +277,19 @@ pub enum OnStale {
     Allow,
 }
 
+/// Which stale origins `revocation.on_stale` applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// A token depends on its home region's origin and this region's own; a token with no
+    /// known home depends on every origin. One region cut off affects only tokens homed there.
+    #[default]
+    Home,
+    /// Every token depends on every origin: any stale origin applies `on_stale` to all
+    /// (strict global fail-closed), and readiness needs every origin fresh.
+    Global,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Revocation {
@@ -274,6 +300,7 @@ pub struct Revocation {
     #[serde(with = "humantime_serde")]
     pub max_staleness: Duration,
     pub on_stale: OnStale,
+    pub isolation: Isolation,
     /// Entries above which the sidecar reports itself over capacity (it never drops any).
     pub max_entries: usize,
     #[serde(with = "humantime_serde")]
@@ -286,6 +313,7 @@ impl Default for Revocation {
             retention: Duration::from_secs(24 * 3600),
             max_staleness: Duration::from_secs(30),
             on_stale: OnStale::Deny,
+            isolation: Isolation::Home,
             max_entries: 10_000_000,
             prune_interval: Duration::from_secs(60),
         }
@@ -390,6 +418,11 @@ impl Settings {
             if iss.session_claim.is_empty() {
                 return Err(bad(k("session_claim"), "must not be empty"));
             }
+            if let Some(h) = &iss.home_region {
+                if !crate::revocation::valid_region(h) {
+                    return Err(bad(k("home_region"), "1-64 characters of [A-Za-z0-9_-]"));
+                }
+            }
             if iss.max_token_lifetime.is_zero() {
                 return Err(bad(k("max_token_lifetime"), "must be positive"));
             }
@@ -452,6 +485,23 @@ impl Settings {
             }
             if !n.regions.is_empty() && !n.regions.contains(&n.region) {
                 return Err(bad("nats.regions", "must include nats.region"));
+            }
+            if n.regions.len() > crate::revocation::MAX_ORIGINS {
+                return Err(bad(
+                    "nats.regions",
+                    format!("at most {} regions", crate::revocation::MAX_ORIGINS),
+                ));
+            }
+            for (i, iss) in self.issuers.iter().enumerate() {
+                if let Some(h) = &iss.home_region {
+                    let known = h == &n.region || n.regions.contains(h);
+                    if !known {
+                        return Err(bad(
+                            format!("issuers[{i}].home_region"),
+                            format!("{h:?} is not in nats.regions"),
+                        ));
+                    }
+                }
             }
             if n.stream.is_empty() || n.stream.contains(['.', '*', '>', ' ']) {
                 return Err(bad("nats.stream", "must be a valid stream name"));

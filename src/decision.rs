@@ -6,10 +6,10 @@
 //! signature) → on a miss, full validation (with one JWKS refetch on an unknown `kid`) →
 //! revocation check (every request) → feed freshness (every request).
 
-use crate::config::{DenyStatus, OnStale};
+use crate::config::{DenyStatus, Isolation, OnStale};
 use crate::jwks::Refetcher;
 use crate::metrics::Metrics;
-use crate::revocation::{Freshness, RevokedBy, RevokedSet};
+use crate::revocation::{Freshness, OriginMask, RevokedBy, RevokedSet};
 use crate::token::{header_value, TokenError, Validator, VerifiedToken};
 use std::any::Any;
 use std::collections::BTreeMap;
@@ -72,6 +72,9 @@ pub struct Verified {
     headers: Vec<(Box<str>, Option<Box<str>>)>,
     /// The issuer key-store generation at which this token's key was last seen published.
     key_checked: AtomicU64,
+    /// The revocation origins this token's revocations can come from: when one of them is
+    /// stale, `on_stale` applies to it (see `revocation.isolation`).
+    deps: OriginMask,
     rendered: [OnceLock<Box<dyn Any + Send + Sync>>; 2],
 }
 
@@ -88,6 +91,7 @@ impl Verified {
     fn new(
         token: VerifiedToken,
         mapping: &BTreeMap<String, String>,
+        deps: OriginMask,
     ) -> Result<Verified, TokenError> {
         let headers = mapping
             .iter()
@@ -98,6 +102,7 @@ impl Verified {
             .collect::<Result<_, TokenError>>()?;
         Ok(Verified {
             key_checked: AtomicU64::new(token.key_generation),
+            deps,
             token,
             headers,
             rendered: Default::default(),
@@ -163,6 +168,9 @@ pub struct DeciderConfig {
     pub remove_authorization: bool,
     pub revoked_status: DenyStatus,
     pub on_stale: OnStale,
+    pub isolation: Isolation,
+    /// This sidecar's region (a dependency of every token under `Isolation::Home`).
+    pub own_region: Option<String>,
     pub max_staleness: Duration,
     pub cache_capacity: u64,
     /// Leeway per issuer index (seconds), to bound cache entries by `exp + leeway`.
@@ -279,7 +287,16 @@ impl Decider {
             return self.deny(DenyReason::Revoked(by));
         }
         let max_ms = self.config.max_staleness.as_millis() as i64;
-        if self.freshness.is_stale(now_ms, max_ms) {
+        let stale = self.freshness.stale_mask(now_ms, max_ms);
+        if stale != 0 && stale & v.deps == 0 {
+            // Served although some origin is stale: none this token depends on.
+            for origin in self.freshness.names(stale) {
+                self.metrics
+                    .served_while_origin_stale
+                    .with_label_values(&[origin])
+                    .inc();
+            }
+        } else if stale != 0 {
             let policy = match self.config.on_stale {
                 OnStale::Deny => "deny",
                 OnStale::Allow => "allow",
@@ -336,9 +353,70 @@ impl Decider {
             }
             other => other,
         };
-        let v = Arc::new(Verified::new(result?, &self.config.headers)?);
+        let verified = result?;
+        let deps = self.dependencies(&verified);
+        let v = Arc::new(Verified::new(verified, &self.config.headers, deps)?);
         self.cache.insert(token.into(), v.clone());
         Ok(v)
+    }
+
+    /// The origins a token's revocations can come from. `Global`: every origin. `Home`: its
+    /// home region's and this region's own (subject revocations are published in every
+    /// region, session and token revocations in the session's home: README "Exposure"); a
+    /// token whose home is unknown, or not an expected origin, depends on every origin.
+    fn dependencies(&self, token: &VerifiedToken) -> OriginMask {
+        let all = self.freshness.all();
+        if self.config.isolation == Isolation::Global {
+            return all;
+        }
+        let home = token
+            .claims
+            .home
+            .as_deref()
+            .map_or(0, |h| self.freshness.mask_of(h));
+        if home == 0 {
+            return all;
+        }
+        let own = self
+            .config
+            .own_region
+            .as_deref()
+            .map_or(0, |r| self.freshness.mask_of(r));
+        home | own
+    }
+
+    /// The expected origins whose staleness makes this sidecar refuse (or, with `on_stale =
+    /// allow`, count) every token, at `now_ms`: what readiness reports. `Global`: any stale
+    /// origin; `Home`: this region's own (every token depends on it).
+    pub fn blocking_stale_origins(&self, now_ms: i64) -> Vec<String> {
+        let max_ms = self.config.max_staleness.as_millis() as i64;
+        let stale = self.freshness.stale_mask(now_ms, max_ms);
+        let scope = match (self.config.isolation, self.config.own_region.as_deref()) {
+            (Isolation::Home, Some(own)) => self.freshness.mask_of(own),
+            _ => self.freshness.all(),
+        };
+        self.freshness
+            .names(stale & scope)
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Why this sidecar is not ready for freshness, at `now_ms` (`None`: ready). While
+    /// `starting`, every expected origin must also have been heard from once (a replayed
+    /// stream holds each source's newest heartbeat, so a cut-off origin counts as heard);
+    /// the caller bounds `starting`, so a region that never published cannot hold
+    /// readiness forever.
+    pub fn freshness_blocker(&self, now_ms: i64, starting: bool) -> Option<String> {
+        let stale = self.blocking_stale_origins(now_ms);
+        if !stale.is_empty() {
+            return Some(format!("revocations from {} are stale", stale.join(", ")));
+        }
+        let unheard = self.freshness.unheard_mask();
+        if starting && unheard != 0 {
+            let names: Vec<&str> = self.freshness.names(unheard).collect();
+            return Some(format!("nothing heard from {} yet", names.join(", ")));
+        }
+        None
     }
 
     fn deny(&self, reason: DenyReason) -> Decision {
@@ -404,5 +482,104 @@ mod tests {
         assert_eq!(bearer(Some("Bearer abc")), Ok("abc"));
         assert_eq!(bearer(Some("bEaReR  abc ")), Ok("abc"));
         assert_eq!(bearer(Some("BEARER\tabc")), Ok("abc"));
+    }
+
+    mod isolation {
+        use super::super::*;
+        use crate::token::sign::{jwks, SigningKey};
+        use crate::token::{Alg, IssuerPolicy, KeySet, KeyStore};
+        use serde_json::json;
+
+        fn decider(isolation: Isolation, key: &SigningKey) -> Decider {
+            let (set, _) =
+                KeySet::from_jwks(jwks(&[key]).to_string().as_bytes(), &[Alg::ES256]).unwrap();
+            let validator = Validator {
+                issuers: vec![IssuerPolicy {
+                    issuer: "https://iss".into(),
+                    audiences: vec!["api".into()],
+                    algorithms: vec![Alg::ES256],
+                    leeway: 5,
+                    session_claim: "sid".into(),
+                    max_token_lifetime: 900,
+                    required_claims: vec![],
+                    home_claim: Some("veto_home".into()),
+                    home_region: None,
+                    keys: Arc::new(KeyStore::new(Some(set))),
+                }],
+                max_token_bytes: 8192,
+            };
+            let freshness = Arc::new(Freshness::expecting(["us", "eu", "ap"]));
+            let now = crate::now_ms();
+            freshness.mark("us", now);
+            freshness.mark("ap", now);
+            freshness.mark("eu", now - 60_000); // eu is cut off
+            Decider::new(
+                validator,
+                Arc::new(RevokedSet::new()),
+                freshness,
+                vec![None],
+                DeciderConfig {
+                    headers: BTreeMap::new(),
+                    remove_authorization: false,
+                    revoked_status: DenyStatus::Unauthenticated,
+                    on_stale: OnStale::Deny,
+                    isolation,
+                    own_region: Some("us".into()),
+                    max_staleness: Duration::from_secs(30),
+                    cache_capacity: 100,
+                    leeway: vec![5],
+                    metadata_namespace: String::new(),
+                },
+                Metrics::register(&prometheus::Registry::new()),
+            )
+        }
+
+        fn token(key: &SigningKey, home: Option<serde_json::Value>) -> String {
+            let now = crate::now_ms() / 1000;
+            let mut c = json!({"iss":"https://iss","aud":"api","sub":"u","sid":"s","iat":now,"exp":now+600});
+            if let Some(h) = home {
+                c["veto_home"] = h;
+            }
+            format!("Bearer {}", key.sign(&c).unwrap())
+        }
+
+        async fn outcome(d: &Decider, t: &str) -> &'static str {
+            d.decide(Some(t)).await.reason_label()
+        }
+
+        #[tokio::test]
+        async fn a_stale_origin_refuses_only_what_depends_on_it() {
+            let key = SigningKey::generate(Alg::ES256, "k").unwrap();
+            let home = decider(Isolation::Home, &key);
+            let cases = [
+                (Some(json!("us")), "ok"),
+                (Some(json!("ap")), "ok"),
+                (Some(json!("eu")), "feed_stale"),
+                (None, "feed_stale"),              // no home: every origin
+                (Some(json!("zz")), "feed_stale"), // a home nobody expects: every origin
+                (Some(json!(5)), "invalid_claim"), // one canonical form
+                (Some(json!("e.u")), "invalid_claim"),
+            ];
+            for (h, want) in &cases {
+                let t = token(&key, h.clone());
+                assert_eq!(outcome(&home, &t).await, *want, "home={h:?}");
+                // the cached answer is the same
+                assert_eq!(outcome(&home, &t).await, *want, "home={h:?}, cached");
+            }
+            assert!(
+                home.blocking_stale_origins(crate::now_ms()).is_empty(),
+                "us is fresh"
+            );
+            let global = decider(Isolation::Global, &key);
+            for (h, want) in &cases {
+                let want = if *want == "ok" { "feed_stale" } else { want };
+                assert_eq!(
+                    outcome(&global, &token(&key, h.clone())).await,
+                    want,
+                    "{h:?}"
+                );
+            }
+            assert_eq!(global.blocking_stale_origins(crate::now_ms()), ["eu"]);
+        }
     }
 }

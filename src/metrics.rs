@@ -36,6 +36,7 @@ pub struct Metrics {
     pub jwks_refresh: IntCounterVec,
     pub jwks_keys: IntGaugeVec,
     pub stale_decisions: IntCounterVec,
+    pub served_while_origin_stale: IntCounterVec,
     pub token_cache: IntCounterVec,
     pub replay_duration: Histogram,
     pub catchup_reads: IntCounterVec,
@@ -143,6 +144,10 @@ impl Metrics {
             stale_decisions: reg(r, IntCounterVec::new(
                 Opts::new("veto_stale_decisions_total", "Checks decided while the feed was stale, by policy."),
                 &["policy"],
+            ).expect("static metric")),
+            served_while_origin_stale: reg(r, IntCounterVec::new(
+                Opts::new("veto_served_while_origin_stale_total", "Checks allowed while this origin was stale, because the token does not depend on it (revocation.isolation = home), by stale origin."),
+                &["origin"],
             ).expect("static metric")),
             token_cache: token_cache.clone(),
             replay_duration: reg(r, Histogram::with_opts(

@@ -99,6 +99,8 @@ impl Sidecar {
                 session_claim: iss.session_claim.clone(),
                 max_token_lifetime: iss.max_token_lifetime.as_secs() as i64,
                 required_claims: iss.required_claims.clone(),
+                home_claim: (!iss.home_claim.is_empty()).then(|| iss.home_claim.clone()),
+                home_region: iss.home_region.clone(),
                 keys: store,
             });
         }
@@ -107,16 +109,12 @@ impl Sidecar {
             max_token_bytes: s.authz.max_token_bytes,
         };
         let revoked = Arc::new(RevokedSet::new());
-        let freshness = Arc::new(Freshness::default());
-        if let Some(n) = &s.nats {
-            freshness.expect(&n.region);
-            for r in &n.regions {
-                freshness.expect(r);
-            }
+        let freshness = Arc::new(match &s.nats {
+            Some(n) => Freshness::expecting(std::iter::once(&n.region).chain(&n.regions)),
+            None => Freshness::default(),
+        });
+        if s.nats.is_some() {
             readiness.register(feed::COMPONENT, "revocation stream not replayed yet");
-            // Unready until housekeeping has first looked: otherwise /readyz could say 200
-            // while every origin is still unheard of and checks answer feed_stale.
-            readiness.register("freshness", "freshness not evaluated yet");
         }
         let decider = Arc::new(Decider::new(
             validator,
@@ -128,6 +126,8 @@ impl Sidecar {
                 remove_authorization: s.authz.remove_authorization,
                 revoked_status: s.authz.revoked_status,
                 on_stale: s.revocation.on_stale,
+                isolation: s.revocation.isolation,
+                own_region: s.nats.as_ref().map(|n| n.region.clone()),
                 max_staleness: s.revocation.max_staleness,
                 cache_capacity: s.cache.max_tokens,
                 leeway: s
@@ -139,6 +139,19 @@ impl Sidecar {
             },
             metrics.clone(),
         ));
+        if s.nats.is_some() {
+            // Readiness asks the decider itself, at query time: /readyz is 503 exactly while
+            // every check would be refused (or counted) for staleness.
+            let d = Arc::downgrade(&decider);
+            readiness.register_live(
+                "freshness",
+                Arc::new(move || {
+                    let stale = d.upgrade()?.blocking_stale_origins(crate::now_ms());
+                    (!stale.is_empty())
+                        .then(|| format!("revocations from {} are stale", stale.join(", ")))
+                }),
+            );
+        }
         Ok(Sidecar {
             decider,
             revoked,
@@ -218,7 +231,6 @@ impl Sidecar {
         {
             let (me, sd, max_entries, prune_every) = (
                 Housekeeping {
-                    max_staleness_ms: s.revocation.max_staleness.as_millis() as i64,
                     revoked: self.revoked.clone(),
                     freshness: self.freshness.clone(),
                     readiness: self.readiness.clone(),
@@ -296,7 +308,6 @@ impl Sidecar {
 }
 
 struct Housekeeping {
-    max_staleness_ms: i64,
     revoked: Arc<RevokedSet>,
     freshness: Arc<Freshness>,
     readiness: Readiness,
@@ -354,23 +365,15 @@ impl Housekeeping {
             } else {
                 self.readiness.set_ready("revocations");
             }
-            let mut stale_origins = Vec::new();
             for (origin, stale) in self.freshness.staleness(now) {
                 let secs = stale.map_or(f64::INFINITY, |ms| ms as f64 / 1000.0);
                 self.metrics
                     .staleness
                     .with_label_values(&[origin.as_str()])
                     .set(secs);
-                if stale.is_none_or(|ms| ms > self.max_staleness_ms) {
-                    stale_origins.push(origin);
-                }
             }
-            if stale_origins.is_empty() {
-                self.readiness.set_ready("freshness");
-            } else {
-                let why = format!("revocations from {} are stale", stale_origins.join(", "));
-                self.readiness.set_unready("freshness", &why);
-            }
+            // Freshness readiness is a live check (registered in `build`); gRPC health follows
+            // it here, within one tick.
             let ready = self.readiness.is_ready();
             if was_ready != Some(ready) {
                 was_ready = Some(ready);

@@ -233,7 +233,13 @@ async fn the_deploy_snippet_starts_a_ready_sidecar_against_the_topology() {
     let token = format!("Bearer {}", issuer.mint("u", "s-doc"));
     let r = sidecar.check(Some(&token)).await;
     let status = r.status();
-    assert_eq!(status, 200, "{}\n{}", r.text().await.unwrap_or_default(), sidecar.log());
+    assert_eq!(
+        status,
+        200,
+        "{}\n{}",
+        r.text().await.unwrap_or_default(),
+        sidecar.log()
+    );
     let (code, out, err) = veto(&[
         "revoke",
         "--session",

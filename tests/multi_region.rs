@@ -41,16 +41,23 @@ async fn status(s: &Sidecar, token: &str) -> u16 {
 }
 
 fn revoke_in(topo: &LocalTopology, region: &str, what: &str, id: &str) {
-    let (code, out, err) = veto(&[
-        "revoke",
-        what,
-        id,
-        "--nats",
-        &topo.js_url(region),
-        "--region",
-        region,
-    ]);
-    assert_eq!(code, 0, "revoke in {region}: {out}{err}");
+    let (code, out) = revoke_to(topo, region, region, what, id, "5s");
+    assert_eq!(code, 0, "revoke in {region}: {out}");
+}
+
+/// `veto revoke` connected to `from`'s JetStream server, publishing at the origins `to`.
+fn revoke_to(
+    topo: &LocalTopology,
+    from: &str,
+    to: &str,
+    what: &str,
+    id: &str,
+    timeout: &str,
+) -> (i32, String) {
+    let url = topo.js_url(from);
+    let args = [what, id, "--nats", &url, "--region", from, "--to", to];
+    let (code, out, err) = veto(&[&["revoke"][..], &args, &["--timeout", timeout]].concat());
+    (code, format!("{out}{err}"))
 }
 
 /// Polls every sidecar until `token` is refused; returns the time each took.
@@ -302,4 +309,180 @@ async fn revoke_anywhere_denied_everywhere_through_partitions_and_restarts() {
         "{m}"
     );
     drop(envoy);
+}
+
+/// Mints a token for `sub`/`sid` homed in `home` (claim `veto_home`), issued a minute ago so
+/// a subject revocation made now covers it.
+fn homed(issuer: &Issuer, sub: &str, sid: &str, home: &str) -> String {
+    let mut c = issuer.claims(sub, sid);
+    c["veto_home"] = serde_json::json!(home);
+    c["iat"] = serde_json::json!(c["iat"].as_i64().unwrap() - 60);
+    issuer.key.sign(&c).unwrap()
+}
+
+async fn ready(s: &Sidecar) -> bool {
+    s.ready().await
+}
+
+/// Issue: one region cut off took every region down (each sidecar tracked every origin). With
+/// `revocation.isolation = "home"` (the default), cutting eu's hub leaves us and ap serving
+/// and enforcing each other's revocations, ready, with eu reported stale; tokens homed in eu
+/// are what they refuse; eu serves its own; strict `global` mode still fails closed; after the
+/// heal everything converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_cut_region_stays_in_its_region() {
+    const STALE: &str = "2s";
+    let mut topo = LocalTopology::start(&REGIONS);
+    topo.wait_linked(Duration::from_secs(20)).await;
+    topo.provision_all().await;
+    let _beats: Vec<Proc> = REGIONS
+        .iter()
+        .map(|r| heartbeat(&topo.js_url(r), r))
+        .collect();
+    let issuer = Issuer::new(Alg::ES256);
+    let mut sidecars: BTreeMap<&str, Sidecar> = BTreeMap::new();
+    for r in REGIONS {
+        sidecars.insert(r, Sidecar::start(&region_config(&issuer, &topo, r, STALE)));
+    }
+    // the strict mode, for comparison, in us
+    let strict = Sidecar::start(&region_config(&issuer, &topo, "us", STALE).replace(
+        "on_stale = \"deny\"",
+        "on_stale = \"deny\"\nisolation = \"global\"",
+    ));
+    for s in sidecars.values().chain([&strict]) {
+        s.wait_ready(Duration::from_secs(15)).await;
+    }
+    let home_us = homed(&issuer, "u-us", "s-us", "us");
+    let home_eu = homed(&issuer, "u-eu", "s-eu", "eu");
+    let home_ap = homed(&issuer, "u-ap", "s-ap", "ap");
+    let unhomed = issuer.mint("u-x", "s-x");
+    let doomed_us = homed(&issuer, "d-us", "s-doomed-us", "us");
+    let doomed_ap = homed(&issuer, "d-ap", "s-doomed-ap", "ap");
+    let bob_eu = homed(&issuer, "bob", "s-bob-eu", "eu");
+    let bob_ap = homed(&issuer, "bob", "s-bob-ap", "ap");
+    for s in sidecars.values() {
+        for t in [
+            &home_us, &home_eu, &home_ap, &unhomed, &doomed_us, &doomed_ap, &bob_eu,
+        ] {
+            assert_eq!(status(s, t).await, 200);
+        }
+    }
+
+    // -- cut eu off ---------------------------------------------------------------------
+    topo.kill("eu-hub");
+    let cut = Instant::now();
+    // us and ap keep enforcing each other's revocations, each published at the session's home
+    assert_eq!(
+        revoke_to(&topo, "us", "us", "--session", "s-doomed-us", "5s").0,
+        0
+    );
+    assert_eq!(
+        revoke_to(&topo, "ap", "ap", "--session", "s-doomed-ap", "5s").0,
+        0
+    );
+    for t in [&doomed_us, &doomed_ap] {
+        for r in ["us", "ap"] {
+            let s = &sidecars[r];
+            let took = eventually(Duration::from_secs(2), || async {
+                status(s, t).await == 401
+            })
+            .await;
+            assert!(
+                took.is_some(),
+                "{r} did not enforce a healthy region's revocation"
+            );
+        }
+    }
+    // a revocation that belongs to eu cannot be published from outside: a loud failure (the
+    // us sidecars' fast path may still have seen the message: more refused, never less)
+    let (code, out) = revoke_to(&topo, "us", "eu", "--session", "s-eu-outside", "1s");
+    assert_eq!(code, 69, "{out}");
+    assert!(out.contains("not acknowledged by eu"), "{out}");
+    // a subject revocation goes to every origin: us and ap acknowledge, eu cannot
+    let (code, out) = revoke_to(&topo, "ap", "us,eu,ap", "--subject", "bob", "1s");
+    assert_eq!(code, 69, "{out}");
+    assert!(
+        out.contains("at origin us") && out.contains("at origin ap"),
+        "{out}"
+    );
+
+    // -- past the staleness bound --------------------------------------------------------
+    let stale_seen = eventually(Duration::from_secs(10), || async {
+        status(&sidecars["us"], &home_eu).await == 503
+    })
+    .await;
+    assert!(stale_seen.is_some(), "us never treated eu as stale");
+    println!("eu stale in us after {:?} (bound {STALE})", cut.elapsed());
+    for r in ["us", "ap"] {
+        let s = &sidecars[r];
+        assert!(ready(s).await, "{r} unready because eu is cut off");
+        assert_eq!(status(s, &home_us).await, 200, "{r}");
+        assert_eq!(status(s, &home_ap).await, 200, "{r}");
+        assert_eq!(
+            status(s, &home_eu).await,
+            503,
+            "{r}: eu-homed tokens depend on eu"
+        );
+        assert_eq!(status(s, &unhomed).await, 503, "{r}: no home: every origin");
+        assert_eq!(status(s, &doomed_us).await, 401, "{r}");
+        assert_eq!(status(s, &doomed_ap).await, 401, "{r}");
+        let m = s.metrics().await;
+        assert!(
+            metric(&m, "veto_feed_staleness_seconds{origin_region=\"eu\"}").unwrap_or(0.0) > 2.0,
+            "{r}: {m}"
+        );
+        assert!(
+            metric_sum(
+                &m,
+                "veto_served_while_origin_stale_total",
+                &["origin=\"eu\""]
+            ) >= 2.0,
+            "{r}: {m}"
+        );
+    }
+    // bob's subject revocation reached ap's own origin: refused in ap even though eu is stale
+    assert_eq!(status(&sidecars["ap"], &bob_ap).await, 401);
+    assert_eq!(status(&sidecars["ap"], &bob_eu).await, 401);
+    // the cut region serves what is homed there, and refuses what depends on the others
+    let eu = &sidecars["eu"];
+    assert!(ready(eu).await, "eu's own origin is fresh");
+    assert_eq!(status(eu, &home_eu).await, 200);
+    assert_eq!(status(eu, &home_us).await, 503);
+    assert_eq!(status(eu, &home_ap).await, 503);
+    // strict global mode: any stale origin refuses everything, and the pod is unready
+    assert_eq!(status(&strict, &home_us).await, 503);
+    assert!(!ready(&strict).await);
+    let body: serde_json::Value = reqwest::get(format!("{}/readyz", strict.base()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(body.to_string().contains("eu"), "{body}");
+
+    // -- heal -----------------------------------------------------------------------------
+    topo.start_server("eu-hub");
+    let healed = Instant::now();
+    let converged = eventually(Duration::from_secs(15), || async {
+        let mut ok = true;
+        for s in sidecars.values().chain([&strict]) {
+            for t in [&home_us, &home_eu, &home_ap, &unhomed] {
+                ok &= status(s, t).await == 200;
+            }
+            for t in [&doomed_us, &doomed_ap] {
+                ok &= status(s, t).await == 401;
+            }
+            ok &= ready(s).await;
+        }
+        ok
+    })
+    .await;
+    println!("converged {:?} after eu's hub restarted", healed.elapsed());
+    assert!(
+        converged.is_some(),
+        "not converged after the heal:\n{}",
+        sidecars["eu"].log()
+    );
+    // eu now holds what us and ap published during the cut (bob's subject at us/ap origins)
+    assert_eq!(status(eu, &bob_eu).await, 401);
 }

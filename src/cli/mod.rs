@@ -98,6 +98,12 @@ pub struct RevokeArgs {
     /// How long the revocation is held: at least the longest token lifetime + leeway.
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     ttl: Duration,
+    /// Publish at these regions' origins instead of `--region`'s (comma-separated): a session
+    /// or token revocation belongs in the session's home region; with
+    /// `revocation.isolation = "home"` a subject revocation belongs in every region. Each
+    /// origin gets its own event (`<event-id>-<region>`); all must acknowledge.
+    #[arg(long, value_delimiter = ',')]
+    to: Vec<String>,
     /// Event id (default: random). Re-using one makes a retry idempotent.
     #[arg(long)]
     event_id: Option<String>,
@@ -123,8 +129,31 @@ pub async fn revoke(a: RevokeArgs) -> Result<(), Failure> {
         return Err(usage("the revoked id must be 1-1024 bytes"));
     }
     let event_id = a.event_id.unwrap_or_else(random_id);
-    if !valid_token_name(&event_id, 128) {
-        return Err(usage("--event-id: 1-128 characters of [A-Za-z0-9_-]"));
+    let origins = if a.to.is_empty() {
+        vec![a.bus.region.clone()]
+    } else {
+        a.to.clone()
+    };
+    if let Some(r) = origins.iter().find(|r| !valid_region(r)) {
+        return Err(usage(format!("--to: {r:?} is not a valid region name")));
+    }
+    // One event per origin, with distinct ids: a region's stream also holds the others' by
+    // sourcing, and one Nats-Msg-Id twice in a stream is a duplicate.
+    let ids: Vec<(String, String)> = origins
+        .iter()
+        .map(|o| {
+            let id = if origins.len() == 1 {
+                event_id.clone()
+            } else {
+                format!("{event_id}-{o}")
+            };
+            (o.clone(), id)
+        })
+        .collect();
+    if let Some((_, id)) = ids.iter().find(|(_, id)| !valid_token_name(id, 128)) {
+        return Err(usage(format!(
+            "--event-id: {id:?} must be 1-128 characters of [A-Za-z0-9_-]"
+        )));
     }
     let cfg = a.bus.settings(a.timeout);
     let (client, _events) = veto::feed::connect(&cfg, "veto-revoke", false)
@@ -133,28 +162,42 @@ pub async fn revoke(a: RevokeArgs) -> Result<(), Failure> {
     let js = veto::feed::context(client.clone(), &cfg);
     // Stamped once connected, so propagation lag measures the bus, not this CLI's start-up.
     let now = veto::now_ms();
-    let ev = RevocationEvent {
-        event_id,
-        kind: kind as i32,
-        id,
-        issuer: a.issuer,
-        revoked_at: now,
-        expires_at: now + a.ttl.as_millis() as i64,
-        origin_region: a.bus.region,
-        reason: a.reason,
-        urgent: a.urgent,
-    };
-    let (seq, dup) = veto::feed::publish_event(&js, &ev, a.timeout)
-        .await
-        .map_err(|e| unavailable(e.to_string()))?;
+    let mut failed = Vec::new();
+    for (origin, event_id) in ids {
+        let ev = RevocationEvent {
+            event_id,
+            kind: kind as i32,
+            id: id.clone(),
+            issuer: a.issuer.clone(),
+            revoked_at: now,
+            expires_at: now + a.ttl.as_millis() as i64,
+            origin_region: origin.clone(),
+            reason: a.reason.clone(),
+            urgent: a.urgent,
+        };
+        // Another region's origin is reached through the gateways (its stream captures its
+        // own subjects); a cut-off region answers no acknowledgement within the timeout.
+        match veto::feed::publish_event(&js, &ev, a.timeout).await {
+            Ok((seq, dup)) => println!(
+                "revoked {} {:?} at origin {origin} (event {}, stream sequence {seq}{})",
+                kind.label(),
+                ev.id,
+                ev.event_id,
+                if dup { ", duplicate" } else { "" }
+            ),
+            Err(e) => {
+                eprintln!("veto: origin {origin}: {e}");
+                failed.push(origin);
+            }
+        }
+    }
     let _ = client.flush().await;
-    println!(
-        "revoked {} {:?} (event {}, stream sequence {seq}{})",
-        kind.label(),
-        ev.id,
-        ev.event_id,
-        if dup { ", duplicate" } else { "" }
-    );
+    if !failed.is_empty() {
+        return Err(unavailable(format!(
+            "not acknowledged by {}; retry with the same --event-id (idempotent)",
+            failed.join(", ")
+        )));
+    }
     Ok(())
 }
 
@@ -269,6 +312,9 @@ pub enum KeysCommand {
         sid: String,
         #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
         ttl: Duration,
+        /// The session's home region (claim `veto_home`).
+        #[arg(long)]
+        home: Option<String>,
     },
 }
 
@@ -314,13 +360,20 @@ pub fn keys(k: KeysCommand) -> Result<(), Failure> {
             sub,
             sid,
             ttl,
+            home,
         } => {
             let key = load_key(&key)?;
             let now = veto::now_ms() / 1000;
-            let claims = serde_json::json!({
+            let mut claims = serde_json::json!({
                 "iss": iss, "aud": aud, "sub": sub, "sid": sid, "jti": random_id(),
                 "iat": now, "exp": now + ttl.as_secs() as i64,
             });
+            if let Some(h) = home {
+                if !valid_region(&h) {
+                    return Err(usage("--home: 1-64 characters of [A-Za-z0-9_-]"));
+                }
+                claims["veto_home"] = serde_json::Value::String(h);
+            }
             println!("{}", key.sign(&claims).map_err(|e| other(e.to_string()))?);
             Ok(())
         }

@@ -11,5 +11,5 @@ pub use event::{
     decode_event, decode_heartbeat, event_subject, heartbeat_subject, valid_region,
     valid_token_name, EventError, Heartbeat, Kind, RevocationEvent, MAX_ID_BYTES, SUBJECT_ROOT,
 };
-pub use freshness::Freshness;
+pub use freshness::{Freshness, OriginMask, MAX_ORIGINS};
 pub use set::{Applied, RevokedBy, RevokedSet, SetStats};

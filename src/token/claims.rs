@@ -21,6 +21,9 @@ pub struct Claims {
     /// The session id (from the issuer's configured session claim, default `sid`).
     pub sid: String,
     pub jti: Option<String>,
+    /// The region the session is homed in: the home claim, else the issuer's configured
+    /// `home_region`, else unknown.
+    pub home: Option<String>,
     /// Seconds since the epoch.
     pub iat: i64,
     pub exp: i64,
@@ -58,6 +61,19 @@ pub(crate) fn id_claim<'a>(
         None => Ok(None),
         Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_ID_BYTES => Ok(Some(s)),
         Some(_) => Err(TokenError::InvalidClaim(what)),
+    }
+}
+
+/// The home-region claim in its canonical form: a region name (1–64 of `[A-Za-z0-9_-]`, as
+/// `nats.regions` are written). `Ok(None)` when absent.
+pub(crate) fn home_claim<'a>(
+    all: &'a Map<String, Value>,
+    name: &str,
+) -> Result<Option<&'a str>, TokenError> {
+    match all.get(name) {
+        None => Ok(None),
+        Some(Value::String(s)) if crate::revocation::valid_region(s) => Ok(Some(s)),
+        Some(_) => Err(TokenError::InvalidClaim("home")),
     }
 }
 

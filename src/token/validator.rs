@@ -1,7 +1,7 @@
 //! Local token validation: the order of checks is fixed so that a forged token never gets a
 //! more specific answer than `bad_signature`.
 
-use super::claims::{audiences, id_claim, numeric_date};
+use super::claims::{audiences, home_claim, id_claim, numeric_date};
 use super::jwk::KeyStore;
 use super::jws;
 use super::{Alg, Claims, TokenError};
@@ -21,6 +21,10 @@ pub struct IssuerPolicy {
     pub max_token_lifetime: i64,
     /// Extra claims that must be present (beyond `exp`, `iat` and the session claim).
     pub required_claims: Vec<String>,
+    /// Claim naming the session's home region (`None`: tokens carry none).
+    pub home_claim: Option<String>,
+    /// Home of a token without a home claim (`None`: unknown).
+    pub home_region: Option<String>,
     pub keys: Arc<KeyStore>,
 }
 
@@ -173,6 +177,11 @@ fn check_claims(
         .to_string();
     let sub = id_claim(&all, "sub", "sub")?.map(str::to_string);
     let jti = id_claim(&all, "jti", "jti")?.map(str::to_string);
+    let home = match &policy.home_claim {
+        Some(c) => home_claim(&all, c)?.map(str::to_string),
+        None => None,
+    }
+    .or_else(|| policy.home_region.clone());
     for c in &policy.required_claims {
         if !all.contains_key(c) {
             return Err(TokenError::MissingClaim("required"));
@@ -183,6 +192,7 @@ fn check_claims(
         sub,
         sid,
         jti,
+        home,
         iat,
         exp,
         all,
@@ -212,6 +222,8 @@ mod tests {
                 session_claim: "sid".into(),
                 max_token_lifetime: 3600,
                 required_claims: vec![],
+                home_claim: Some("veto_home".into()),
+                home_region: None,
                 keys: Arc::new(KeyStore::new(Some(set))),
             }],
             max_token_bytes: 8192,
@@ -503,6 +515,8 @@ mod tests {
                 session_claim: "sid".into(),
                 max_token_lifetime: 3600,
                 required_claims: vec![],
+                home_claim: Some("veto_home".into()),
+                home_region: None,
                 keys: Arc::new(store),
             }],
             max_token_bytes: 8192,
