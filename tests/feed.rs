@@ -6,6 +6,7 @@ mod support;
 use prost::Message;
 use std::time::Duration;
 use support::*;
+use tokio_util::sync::CancellationToken;
 use veto::revocation::{event_subject, Kind, RevocationEvent};
 use veto::token::Alg;
 
@@ -302,4 +303,201 @@ async fn unready_until_nats_is_reachable_and_replayed() {
     sidecar.wait_ready(Duration::from_secs(15)).await;
     assert_eq!(sidecar.check(Some(&t)).await.status(), 200);
     drop(nats);
+}
+
+/// Publishes `n` session revocations from `origin` (ids `<prefix>-<i>`), pipelined: a few
+/// thousand JetStream publishes in flight, then their acks.
+async fn publish_many(js: &async_nats::jetstream::Context, origin: &str, prefix: &str, n: usize) {
+    let now = veto::now_ms();
+    let mut i = 0;
+    while i < n {
+        let end = (i + 2_000).min(n);
+        let mut acks = Vec::with_capacity(end - i);
+        for k in i..end {
+            let id = format!("{prefix}-{k}");
+            let mut ev = event(&format!("s-{id}"), &id, now, now + 600_000);
+            ev.origin_region = origin.into();
+            let mut h = async_nats::HeaderMap::new();
+            h.insert("Nats-Msg-Id", id.as_str());
+            acks.push(
+                js.publish_with_headers(event_subject(origin, &id), h, ev.encode_to_vec().into())
+                    .await
+                    .unwrap(),
+            );
+        }
+        for a in acks {
+            a.await.unwrap();
+        }
+        i = end;
+    }
+}
+
+/// The regression of a restarted sidecar that stayed unready: nats-server 2.9 keeps reporting
+/// a small non-zero `pending` at the tail of a stream whose heartbeat subjects keep one
+/// message each (older heartbeats deleted while the consumer is still behind them), so
+/// readiness must follow the stream sequence the replay started against, not that counter.
+/// Tens of thousands of events, heartbeats of three origins replaced every 100 ms throughout,
+/// and the sidecar restarted again and again: ready within a few seconds every time, with
+/// every event applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_after_every_restart_over_a_large_stream_with_live_heartbeats() {
+    const EVENTS: usize = 30_000;
+    const RESTARTS: usize = 8;
+    const BOUND: Duration = Duration::from_secs(8);
+    let origins = ["us", "eu", "ap"];
+    let nats = NatsServer::start();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    // This region's stream as sourcing leaves it: the other origins' heartbeats (and events)
+    // in it too, one message per subject.
+    let mut cfg =
+        veto::feed::stream_config("VETO_REVOCATIONS_us", "us", Duration::from_secs(24 * 3600));
+    cfg.subjects = origins
+        .iter()
+        .map(|o| veto::feed::origin_subjects(o))
+        .collect();
+    js.create_stream(cfg).await.unwrap();
+
+    let stop = CancellationToken::new();
+    let beats = {
+        let (js, stop) = (js.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            while !stop.is_cancelled() {
+                tick.tick().await;
+                for o in origins {
+                    veto::feed::heartbeat::publish_heartbeat(
+                        &js,
+                        o,
+                        veto::now_ms(),
+                        Duration::from_secs(5),
+                    )
+                    .await
+                    .unwrap();
+                }
+            }
+        })
+    };
+    let started = std::time::Instant::now();
+    publish_many(&js, "us", "bulk", EVENTS).await;
+    println!("published {EVENTS} events in {:?}", started.elapsed());
+
+    let issuer = Issuer::new(Alg::ES256);
+    let first = issuer.mint("u", "s-bulk-0");
+    let last = issuer.mint("u", &format!("s-bulk-{}", EVENTS - 1));
+    let config = sidecar_config(
+        &issuer,
+        Some(&nats.url()),
+        "regions = [\"us\", \"eu\", \"ap\"]\nensure_stream = false\n",
+    );
+    let mut sidecar = Sidecar::start(&config);
+    let mut took = Vec::new();
+    let mut stuck = Vec::new();
+    for run in 0..RESTARTS {
+        if run > 0 {
+            sidecar.restart();
+        }
+        match eventually(BOUND, || sidecar.ready()).await {
+            Some(t) => {
+                took.push(t);
+                // ready means replayed: the oldest and the newest bulk event are enforced
+                assert!(denied(&sidecar, &first).await, "run {run}: first event");
+                assert!(denied(&sidecar, &last).await, "run {run}: last event");
+            }
+            None => {
+                let body = reqwest::get(format!("{}/readyz", sidecar.base()))
+                    .await
+                    .unwrap()
+                    .text()
+                    .await
+                    .unwrap();
+                let m = sidecar.metrics().await;
+                stuck.push((
+                    run,
+                    body,
+                    metric(&m, "veto_feed_last_sequence").unwrap_or(-1.0),
+                ));
+            }
+        }
+    }
+    stop.cancel();
+    beats.await.unwrap();
+    println!("ready after {took:?}; stuck: {} of {RESTARTS}", stuck.len());
+    for l in sidecar
+        .log()
+        .lines()
+        .filter(|l| l.contains("replayed; ready"))
+    {
+        println!("{l}");
+    }
+    assert!(
+        stuck.is_empty(),
+        "{} of {RESTARTS} starts not ready within {BOUND:?}: {stuck:?}\n{}",
+        stuck.len(),
+        sidecar.log()
+    );
+}
+
+/// The bounded corner of "replayed": the stream's last message when the replay starts is
+/// deleted while the replay is still behind it, and nothing newer comes (no heartbeats). No
+/// message at or past the target will ever arrive and the server's pending counter need not
+/// reach 0, so the sidecar must find out by looking at the stream once the consumer is quiet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_when_the_replay_target_is_deleted_and_nothing_newer_comes() {
+    const EVENTS: usize = 30_000;
+    let nats = NatsServer::start();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    js.create_stream(veto::feed::stream_config(
+        "VETO_REVOCATIONS_us",
+        "us",
+        Duration::from_secs(24 * 3600),
+    ))
+    .await
+    .unwrap();
+    publish_many(&js, "us", "bulk", EVENTS).await;
+    let now = veto::now_ms();
+    let (tail, _) = veto::feed::publish_event(
+        &js,
+        &event("s-tail", "tail", now, now + 600_000),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+
+    let issuer = Issuer::new(Alg::ES256);
+    let sidecar = Sidecar::start(&sidecar_config(&issuer, Some(&nats.url()), ""));
+    // the replay has started (so its target is the tail): delete the tail
+    let position =
+        || async { metric(&sidecar.metrics().await, "veto_feed_last_sequence").unwrap_or(0.0) };
+    let started = eventually(Duration::from_secs(10), || async { position().await > 0.0 }).await;
+    assert!(
+        started.is_some(),
+        "replay never started:\n{}",
+        sidecar.log()
+    );
+    js.get_stream("VETO_REVOCATIONS_us")
+        .await
+        .unwrap()
+        .delete_message(tail)
+        .await
+        .unwrap();
+    let at_delete = position().await;
+    let took = eventually(Duration::from_secs(8), || sidecar.ready()).await;
+    let log = sidecar.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("replayed; ready"))
+        .unwrap_or_default()
+        .to_string();
+    println!("tail {tail} deleted at replay position {at_delete}; ready after {took:?}: {line}");
+    assert!(took.is_some(), "not ready:\n{log}");
+    assert!(
+        denied(
+            &sidecar,
+            &issuer.mint("u", &format!("s-bulk-{}", EVENTS - 1))
+        )
+        .await,
+        "the last event before the tail is enforced"
+    );
 }

@@ -4,8 +4,9 @@
 //!   connection events.
 //! - [`ensure_stream`] creates or updates this region's stream (idempotent; keeps whatever
 //!   else an operator configured, e.g. sources).
-//! - [`Feed::run`] replays the stream from the start, marks the sidecar ready once caught up,
-//!   then follows live. After any error or reconnect it recreates its ordered consumer from
+//! - [`Feed::run`] replays the stream from the start, marks the sidecar ready once it has
+//!   applied everything up to the stream's last sequence at start ([`replay`]), then follows
+//!   live. After any error or reconnect it recreates its ordered consumer from
 //!   `last_sequence + 1`, so nothing is lost or applied twice.
 //! - [`publish_event`] is the publisher side (`veto revoke`, the authority).
 
@@ -13,10 +14,12 @@ mod apply;
 mod catchup;
 pub mod heartbeat;
 mod publish;
+pub mod replay;
 
 pub use apply::Applier;
 pub use catchup::CatchUp;
 pub use publish::{publish_event, PublishFailure};
+pub use replay::{Progress, Through};
 
 use crate::config::Nats;
 use crate::readiness::Readiness;
@@ -132,6 +135,24 @@ pub fn origin_subjects(region: &str) -> String {
     format!("{}.{region}.>", crate::revocation::SUBJECT_ROOT)
 }
 
+/// Whether `stream` holds no message matching `subject` after stream sequence `position` — a
+/// look-up by sequence (`STREAM.MSG.GET` with `next_by_subj`), not a counter. `Err` when the
+/// server did not say.
+pub async fn nothing_after(
+    stream: &stream::Stream,
+    subject: &str,
+    position: u64,
+) -> Result<bool, String> {
+    match stream
+        .get_first_raw_message_by_subject(subject, position.saturating_add(1))
+        .await
+    {
+        Ok(_) => Ok(false),
+        Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => Ok(true),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// The stream a region needs: its origin subjects, entries kept for the longest revocation
 /// lifetime, dedup on `Nats-Msg-Id`, and one message per subject — events have unique
 /// subjects, heartbeats share one, so only the newest heartbeat is kept.
@@ -207,7 +228,9 @@ impl Feed {
         let started = Instant::now();
         let stream_name = crate::provision::stream_name(&self.cfg.stream, &self.cfg.region);
         let mut last_seq: u64 = 0;
-        let mut ready = false;
+        // The replay's target is this stream's last sequence when the first consumer is
+        // created; readiness latches once everything up to it is applied.
+        let mut replay = Progress::default();
         let mut seen_disconnect = false;
         let mut failures: u32 = 0;
         loop {
@@ -221,7 +244,7 @@ impl Feed {
                     _ = tokio::time::sleep(backoff) => {}
                 }
             }
-            let stream = match self.prepare_stream(&js, &stream_name).await {
+            let mut stream = match self.prepare_stream(&js, &stream_name).await {
                 Ok(s) => s,
                 Err(e) => {
                     failures = failures.saturating_add(1);
@@ -231,9 +254,9 @@ impl Feed {
             };
             // get_stream already fetched the stream's info: no second request.
             let state = &stream.cached_info().state;
-            if !ready && (state.messages == 0 || last_seq >= state.last_sequence) {
-                ready = true;
-                self.mark_ready(started);
+            if let Some(why) = replay.on_stream_state(last_seq, state.messages, state.last_sequence)
+            {
+                self.mark_ready(started, why, last_seq, &replay, None);
             }
             let deliver_policy = if last_seq == 0 {
                 DeliverPolicy::All
@@ -265,6 +288,7 @@ impl Feed {
             tracing::info!(stream = %stream_name, from = last_seq + 1, "following revocation stream");
             let mut tick = tokio::time::interval(Duration::from_millis(500));
             let mut last_progress = Instant::now();
+            let mut last_recheck = Instant::now();
             let mut last_pending: u64 = 0;
             loop {
                 tokio::select! {
@@ -292,9 +316,17 @@ impl Feed {
                         None => {}
                     },
                     _ = tick.tick() => {
+                        let ready = replay.is_through();
                         if ready && client.connection_state() == async_nats::connection::State::Connected {
                             self.applier.freshness.mark(&self.cfg.region, crate::now_ms());
                         }
+                        // Not replayed yet and nothing delivered for a second: the target
+                        // may be gone (deleted by max_age or by hand, with nothing newer), so
+                        // look at the stream again; if it holds nothing past our position the
+                        // replay is done. Bounded: once a second while quiet.
+                        let recheck = !ready
+                            && last_progress.elapsed() > Duration::from_secs(1)
+                            && last_recheck.elapsed() > Duration::from_secs(1);
                         // Watchdog: a consumer that stops delivering while the stream holds
                         // more than we applied is recreated from our position (seen on 1M
                         // replays: a stall at a pull-batch boundary that never recovers).
@@ -304,15 +336,37 @@ impl Feed {
                         } else {
                             quiet > Duration::from_secs(15)
                         };
-                        if suspect {
-                            last_progress = Instant::now();
-                            if let Ok(mut s) = js.get_stream(&stream_name).await {
-                                if let Ok(info) = s.info().await {
-                                    if info.state.last_sequence > last_seq && info.state.messages > 0 {
-                                        tracing::warn!(last_seq, stream_last = info.state.last_sequence, "stream consumer stalled; recreating");
-                                        metrics.feed_stalls.inc();
-                                        break;
+                        if recheck || suspect {
+                            last_recheck = Instant::now();
+                            if suspect {
+                                last_progress = Instant::now();
+                            }
+                            if let Ok(info) = stream.info().await {
+                                let (messages, stream_last) = (info.state.messages, info.state.last_sequence);
+                                let mut why = replay.on_stream_state(last_seq, messages, stream_last);
+                                // Anything past our position? The stream's last sequence says
+                                // no, or a look-up by sequence (a deleted tail keeps the
+                                // stream's last sequence); `None`: the server did not say.
+                                let more = if messages == 0 || stream_last <= last_seq {
+                                    Some(false)
+                                } else {
+                                    match nothing_after(&stream, ">", last_seq).await {
+                                        Ok(none) => Some(!none),
+                                        Err(e) => {
+                                            tracing::debug!(error = %e, last_seq, "cannot look past our position");
+                                            None
+                                        }
                                     }
+                                };
+                                if more == Some(false) {
+                                    why = why.or_else(|| replay.on_nothing_after());
+                                }
+                                if let Some(why) = why {
+                                    self.mark_ready(started, why, last_seq, &replay, Some(last_pending));
+                                } else if suspect && more != Some(false) {
+                                    tracing::warn!(last_seq, stream_last, "stream consumer stalled; recreating");
+                                    metrics.feed_stalls.inc();
+                                    break;
                                 }
                             }
                         }
@@ -331,9 +385,8 @@ impl Feed {
                             self.applier.apply(&msg.subject, &msg.payload, "durable");
                             last_seq = seq;
                             metrics.feed_last_sequence.set(seq as i64);
-                            if !ready && pending == 0 {
-                                ready = true;
-                                self.mark_ready(started);
+                            if let Some(why) = replay.on_applied(seq, Some(pending)) {
+                                self.mark_ready(started, why, seq, &replay, Some(pending));
                             }
                             failures = 0;
                         }
@@ -387,7 +440,14 @@ impl Feed {
         js.get_stream(name).await.map_err(|e| err(e.to_string()))
     }
 
-    fn mark_ready(&self, started: Instant) {
+    fn mark_ready(
+        &self,
+        started: Instant,
+        why: Through,
+        applied: u64,
+        replay: &Progress,
+        server_pending: Option<u64>,
+    ) {
         let took = started.elapsed();
         self.applier
             .metrics
@@ -401,6 +461,10 @@ impl Feed {
         tracing::info!(
             took_ms = took.as_millis() as u64,
             held = self.applier.revoked.len(),
+            applied_seq = applied,
+            target_seq = replay.target().unwrap_or(0),
+            ?why,
+            ?server_pending,
             "revocation stream replayed; ready"
         );
     }
