@@ -2,11 +2,14 @@
 //! duplicates, staleness policy.
 
 mod support;
+#[path = "support/topology.rs"]
+mod topology_support;
 
 use prost::Message;
 use std::time::Duration;
 use support::*;
 use tokio_util::sync::CancellationToken;
+use topology_support::LocalTopology;
 use veto::revocation::{event_subject, Kind, RevocationEvent};
 use veto::token::Alg;
 
@@ -499,5 +502,94 @@ async fn ready_when_the_replay_target_is_deleted_and_nothing_newer_comes() {
         )
         .await,
         "the last event before the tail is enforced"
+    );
+}
+
+/// The catch-up reader counts its progress by the origin's stream sequence. When an origin
+/// goes silent (its heartbeats stop while its stream still answers and takes revocations),
+/// the source looks lagging for good: the direct read copies the lag once and then waits at
+/// its position, instead of taking a quiet read for a stalled one and re-reading the whole
+/// lag every few seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_up_reads_a_silent_origins_lag_once() {
+    const EVENTS: usize = 5_000;
+    let topo = LocalTopology::start(&["us", "eu"]);
+    topo.wait_linked(Duration::from_secs(20)).await;
+    topo.provision_all().await;
+    let eu = topo.jetstream("eu").await;
+    let (stop_us, stop_eu) = (CancellationToken::new(), CancellationToken::new());
+    for (region, stop) in [("us", &stop_us), ("eu", &stop_eu)] {
+        let js = topo.jetstream(region).await;
+        let stop = stop.clone();
+        tokio::spawn(veto::feed::heartbeat::run(
+            js,
+            region.to_string(),
+            Duration::from_millis(200),
+            stop,
+        ));
+    }
+    let issuer = Issuer::new(Alg::ES256);
+    let sidecar = Sidecar::start(
+        &(sidecar_config(&issuer, None, "")
+            + &format!(
+                "[nats]\nurl = \"{}\"\nregion = \"us\"\nregions = [\"us\", \"eu\"]\n\
+             catchup_after = \"1s\"\n[revocation]\nretention = \"1h\"\n",
+                topo.js_url("us")
+            )),
+    );
+    sidecar.wait_ready(Duration::from_secs(15)).await;
+
+    // eu's heartbeats stop, then revocations are published there: from a second later its
+    // sourced heartbeats look stale and the direct read copies what eu holds since
+    stop_eu.cancel();
+    publish_many(&eu, "eu", "quiet", EVENTS).await;
+    let reads = || async {
+        metric(
+            &sidecar.metrics().await,
+            "veto_feed_catchup_reads_total{origin_region=\"eu\"}",
+        )
+        .unwrap_or(0.0)
+    };
+    let direct = || async {
+        metric_sum(
+            &sidecar.metrics().await,
+            "veto_revocation_events_total",
+            &["path=\"direct\""],
+        )
+    };
+    let read = eventually(Duration::from_secs(15), || async {
+        direct().await >= EVENTS as f64
+    })
+    .await;
+    assert!(
+        read.is_some(),
+        "no direct read of eu's lag:\n{}",
+        sidecar.log()
+    );
+    // quiet from here on: a read that is through waits, it is not recreated
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (n_reads, n_direct) = (reads().await, direct().await);
+    let log = sidecar.log();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("veto::feed::catchup"))
+        .collect();
+    println!(
+        "direct reads {n_reads}, events received directly {n_direct}:\n{}",
+        lines.join("\n")
+    );
+    stop_us.cancel();
+    // each event once (a read recreated after a slow answer resumes after its position)
+    assert_eq!(
+        n_direct, EVENTS as f64,
+        "the lag was read again ({n_reads} reads):\n{log}"
+    );
+    // everything it read is enforced, whichever path brought it first
+    assert!(
+        denied(
+            &sidecar,
+            &issuer.mint("u", &format!("s-quiet-{}", EVENTS - 1))
+        )
+        .await
     );
 }
