@@ -37,8 +37,10 @@ use std::hint::black_box;
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
+use veto::authz::grpc::AllowShape;
+use veto::authz::{Answers, Decider, Identity};
 use veto::config::{DenyStatus, Isolation, OnStale};
-use veto::decision::{Decider, DeciderConfig, Decision};
+use veto::decision::{Credential, DeciderConfig, Decision, IssuerHooks};
 use veto::metrics::Metrics;
 use veto::revocation::{Freshness, Kind, RevocationEvent, RevokedSet};
 use veto::token::sign::{jwks, SigningKey};
@@ -201,6 +203,7 @@ impl AlgFixture {
 }
 
 fn decider(validator: Validator, revoked: Arc<RevokedSet>, metrics: &Metrics) -> Decider {
+    // As the sidecar wires it: x-user-id from sub.
     // A live feed: one expected origin, fresh; the check runs on every request as in prod.
     let freshness = Arc::new(Freshness::expecting(["bench"]));
     freshness.mark("bench", veto::now_ms() + 3_600_000);
@@ -208,18 +211,18 @@ fn decider(validator: Validator, revoked: Arc<RevokedSet>, metrics: &Metrics) ->
         validator,
         revoked,
         freshness,
-        vec![None],
+        vec![IssuerHooks {
+            leeway: 30,
+            refetch: None,
+        }],
         DeciderConfig {
-            headers: BTreeMap::from([("x-user-id".to_string(), "sub".to_string())]),
-            remove_authorization: false,
+            header_claims: identity().claims(),
             revoked_status: DenyStatus::Unauthenticated,
             on_stale: OnStale::Deny,
             isolation: Isolation::Home,
             own_region: Some("bench".into()),
             max_staleness: Duration::from_secs(30),
             cache_capacity: 100_000,
-            leeway: vec![30],
-            metadata_namespace: "veto".into(),
         },
         metrics.clone(),
     )
@@ -236,7 +239,23 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
-fn assert_allowed(d: &Decision) {
+/// The allow answers' shape the sidecar uses by default.
+fn shape() -> Arc<AllowShape> {
+    Arc::new(AllowShape {
+        identity: Arc::new(identity()),
+        remove_authorization: false,
+        metadata_namespace: "veto".into(),
+    })
+}
+
+fn identity() -> Identity {
+    Identity::new(BTreeMap::from([(
+        "x-user-id".to_string(),
+        "sub".to_string(),
+    )]))
+}
+
+fn assert_allowed(d: &Decision<Answers>) {
     assert!(matches!(d, Decision::Allow(_)), "expected allow, got {d:?}");
 }
 
@@ -526,7 +545,7 @@ fn cold(c: &mut Criterion) {
         let revoked = set_1m();
         let d = decider(fx.validator(), revoked.clone(), &metrics);
         for h in &pool {
-            assert_allowed(&rt.block_on(d.decide(Some(h))));
+            assert_allowed(&rt.block_on(d.decide(Credential::Authorization(h))));
         }
         drop(d);
         g.bench_function(format!("{alg}/decide_miss"), |b| {
@@ -538,7 +557,7 @@ fn cold(c: &mut Criterion) {
                     let batch = (left as usize).min(pool.len());
                     let started = Instant::now();
                     for h in &pool[..batch] {
-                        black_box(rt.block_on(d.decide(Some(h))));
+                        black_box(rt.block_on(d.decide(Credential::Authorization(h))));
                     }
                     total += started.elapsed();
                     left -= batch as u64;
@@ -602,14 +621,19 @@ fn warm(c: &mut Criterion) {
         }
         for (name, set) in variants {
             let d = decider(fx.validator(), set, &metrics);
-            assert_allowed(&rt.block_on(d.decide(Some(&header)))); // fills the cache
-            assert_allowed(&d.decide_cached(Some(&header)).expect("cached"));
+            assert_allowed(&rt.block_on(d.decide(Credential::Authorization(&header)))); // fills the cache
+            assert_allowed(
+                &d.decide_cached(Credential::Authorization(&header))
+                    .expect("cached"),
+            );
             g.bench_function(format!("{alg}/{name}"), |b| {
-                b.iter(|| d.decide_cached(black_box(Some(header.as_str()))))
+                b.iter(|| d.decide_cached(black_box(Credential::Authorization(header.as_str()))))
             });
             if alg == Alg::ES256 && name == "decide_cached_1M" {
                 g.bench_function(format!("{alg}/decide_async_1M"), |b| {
-                    b.iter(|| rt.block_on(d.decide(black_box(Some(header.as_str())))))
+                    b.iter(|| {
+                        rt.block_on(d.decide(black_box(Credential::Authorization(header.as_str()))))
+                    })
                 });
             }
         }
@@ -636,7 +660,7 @@ fn grpc(c: &mut Criterion) {
     let fx = AlgFixture::new(Alg::ES256);
     let token = fx.token(0);
     let d = Arc::new(decider(fx.validator(), set_1m(), &metrics));
-    let svc = AuthzService::new(d.clone(), metrics.clone());
+    let svc = AuthzService::new(d.clone(), shape(), metrics.clone());
     // What Envoy sends for `GET /` from wrk with a bearer token (headers only; Envoy adds
     // addresses and ids as well).
     let headers = [
@@ -668,7 +692,7 @@ fn grpc(c: &mut Criterion) {
             ..Default::default()
         }),
     };
-    let allow = rt.block_on(d.decide(Some(&format!("Bearer {token}"))));
+    let allow = rt.block_on(d.decide(Credential::Authorization(&format!("Bearer {token}"))));
     assert_allowed(&allow);
     let noop = || CheckResponse {
         status: Some(envoy_types::pb::google::rpc::Status::default()),

@@ -1,21 +1,52 @@
 //! The one place where a request is allowed or denied. Transports (`authz::grpc`,
-//! `authz::http`) extract the `authorization` header, call [`Decider::decide`], and translate
-//! the [`Decision`]; nothing else decides.
+//! `authz::http`) turn their request into a [`Credential`], call [`Decider::decide`], and
+//! render the [`Decision`]; nothing else decides, and nothing here knows a transport: a
+//! denial is a typed [`DenyCode`], and each transport's cached allow answer lives in a
+//! struct the transports own (the `A` of [`Decider<A>`]).
 //!
 //! Order per request: bearer extraction → verified-token cache (a repeat token skips the
 //! signature) → on a miss, full validation (with one JWKS refetch on an unknown `kid`) →
 //! revocation check (every request) → feed freshness (every request).
 
 use crate::config::{DenyStatus, Isolation, OnStale};
-use crate::jwks::Refetcher;
 use crate::metrics::Metrics;
 use crate::revocation::{Freshness, OriginMask, RevokedBy, RevokedSet};
 use crate::token::{header_value, TokenError, Validator, VerifiedToken};
-use std::any::Any;
-use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
+
+/// What a transport found where the credential should be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential<'a> {
+    /// No `authorization` header.
+    Absent,
+    /// The one `authorization` header's value.
+    Authorization(&'a str),
+    /// More than one `authorization` header: ambiguous, refused rather than picked from.
+    Ambiguous,
+    /// An `authorization` header whose bytes are not text.
+    NotText,
+}
+
+/// Fetches an issuer's keys again when a token names an unknown `kid` (single flight and
+/// rate-limited by the implementation); true when new keys were installed. `crate::jwks`
+/// implements it; tests use a fake.
+pub trait KeyRefetch: Send + Sync {
+    fn refetch_for_unknown_kid(&self) -> Pin<Box<dyn Future<Output = bool> + Send + '_>>;
+}
+
+/// How a denial is answered, independent of the transport (each maps it to its own codes:
+/// 401/403/503, gRPC UNAUTHENTICATED/PERMISSION_DENIED/UNAVAILABLE).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenyCode {
+    Unauthenticated,
+    PermissionDenied,
+    /// Try again shortly (a stale feed).
+    Unavailable,
+}
 
 /// Why a request was denied. `reason()` strings are a stable contract (JSON body, metrics).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,101 +81,79 @@ impl DenyReason {
     }
 }
 
-/// How a transport should render a denial.
+/// A denial: why, and how it is answered (the transports render both, in `authz::render`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Denial {
     pub reason: DenyReason,
-    /// 401, 403 or 503.
-    pub http_status: u16,
-    /// RFC 6750 challenge.
-    pub www_authenticate: String,
-    /// `{"error":...,"reason":...}`
-    pub body: String,
+    pub code: DenyCode,
 }
 
-/// A verified token as cached: the token, plus each transport's allow answer, rendered once
-/// per token instead of once per request (a repeat token's answer never changes; revocation
-/// and freshness are still checked on every request before it is used).
-pub struct Verified {
+/// A verified token as cached: the token, plus `answers` — what the transports keep per
+/// token (their rendered allow answers, built once per token instead of once per request: a
+/// repeat token's answer never changes; revocation and freshness are still checked on every
+/// request before it is used).
+pub struct Verified<A> {
     pub token: VerifiedToken,
-    /// Identity headers in their canonical form (`None`: remove the header), in the order of
-    /// `authz.headers`; computed once, at verification.
-    headers: Vec<(Box<str>, Option<Box<str>>)>,
+    pub answers: A,
     /// The issuer key-store generation at which this token's key was last seen published.
     key_checked: AtomicU64,
     /// The revocation origins this token's revocations can come from: when one of them is
     /// stale, `on_stale` applies to it (see `revocation.isolation`).
     deps: OriginMask,
-    rendered: [OnceLock<Box<dyn Any + Send + Sync>>; 2],
 }
 
-/// Which transport a rendered answer belongs to.
-#[derive(Clone, Copy)]
-pub enum Transport {
-    Grpc = 0,
-    Http = 1,
-}
-
-impl Verified {
-    /// Wraps a verified token with its identity headers (header → claim), refusing it when a
-    /// mapped claim is present but not in its canonical form.
+impl<A: Default> Verified<A> {
+    /// Wraps a verified token, refusing it when a claim a transport copies into a header is
+    /// present but not in its canonical form (`token::header_value`).
     fn new(
         token: VerifiedToken,
-        mapping: &BTreeMap<String, String>,
+        header_claims: &[String],
         deps: OriginMask,
-    ) -> Result<Verified, TokenError> {
-        let headers = mapping
-            .iter()
-            .map(|(h, claim)| {
-                let value = header_value(&token.claims.all, claim)?;
-                Ok((h.as_str().into(), value.map(String::into_boxed_str)))
-            })
-            .collect::<Result<_, TokenError>>()?;
+    ) -> Result<Verified<A>, TokenError> {
+        for claim in header_claims {
+            header_value(&token.claims.all, claim)?;
+        }
         Ok(Verified {
             key_checked: AtomicU64::new(token.key_generation),
             deps,
             token,
-            headers,
-            rendered: Default::default(),
+            answers: A::default(),
         })
-    }
-
-    /// The transport's rendering of this token's allow answer, built on first use.
-    pub fn rendered<T: Any + Send + Sync>(
-        &self,
-        transport: Transport,
-        build: impl FnOnce() -> T,
-    ) -> &T {
-        let slot = self.rendered[transport as usize].get_or_init(|| Box::new(build()));
-        // Each transport only ever stores its own type in its slot.
-        slot.downcast_ref::<T>()
-            .unwrap_or_else(|| unreachable!("one type per transport slot"))
     }
 }
 
-impl std::ops::Deref for Verified {
+impl<A> std::ops::Deref for Verified<A> {
     type Target = VerifiedToken;
     fn deref(&self) -> &VerifiedToken {
         &self.token
     }
 }
 
-impl std::fmt::Debug for Verified {
+impl<A> std::fmt::Debug for Verified<A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.token.fmt(f)
     }
 }
 
-#[derive(Debug, Clone)]
-pub enum Decision {
-    Allow(Arc<Verified>),
+pub enum Decision<A> {
+    Allow(Arc<Verified<A>>),
     Deny(Denial),
     /// Veto cannot decide (e.g. the issuer's keys were never loaded). Transports answer with
     /// an error status so the proxy's own failure mode applies; the text is internal.
     Error(&'static str),
 }
 
-impl Decision {
+impl<A> std::fmt::Debug for Decision<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Decision::Allow(v) => f.debug_tuple("Allow").field(v).finish(),
+            Decision::Deny(d) => f.debug_tuple("Deny").field(d).finish(),
+            Decision::Error(e) => f.debug_tuple("Error").field(e).finish(),
+        }
+    }
+}
+
+impl<A> Decision<A> {
     pub fn result_label(&self) -> &'static str {
         match self {
             Decision::Allow(_) => "allow",
@@ -163,9 +172,9 @@ impl Decision {
 }
 
 pub struct DeciderConfig {
-    /// header → claim
-    pub headers: BTreeMap<String, String>,
-    pub remove_authorization: bool,
+    /// Claims a transport copies into identity headers: a token whose such claim is present
+    /// in another shape than its canonical form is refused (`invalid_claim`).
+    pub header_claims: Vec<String>,
     pub revoked_status: DenyStatus,
     pub on_stale: OnStale,
     pub isolation: Isolation,
@@ -173,43 +182,63 @@ pub struct DeciderConfig {
     pub own_region: Option<String>,
     pub max_staleness: Duration,
     pub cache_capacity: u64,
-    /// Leeway per issuer index (seconds), to bound cache entries by `exp + leeway`.
-    pub leeway: Vec<i64>,
-    /// Envoy dynamic-metadata key under which verified claims are put ("" = top level).
-    pub metadata_namespace: String,
 }
 
-pub struct Decider {
+/// What the decider keeps per issuer besides the validator's policy.
+#[derive(Clone)]
+pub struct IssuerHooks {
+    /// Clock skew tolerated (seconds): bounds cache entries by `exp + leeway`.
+    pub leeway: i64,
+    /// Where an unknown `kid` is refetched (none: a file or a fixed secret).
+    pub refetch: Option<Arc<dyn KeyRefetch>>,
+}
+
+pub struct Decider<A> {
     validator: Validator,
-    cache: moka::sync::Cache<Box<str>, Arc<Verified>>,
+    cache: moka::sync::Cache<Box<str>, Arc<Verified<A>>>,
     revoked: Arc<RevokedSet>,
     freshness: Arc<Freshness>,
-    refetchers: Vec<Option<Arc<Refetcher>>>,
+    /// Per issuer, in the validator's order.
+    issuers: Arc<[IssuerHooks]>,
     pub config: DeciderConfig,
     metrics: Metrics,
 }
 
 struct UntilExp {
-    leeway: Vec<i64>,
+    issuers: Arc<[IssuerHooks]>,
 }
 
-impl moka::Expiry<Box<str>, Arc<Verified>> for UntilExp {
+impl<A> moka::Expiry<Box<str>, Arc<Verified<A>>> for UntilExp {
     fn expire_after_create(
         &self,
         _key: &Box<str>,
-        v: &Arc<Verified>,
+        v: &Arc<Verified<A>>,
         _now: std::time::Instant,
     ) -> Option<Duration> {
-        let leeway = self.leeway.get(v.issuer).copied().unwrap_or(0);
+        let leeway = self.issuers.get(v.issuer).map_or(0, |i| i.leeway);
         let left_ms = (v.claims.exp + leeway) * 1000 - crate::now_ms();
         Some(Duration::from_millis(left_ms.max(0) as u64))
     }
 }
 
-/// Extracts an RFC 6750 bearer token from an `Authorization` header value. The scheme is
-/// case-insensitive; a non-Bearer scheme counts as no bearer token.
-pub fn bearer(authorization: Option<&str>) -> Result<&str, DenyReason> {
-    let v = authorization.ok_or(DenyReason::MissingToken)?;
+/// Extracts an RFC 6750 bearer token from the credential. The scheme is case-insensitive; a
+/// non-Bearer scheme counts as no bearer token; two headers or undecodable bytes are
+/// malformed.
+pub fn bearer(credential: Credential<'_>) -> Result<&str, DenyReason> {
+    let v = match credential {
+        Credential::Absent => return Err(DenyReason::MissingToken),
+        Credential::Authorization(v) => v,
+        Credential::Ambiguous => {
+            return Err(DenyReason::Token(TokenError::Malformed(
+                "more than one authorization header",
+            )))
+        }
+        Credential::NotText => {
+            return Err(DenyReason::Token(TokenError::Malformed(
+                "authorization header is not text",
+            )))
+        }
+    };
     let v = v.trim_matches(|c| c == ' ' || c == '\t');
     let (scheme, rest) = v.split_once([' ', '\t']).unwrap_or((v, ""));
     if !scheme.eq_ignore_ascii_case("bearer") {
@@ -224,19 +253,21 @@ pub fn bearer(authorization: Option<&str>) -> Result<&str, DenyReason> {
     Ok(token)
 }
 
-impl Decider {
+impl<A: Default + Send + Sync + 'static> Decider<A> {
+    /// `issuers` holds one entry per validator issuer, in order.
     pub fn new(
         validator: Validator,
         revoked: Arc<RevokedSet>,
         freshness: Arc<Freshness>,
-        refetchers: Vec<Option<Arc<Refetcher>>>,
+        issuers: Vec<IssuerHooks>,
         config: DeciderConfig,
         metrics: Metrics,
-    ) -> Decider {
+    ) -> Decider<A> {
+        let issuers: Arc<[IssuerHooks]> = issuers.into();
         let cache = moka::sync::Cache::builder()
             .max_capacity(config.cache_capacity)
             .expire_after(UntilExp {
-                leeway: config.leeway.clone(),
+                issuers: issuers.clone(),
             })
             .build();
         Decider {
@@ -244,15 +275,15 @@ impl Decider {
             cache,
             revoked,
             freshness,
-            refetchers,
+            issuers,
             config,
             metrics,
         }
     }
 
-    /// Decides one request from its `Authorization` header value.
-    pub async fn decide(&self, authorization: Option<&str>) -> Decision {
-        let token = match bearer(authorization) {
+    /// Decides one request from its credential.
+    pub async fn decide(&self, credential: Credential<'_>) -> Decision<A> {
+        let token = match bearer(credential) {
             Ok(t) => t,
             Err(r) => return self.deny(r),
         };
@@ -267,14 +298,14 @@ impl Decider {
 
     /// Synchronous variant for a token already in the cache (benchmarks, tests): `None` on a
     /// cache miss.
-    pub fn decide_cached(&self, authorization: Option<&str>) -> Option<Decision> {
-        let token = bearer(authorization).ok()?;
+    pub fn decide_cached(&self, credential: Credential<'_>) -> Option<Decision<A>> {
+        let token = bearer(credential).ok()?;
         let now_ms = crate::now_ms();
         let v = self.cache.get(token)?;
         Some(self.after_verification(v, now_ms))
     }
 
-    fn after_verification(&self, v: Arc<Verified>, now_ms: i64) -> Decision {
+    fn after_verification(&self, v: Arc<Verified<A>>, now_ms: i64) -> Decision<A> {
         let c = &v.claims;
         if let Some(by) = self.revoked.check(
             &c.iss,
@@ -312,10 +343,10 @@ impl Decider {
         Decision::Allow(v)
     }
 
-    async fn verified(&self, token: &str, now_ms: i64) -> Result<Arc<Verified>, TokenError> {
+    async fn verified(&self, token: &str, now_ms: i64) -> Result<Arc<Verified<A>>, TokenError> {
         let now = now_ms.div_euclid(1000);
         if let Some(v) = self.cache.get(token) {
-            let leeway = self.config.leeway.get(v.issuer).copied().unwrap_or(0);
+            let leeway = self.issuers.get(v.issuer).map_or(0, |i| i.leeway);
             if now >= v.claims.exp + leeway {
                 self.cache.invalidate(token);
                 return Err(TokenError::Expired);
@@ -343,7 +374,7 @@ impl Decider {
                 let refetcher = self
                     .validator
                     .unverified_issuer(token)
-                    .and_then(|i| self.refetchers.get(i).cloned().flatten());
+                    .and_then(|i| self.issuers.get(i)?.refetch.clone());
                 match refetcher {
                     Some(r) if r.refetch_for_unknown_kid().await => {
                         self.validator.validate(token, now)
@@ -355,7 +386,7 @@ impl Decider {
         };
         let verified = result?;
         let deps = self.dependencies(&verified);
-        let v = Arc::new(Verified::new(verified, &self.config.headers, deps)?);
+        let v = Arc::new(Verified::new(verified, &self.config.header_claims, deps)?);
         self.cache.insert(token.into(), v.clone());
         Ok(v)
     }
@@ -419,40 +450,17 @@ impl Decider {
         None
     }
 
-    fn deny(&self, reason: DenyReason) -> Decision {
-        let http_status = match &reason {
-            DenyReason::FeedStale => 503,
+    fn deny(&self, reason: DenyReason) -> Decision<A> {
+        let code = match &reason {
+            DenyReason::FeedStale => DenyCode::Unavailable,
             DenyReason::Revoked(_)
                 if self.config.revoked_status == DenyStatus::PermissionDenied =>
             {
-                403
+                DenyCode::PermissionDenied
             }
-            _ => 401,
+            _ => DenyCode::Unauthenticated,
         };
-        let (www_authenticate, error) = match &reason {
-            DenyReason::MissingToken => ("Bearer realm=\"veto\"".to_string(), "unauthorized"),
-            other => (
-                format!(
-                    "Bearer realm=\"veto\", error=\"invalid_token\", error_description=\"{}\"",
-                    other.description().replace(['"', '\\'], "")
-                ),
-                "invalid_token",
-            ),
-        };
-        let body = serde_json::json!({"error": error, "reason": reason.reason()}).to_string();
-        Decision::Deny(Denial {
-            reason,
-            http_status,
-            www_authenticate,
-            body,
-        })
-    }
-
-    /// Identity headers for an allowed request: (header, Some(value)) to set (overwriting any
-    /// client-supplied value), (header, None) to remove because the token lacks the claim.
-    /// Values are in their canonical form (`token::header_value`), checked at verification.
-    pub fn identity_headers(v: &Verified) -> impl Iterator<Item = (&str, Option<&str>)> + '_ {
-        v.headers.iter().map(|(h, value)| (&**h, value.as_deref()))
+        Decision::Deny(Denial { reason, code })
     }
 
     pub fn revoked(&self) -> &Arc<RevokedSet> {
@@ -470,18 +478,28 @@ mod tests {
 
     #[test]
     fn bearer_extraction() {
-        assert_eq!(bearer(None), Err(DenyReason::MissingToken));
-        assert_eq!(bearer(Some("Basic abc")), Err(DenyReason::MissingToken));
-        assert_eq!(bearer(Some("Bearerabc")), Err(DenyReason::MissingToken));
-        assert_eq!(bearer(Some("")), Err(DenyReason::MissingToken));
-        assert!(matches!(bearer(Some("Bearer ")), Err(DenyReason::Token(_))));
+        use Credential::*;
+        let auth = Authorization;
+        assert_eq!(bearer(Absent), Err(DenyReason::MissingToken));
+        assert_eq!(bearer(auth("Basic abc")), Err(DenyReason::MissingToken));
+        assert_eq!(bearer(auth("Bearerabc")), Err(DenyReason::MissingToken));
+        assert_eq!(bearer(auth("")), Err(DenyReason::MissingToken));
+        assert!(matches!(bearer(auth("Bearer ")), Err(DenyReason::Token(_))));
         assert!(matches!(
-            bearer(Some("Bearer    ")),
+            bearer(auth("Bearer    ")),
             Err(DenyReason::Token(_))
         ));
-        assert_eq!(bearer(Some("Bearer abc")), Ok("abc"));
-        assert_eq!(bearer(Some("bEaReR  abc ")), Ok("abc"));
-        assert_eq!(bearer(Some("BEARER\tabc")), Ok("abc"));
+        assert!(matches!(
+            bearer(Ambiguous),
+            Err(DenyReason::Token(TokenError::Malformed(_)))
+        ));
+        assert!(matches!(
+            bearer(NotText),
+            Err(DenyReason::Token(TokenError::Malformed(_)))
+        ));
+        assert_eq!(bearer(auth("Bearer abc")), Ok("abc"));
+        assert_eq!(bearer(auth("bEaReR  abc ")), Ok("abc"));
+        assert_eq!(bearer(auth("BEARER\tabc")), Ok("abc"));
     }
 
     mod isolation {
@@ -490,7 +508,7 @@ mod tests {
         use crate::token::{Alg, IssuerPolicy, KeySet, KeyStore};
         use serde_json::json;
 
-        fn decider(isolation: Isolation, key: &SigningKey) -> Decider {
+        fn decider(isolation: Isolation, key: &SigningKey) -> Decider<()> {
             let (set, _) =
                 KeySet::from_jwks(jwks(&[key]).to_string().as_bytes(), &[Alg::ES256]).unwrap();
             let validator = Validator {
@@ -517,18 +535,18 @@ mod tests {
                 validator,
                 Arc::new(RevokedSet::new()),
                 freshness,
-                vec![None],
+                vec![IssuerHooks {
+                    leeway: 5,
+                    refetch: None,
+                }],
                 DeciderConfig {
-                    headers: BTreeMap::new(),
-                    remove_authorization: false,
+                    header_claims: vec![],
                     revoked_status: DenyStatus::Unauthenticated,
                     on_stale: OnStale::Deny,
                     isolation,
                     own_region: Some("us".into()),
                     max_staleness: Duration::from_secs(30),
                     cache_capacity: 100,
-                    leeway: vec![5],
-                    metadata_namespace: String::new(),
                 },
                 Metrics::register(&prometheus::Registry::new()),
             )
@@ -543,8 +561,8 @@ mod tests {
             format!("Bearer {}", key.sign(&c).unwrap())
         }
 
-        async fn outcome(d: &Decider, t: &str) -> &'static str {
-            d.decide(Some(t)).await.reason_label()
+        async fn outcome(d: &Decider<()>, t: &str) -> &'static str {
+            d.decide(Credential::Authorization(t)).await.reason_label()
         }
 
         #[tokio::test]
@@ -580,6 +598,113 @@ mod tests {
                 );
             }
             assert_eq!(global.blocking_stale_origins(crate::now_ms()), ["eu"]);
+        }
+    }
+
+    /// The decider with a fake JWKS refetcher: an unknown `kid` triggers exactly one refetch
+    /// and one retry; a refetch that brings nothing leaves `unknown_kid`.
+    mod refetch {
+        use super::super::*;
+        use crate::token::sign::{jwks, SigningKey};
+        use crate::token::{Alg, IssuerPolicy, KeySet, KeyStore};
+        use serde_json::json;
+        use std::sync::atomic::AtomicUsize;
+
+        struct FakeJwks {
+            store: Arc<KeyStore>,
+            next: parking_lot::Mutex<Option<KeySet>>,
+            calls: AtomicUsize,
+        }
+
+        impl KeyRefetch for FakeJwks {
+            fn refetch_for_unknown_kid(&self) -> Pin<Box<dyn Future<Output = bool> + Send + '_>> {
+                Box::pin(async move {
+                    self.calls.fetch_add(1, Ordering::SeqCst);
+                    match self.next.lock().take() {
+                        Some(set) => {
+                            self.store.replace(set);
+                            true
+                        }
+                        None => false,
+                    }
+                })
+            }
+        }
+
+        fn set(keys: &[&SigningKey]) -> KeySet {
+            KeySet::from_jwks(jwks(keys).to_string().as_bytes(), &[Alg::ES256])
+                .unwrap()
+                .0
+        }
+
+        #[tokio::test]
+        async fn unknown_kid_refetches_once_then_retries() {
+            let k1 = SigningKey::generate(Alg::ES256, "k1").unwrap();
+            let k2 = SigningKey::generate(Alg::ES256, "k2").unwrap();
+            let store = Arc::new(KeyStore::new(Some(set(&[&k1]))));
+            let fake = Arc::new(FakeJwks {
+                store: store.clone(),
+                next: parking_lot::Mutex::new(Some(set(&[&k1, &k2]))),
+                calls: AtomicUsize::new(0),
+            });
+            let validator = Validator {
+                issuers: vec![IssuerPolicy {
+                    issuer: "https://iss".into(),
+                    audiences: vec!["api".into()],
+                    algorithms: vec![Alg::ES256],
+                    leeway: 5,
+                    session_claim: "sid".into(),
+                    max_token_lifetime: 900,
+                    required_claims: vec![],
+                    home_claim: None,
+                    home_region: None,
+                    keys: store,
+                }],
+                max_token_bytes: 8192,
+            };
+            let d: Decider<()> = Decider::new(
+                validator,
+                Arc::new(RevokedSet::new()),
+                Arc::new(Freshness::default()),
+                vec![IssuerHooks {
+                    leeway: 5,
+                    refetch: Some(fake.clone()),
+                }],
+                DeciderConfig {
+                    header_claims: vec![],
+                    revoked_status: DenyStatus::Unauthenticated,
+                    on_stale: OnStale::Deny,
+                    isolation: Isolation::Home,
+                    own_region: None,
+                    max_staleness: Duration::from_secs(30),
+                    cache_capacity: 100,
+                },
+                Metrics::register(&prometheus::Registry::new()),
+            );
+            let now = crate::now_ms() / 1000;
+            let claims = json!({"iss":"https://iss","aud":"api","sub":"u","sid":"s","iat":now,"exp":now+600});
+            let t2 = format!("Bearer {}", k2.sign(&claims).unwrap());
+            let decide = |t: String| {
+                let d = &d;
+                async move { d.decide(Credential::Authorization(&t)).await.reason_label() }
+            };
+            assert_eq!(
+                decide(t2.clone()).await,
+                "ok",
+                "k2 arrives with the refetch"
+            );
+            assert_eq!(fake.calls.load(Ordering::SeqCst), 1);
+            assert_eq!(decide(t2).await, "ok");
+            assert_eq!(fake.calls.load(Ordering::SeqCst), 1, "cached: no refetch");
+            let k3 = SigningKey::generate(Alg::ES256, "k3").unwrap();
+            let t3 = format!("Bearer {}", k3.sign(&claims).unwrap());
+            assert_eq!(decide(t3).await, "unknown_kid");
+            assert_eq!(fake.calls.load(Ordering::SeqCst), 2);
+            // a forged token never reaches the refetcher through a known kid
+            let forged = SigningKey::generate(Alg::ES256, "k1").unwrap();
+            let tf = format!("Bearer {}", forged.sign(&claims).unwrap());
+            assert_eq!(decide(tf).await, "bad_signature");
+            assert_eq!(fake.calls.load(Ordering::SeqCst), 2);
         }
     }
 }

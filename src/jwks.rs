@@ -67,6 +67,14 @@ pub struct RefetcherConfig {
     pub timeout: Duration,
 }
 
+impl crate::decision::KeyRefetch for Refetcher {
+    fn refetch_for_unknown_kid(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>> {
+        Box::pin(Refetcher::refetch_for_unknown_kid(self))
+    }
+}
+
 impl Refetcher {
     pub fn new(
         cfg: RefetcherConfig,

@@ -2,10 +2,12 @@
 //! shutdown token, with readiness as the conjunction of every component's latch.
 
 use crate::admin::{self, Admin};
+use crate::authz::grpc::AllowShape;
 use crate::authz::grpc::AuthzService;
 use crate::authz::http::ForwardAuth;
+use crate::authz::{Decider, Identity};
 use crate::config::Settings;
-use crate::decision::{Decider, DeciderConfig};
+use crate::decision::{DeciderConfig, IssuerHooks, KeyRefetch};
 use crate::feed::{self, Applier, Feed};
 use crate::jwks::{Refetcher, RefetcherConfig, Source};
 use crate::metrics::Metrics;
@@ -23,6 +25,8 @@ use tokio_util::sync::CancellationToken;
 /// Everything the running sidecar shares; tests reach in through it.
 pub struct Sidecar {
     pub decider: Arc<Decider>,
+    /// What allow answers carry (identity headers, metadata), shared by both transports.
+    pub shape: Arc<AllowShape>,
     pub revoked: Arc<RevokedSet>,
     pub freshness: Arc<Freshness>,
     pub readiness: Readiness,
@@ -90,7 +94,10 @@ impl Sidecar {
                 }
                 None => None,
             };
-            per_issuer.push(refetcher);
+            per_issuer.push(IssuerHooks {
+                leeway: iss.leeway.as_secs() as i64,
+                refetch: refetcher.map(|r| r as Arc<dyn KeyRefetch>),
+            });
             policies.push(IssuerPolicy {
                 issuer: iss.issuer.clone(),
                 audiences: iss.audiences.clone(),
@@ -116,44 +123,49 @@ impl Sidecar {
         if s.nats.is_some() {
             readiness.register(feed::COMPONENT, "revocation stream not replayed yet");
         }
+        let identity = Arc::new(Identity::new(s.authz.headers.clone()));
         let decider = Arc::new(Decider::new(
             validator,
             revoked.clone(),
             freshness.clone(),
             per_issuer,
             DeciderConfig {
-                headers: s.authz.headers.clone(),
-                remove_authorization: s.authz.remove_authorization,
+                header_claims: identity.claims(),
                 revoked_status: s.authz.revoked_status,
                 on_stale: s.revocation.on_stale,
                 isolation: s.revocation.isolation,
                 own_region: s.nats.as_ref().map(|n| n.region.clone()),
                 max_staleness: s.revocation.max_staleness,
                 cache_capacity: s.cache.max_tokens,
-                leeway: s
-                    .issuers
-                    .iter()
-                    .map(|i| i.leeway.as_secs() as i64)
-                    .collect(),
-                metadata_namespace: s.authz.metadata_namespace.clone(),
             },
             metrics.clone(),
         ));
         if s.nats.is_some() {
             // Readiness asks the decider itself, at query time: /readyz is 503 exactly while
             // every check would be refused (or counted) for staleness.
+            // For its first max(max_staleness, 10 s) a pod also waits to have heard from
+            // every origin once (stream sourcing of a new region starts on nats-server's
+            // retry timers, seconds); bounded, so a region that never published cannot hold
+            // readiness forever.
             let d = Arc::downgrade(&decider);
+            let settle = s.revocation.max_staleness.max(Duration::from_secs(10));
+            let started = std::time::Instant::now();
             readiness.register_live(
                 "freshness",
                 Arc::new(move || {
-                    let stale = d.upgrade()?.blocking_stale_origins(crate::now_ms());
-                    (!stale.is_empty())
-                        .then(|| format!("revocations from {} are stale", stale.join(", ")))
+                    d.upgrade()?
+                        .freshness_blocker(crate::now_ms(), started.elapsed() < settle)
                 }),
             );
         }
+        let shape = Arc::new(AllowShape {
+            identity,
+            remove_authorization: s.authz.remove_authorization,
+            metadata_namespace: s.authz.metadata_namespace.clone(),
+        });
         Ok(Sidecar {
             decider,
+            shape,
             revoked,
             freshness,
             readiness,
@@ -247,7 +259,11 @@ impl Sidecar {
             });
         }
 
-        let authz = AuthzService::new(self.decider.clone(), self.metrics.clone());
+        let authz = AuthzService::new(
+            self.decider.clone(),
+            self.shape.clone(),
+            self.metrics.clone(),
+        );
         let sd = shutdown.clone();
         tasks.spawn(async move {
             let result = tonic::transport::Server::builder()
@@ -267,6 +283,7 @@ impl Sidecar {
         let router = admin::router(
             ForwardAuth {
                 decider: self.decider.clone(),
+                identity: self.shape.identity.clone(),
                 metrics: self.metrics.clone(),
             },
             Admin {

@@ -5,7 +5,8 @@
 //! whose status is UNAUTHENTICATED / PERMISSION_DENIED / UNAVAILABLE with a denied HTTP
 //! response; cannot decide → a gRPC error, so Envoy's `failure_mode_allow` governs.
 
-use crate::decision::{Decider, Decision, Transport, Verified};
+use super::{render, Answers, Decider, Identity, Transport};
+use crate::decision::{Credential, Decision, DenyCode, Verified};
 use crate::metrics::Metrics;
 use envoy_types::ext_authz::v3::pb::{
     Authorization, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction,
@@ -18,42 +19,68 @@ use std::sync::Arc;
 use std::time::Instant;
 use tonic::{Request, Response, Status};
 
+/// What the allow answers carry besides the decision (`authz.*` settings).
+pub struct AllowShape {
+    pub identity: Arc<Identity>,
+    /// Remove `authorization` before the upstream.
+    pub remove_authorization: bool,
+    /// Envoy dynamic-metadata key under which verified claims are put ("" = top level).
+    pub metadata_namespace: String,
+}
+
 pub struct AuthzService {
     decider: Arc<Decider>,
+    shape: Arc<AllowShape>,
     metrics: Metrics,
 }
 
 impl AuthzService {
-    pub fn new(decider: Arc<Decider>, metrics: Metrics) -> AuthzService {
-        AuthzService { decider, metrics }
+    pub fn new(decider: Arc<Decider>, shape: Arc<AllowShape>, metrics: Metrics) -> AuthzService {
+        AuthzService {
+            decider,
+            shape,
+            metrics,
+        }
     }
 }
 
 /// The `authorization` header of the checked request, from `headers` (Envoy lowercases keys)
 /// or, when Envoy sends raw headers, from `header_map`.
-fn authorization(req: &CheckRequest) -> Option<&str> {
-    let http = req.attributes.as_ref()?.request.as_ref()?.http.as_ref()?;
+fn credential(req: &CheckRequest) -> Credential<'_> {
+    let Some(http) = req
+        .attributes
+        .as_ref()
+        .and_then(|a| a.request.as_ref())
+        .and_then(|r| r.http.as_ref())
+    else {
+        return Credential::Absent;
+    };
     if let Some(v) = http.headers.get("authorization") {
-        return Some(v);
+        return Credential::Authorization(v);
     }
     if let Some((_, v)) = http
         .headers
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
     {
-        return Some(v);
+        return Credential::Authorization(v);
     }
-    let map = http.header_map.as_ref()?;
-    map.headers
+    let Some(map) = http.header_map.as_ref() else {
+        return Credential::Absent;
+    };
+    let mut found = map
+        .headers
         .iter()
-        .find(|h| h.key.eq_ignore_ascii_case("authorization"))
-        .and_then(|h| {
-            if h.value.is_empty() {
-                std::str::from_utf8(&h.raw_value).ok()
-            } else {
-                Some(h.value.as_str())
-            }
-        })
+        .filter(|h| h.key.eq_ignore_ascii_case("authorization"));
+    match (found.next(), found.next()) {
+        (None, _) => Credential::Absent,
+        (Some(_), Some(_)) => Credential::Ambiguous,
+        (Some(h), None) if !h.value.is_empty() => Credential::Authorization(&h.value),
+        (Some(h), None) => match std::str::from_utf8(&h.raw_value) {
+            Ok(v) => Credential::Authorization(v),
+            Err(_) => Credential::NotText,
+        },
+    }
 }
 
 fn header(key: &str, value: &str, action: HeaderAppendAction) -> HeaderValueOption {
@@ -97,18 +124,19 @@ fn pb_value(v: &Value) -> PbValue {
 
 impl AuthzService {
     /// The allow answer for a verified token (built once per cached token).
-    fn allow_response(&self, v: &Verified) -> CheckResponse {
+    fn allow_response(&self, v: &Verified<Answers>) -> CheckResponse {
         let mut ok = OkHttpResponse::default();
-        for (h, value) in Decider::identity_headers(v) {
+        for (h, value) in self.shape.identity.headers(&v.claims) {
             match value {
-                Some(value) => {
-                    ok.headers
-                        .push(header(h, value, HeaderAppendAction::OverwriteIfExistsOrAdd))
-                }
+                Some(value) => ok.headers.push(header(
+                    h,
+                    &value,
+                    HeaderAppendAction::OverwriteIfExistsOrAdd,
+                )),
                 None => ok.headers_to_remove.push(h.to_string()),
             }
         }
-        if self.decider.config.remove_authorization {
+        if self.shape.remove_authorization {
             ok.headers_to_remove.push("authorization".into());
         }
         let claims = Struct {
@@ -119,7 +147,7 @@ impl AuthzService {
                 .map(|(k, v)| (k.clone(), pb_value(v)))
                 .collect(),
         };
-        let ns = &self.decider.config.metadata_namespace;
+        let ns = &self.shape.metadata_namespace;
         let metadata = if ns.is_empty() {
             claims
         } else {
@@ -141,47 +169,34 @@ impl AuthzService {
         }
     }
 
-    pub fn respond(&self, d: &Decision) -> Result<CheckResponse, Status> {
+    pub fn respond(&self, d: &Decision<Answers>) -> Result<CheckResponse, Status> {
         match d {
             Decision::Allow(v) => Ok(v
-                .rendered(Transport::Grpc, || self.allow_response(v))
+                .answers
+                .grpc
+                .get_or_init(|| self.allow_response(v))
                 .clone()),
             Decision::Deny(den) => {
-                let code = match den.http_status {
-                    403 => tonic::Code::PermissionDenied,
-                    503 => tonic::Code::Unavailable,
-                    _ => tonic::Code::Unauthenticated,
+                let code = match den.code {
+                    DenyCode::Unauthenticated => tonic::Code::Unauthenticated,
+                    DenyCode::PermissionDenied => tonic::Code::PermissionDenied,
+                    DenyCode::Unavailable => tonic::Code::Unavailable,
                 };
+                let overwrite = HeaderAppendAction::OverwriteIfExistsOrAdd;
                 let mut headers = vec![
-                    header(
-                        "www-authenticate",
-                        &den.www_authenticate,
-                        HeaderAppendAction::OverwriteIfExistsOrAdd,
-                    ),
-                    header(
-                        "content-type",
-                        "application/json",
-                        HeaderAppendAction::OverwriteIfExistsOrAdd,
-                    ),
-                    header(
-                        "cache-control",
-                        "no-store",
-                        HeaderAppendAction::OverwriteIfExistsOrAdd,
-                    ),
+                    header("www-authenticate", &render::challenge(den), overwrite),
+                    header("content-type", "application/json", overwrite),
+                    header("cache-control", "no-store", overwrite),
                 ];
-                if den.http_status == 503 {
-                    headers.push(header(
-                        "retry-after",
-                        "1",
-                        HeaderAppendAction::OverwriteIfExistsOrAdd,
-                    ));
+                if let Some(after) = render::retry_after(den.code) {
+                    headers.push(header("retry-after", after, overwrite));
                 }
                 let denied = DeniedHttpResponse {
                     status: Some(HttpStatus {
-                        code: i32::from(den.http_status),
+                        code: i32::from(render::http_status(den.code)),
                     }),
                     headers,
-                    body: den.body.clone(),
+                    body: render::body(den),
                 };
                 Ok(CheckResponse {
                     status: status(code, den.reason.reason()),
@@ -199,7 +214,7 @@ impl Authorization for AuthzService {
     async fn check(&self, req: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
         let started = Instant::now();
         let req = req.into_inner();
-        let d = self.decider.decide(authorization(&req)).await;
+        let d = self.decider.decide(credential(&req)).await;
         super::observe(&self.metrics, Transport::Grpc, started, &d);
         self.respond(&d).map(Response::new)
     }

@@ -2,7 +2,8 @@
 //! headers, or 401/403/503 with the same challenge and body as the gRPC denial. Fits nginx
 //! `auth_request`, Caddy `forward_auth`, Traefik ForwardAuth and Envoy's `http_service`.
 
-use crate::decision::{Decider, Decision, Transport};
+use super::{render, Answers, Decider, Identity, Transport};
+use crate::decision::{Credential, Decision};
 use crate::metrics::Metrics;
 use axum::body::Body;
 use axum::extract::State;
@@ -13,32 +14,36 @@ use std::time::Instant;
 #[derive(Clone)]
 pub struct ForwardAuth {
     pub decider: Arc<Decider>,
+    pub identity: Arc<Identity>,
     pub metrics: Metrics,
 }
 
 pub async fn check(State(s): State<ForwardAuth>, headers: HeaderMap) -> Response<Body> {
     let started = Instant::now();
-    // More than one Authorization header is ambiguous: treat it as malformed rather than
-    // pick one.
+    // More than one Authorization header is ambiguous: refused rather than picked from.
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
-    let auth = match (values.next(), values.next()) {
-        (Some(v), None) => Some(v.to_str().unwrap_or("Bearer \u{1}")),
-        (Some(_), Some(_)) => Some("Bearer multiple.authorization.headers"),
-        (None, _) => None,
+    let credential = match (values.next(), values.next()) {
+        (Some(v), None) => match v.to_str() {
+            Ok(v) => Credential::Authorization(v),
+            Err(_) => Credential::NotText,
+        },
+        (Some(_), Some(_)) => Credential::Ambiguous,
+        (None, _) => Credential::Absent,
     };
-    let d = s.decider.decide(auth).await;
+    let d = s.decider.decide(credential).await;
     super::observe(&s.metrics, Transport::Http, started, &d);
-    render(&d)
+    respond(&s.identity, &d)
 }
 
-fn render(d: &Decision) -> Response<Body> {
+fn respond(identity: &Identity, d: &Decision<Answers>) -> Response<Body> {
     let mut resp = Response::new(Body::empty());
     let h = resp.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     match d {
         Decision::Allow(v) => {
-            let identity: &Vec<(HeaderName, HeaderValue)> = v.rendered(Transport::Http, || {
-                Decider::identity_headers(v)
+            let set = v.answers.http.get_or_init(|| {
+                identity
+                    .headers(&v.claims)
                     .filter_map(|(name, value)| {
                         Some((
                             HeaderName::try_from(name).ok()?,
@@ -47,25 +52,25 @@ fn render(d: &Decision) -> Response<Body> {
                     })
                     .collect()
             });
-            for (n, val) in identity {
+            for (n, val) in set {
                 h.insert(n.clone(), val.clone());
             }
         }
         Decision::Deny(den) => {
-            *resp.status_mut() =
-                StatusCode::from_u16(den.http_status).unwrap_or(StatusCode::UNAUTHORIZED);
+            *resp.status_mut() = StatusCode::from_u16(render::http_status(den.code))
+                .unwrap_or(StatusCode::UNAUTHORIZED);
             let h = resp.headers_mut();
-            if let Ok(v) = HeaderValue::try_from(den.www_authenticate.as_str()) {
+            if let Ok(v) = HeaderValue::try_from(render::challenge(den)) {
                 h.insert(header::WWW_AUTHENTICATE, v);
             }
             h.insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             );
-            if den.http_status == 503 {
-                h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            if let Some(after) = render::retry_after(den.code) {
+                h.insert(header::RETRY_AFTER, HeaderValue::from_static(after));
             }
-            *resp.body_mut() = Body::from(den.body.clone());
+            *resp.body_mut() = Body::from(render::body(den));
         }
         Decision::Error(_) => {
             *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
@@ -73,7 +78,7 @@ fn render(d: &Decision) -> Response<Body> {
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             );
-            *resp.body_mut() = Body::from(r#"{"error":"temporarily_unavailable"}"#);
+            *resp.body_mut() = Body::from(render::UNAVAILABLE_BODY);
         }
     }
     resp

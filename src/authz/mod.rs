@@ -1,25 +1,66 @@
 //! Transports for the decision: Envoy ext_authz v3 over gRPC, and HTTP forward-auth. They
-//! translate requests into [`crate::decision::Decider::decide`] and its answer back; they
-//! decide nothing themselves.
+//! turn requests into a [`Credential`](crate::decision::Credential) for
+//! [`Decider::decide`](crate::decision::Decider::decide) and render its answer; they decide
+//! nothing themselves.
+//!
+//! - [`render`]: the denial's status, RFC 6750 challenge and JSON body, for both transports;
+//! - [`identity`]: claim → identity-header mapping (the shape of what is set on allow);
+//! - [`Answers`]: what the transports cache per verified token (their allow answers).
 
 pub mod grpc;
 pub mod http;
+pub mod identity;
+pub mod render;
 
-use crate::decision::{Decision, Transport};
+use crate::decision::Decision;
 use crate::metrics::Metrics;
+use std::sync::OnceLock;
 use std::time::Instant;
+
+pub use identity::Identity;
+
+/// The decider the transports share: its cached tokens carry the transports' [`Answers`].
+pub type Decider = crate::decision::Decider<Answers>;
+
+/// Each transport's allow answer for one verified token, built on first use and reused for
+/// every repeat of the token.
+#[derive(Default)]
+pub struct Answers {
+    pub(crate) grpc: OnceLock<envoy_types::ext_authz::v3::pb::CheckResponse>,
+    pub(crate) http: OnceLock<Vec<(axum::http::HeaderName, axum::http::HeaderValue)>>,
+}
+
+/// A transport, as a metric label and an index into pre-resolved metric children.
+#[derive(Clone, Copy)]
+pub enum Transport {
+    Grpc = 0,
+    Http = 1,
+}
+
+impl Transport {
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::Grpc => "grpc",
+            Transport::Http => "http",
+        }
+    }
+}
 
 /// Counts one check and its latency (allows through pre-resolved children: no label lookup
 /// on the common path).
-pub(crate) fn observe(metrics: &Metrics, transport: Transport, started: Instant, d: &Decision) {
+pub(crate) fn observe(
+    metrics: &Metrics,
+    transport: Transport,
+    started: Instant,
+    d: &Decision<Answers>,
+) {
     let t = transport as usize;
     match d {
         Decision::Allow(_) => metrics.hot.allow_ok[t].inc(),
         _ => {
-            let name = ["grpc", "http"][t];
             metrics
                 .checks
-                .with_label_values(&[name, d.result_label(), d.reason_label()])
+                .with_label_values(&[transport.label(), d.result_label(), d.reason_label()])
                 .inc();
         }
     }
