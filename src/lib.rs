@@ -15,6 +15,8 @@
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`topology`]: generated nats-server configs for N regions (hub + JetStream leaf each).
 //! - [`provision`]: creates/updates a region's stream with cross-domain sources, idempotently.
+//! - [`source_repair`]: notices a region stream's source that stopped advancing while its
+//!   origin did not (the nats-server 2.9 duplicate-window wedge) and unsticks it.
 //! - [`sidecar`]: wires the parts together with one shutdown token and a readiness latch.
 //! - [`config`]: layered settings (defaults → TOML file → `VETO__SECTION__KEY`), validated.
 
@@ -29,6 +31,7 @@ pub mod provision;
 pub mod readiness;
 pub mod revocation;
 pub mod sidecar;
+pub mod source_repair;
 pub mod telemetry;
 pub mod token;
 pub mod topology;

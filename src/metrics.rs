@@ -40,6 +40,7 @@ pub struct Metrics {
     pub token_cache: IntCounterVec,
     pub replay_duration: Histogram,
     pub catchup_reads: IntCounterVec,
+    pub source_repairs: IntCounterVec,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -160,6 +161,13 @@ impl Metrics {
                     "Times an origin's stream was read directly because its source lagged.",
                 ),
                 &["origin_region"],
+            ).expect("static metric")),
+            source_repairs: reg(r, IntCounterVec::new(
+                Opts::new(
+                    "veto_stream_source_repairs_total",
+                    "Repairs of this region stream's source of an origin that stopped advancing while the origin did not, by result (healed/not_healed/not_applicable/error).",
+                ),
+                &["origin_region", "result"],
             ).expect("static metric")),
         }
     }
