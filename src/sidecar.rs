@@ -13,6 +13,7 @@ use crate::jwks::{Refetcher, RefetcherConfig, Source};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
 use crate::revocation::{Freshness, RevokedSet};
+use crate::source_repair::SourceRepair;
 use crate::token::{IssuerPolicy, KeySet, KeyStore, Validator};
 use anyhow::Context as _;
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
@@ -216,6 +217,27 @@ impl Sidecar {
                     c.run(client, sd).await;
                     "catchup"
                 });
+            }
+            if n.ensure_stream && n.regions.iter().any(|r| *r != n.region) {
+                // Unsticks a source the server stopped advancing (nats-server 2.9 dedupe
+                // wedge, see source_repair): the stream this sidecar provisions is its care.
+                match crate::provision::Plan::new(
+                    &n.stream,
+                    &n.region,
+                    &n.regions,
+                    s.revocation.retention,
+                ) {
+                    Ok(plan) => {
+                        let api = SourceRepair::api_prefix(n.domain.as_deref());
+                        let watcher = SourceRepair::new(client.clone(), &plan, api);
+                        let (counter, sd) = (self.metrics.source_repairs.clone(), shutdown.clone());
+                        tasks.spawn(async move {
+                            watcher.run(counter, sd).await;
+                            "source_repair"
+                        });
+                    }
+                    Err(e) => tracing::warn!(error = %e, "stream sources not watched"),
+                }
             }
             if n.fast_path {
                 let (c, a, sd) = (client.clone(), applier.clone(), shutdown.clone());
