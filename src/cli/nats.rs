@@ -66,6 +66,12 @@ pub struct ProvisionArgs {
     /// this region accept tokens revoked there).
     #[arg(long)]
     prune: bool,
+    /// After provisioning, watch the stream's sources this long and repair any that stopped
+    /// advancing while its origin did not (the nats-server 2.9 duplicate-window wedge,
+    /// nats-io/nats-server#4459), as sidecars with `nats.ensure_stream` do all the time. A
+    /// source counts as stuck after 10 s, so at least 12s (e.g. `--repair-sources 15s`).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    repair_sources: Option<Duration>,
     #[arg(long)]
     credentials_file: Option<PathBuf>,
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
@@ -114,6 +120,15 @@ async fn provision(a: ProvisionArgs) -> Result<(), Failure> {
     if a.retention.is_zero() {
         return Err(usage("--retention must be above zero"));
     }
+    let watch = veto::source_repair::Settings::default();
+    let least = watch.stuck_after + watch.interval;
+    if a.repair_sources.is_some_and(|d| d < least) {
+        return Err(usage(format!(
+            "--repair-sources: at least {} (a source is stuck once it has not moved for {})",
+            humantime::format_duration(least),
+            humantime::format_duration(watch.stuck_after)
+        )));
+    }
     // Every request goes to $JS.<region>.API: the stream lands in domain <region> whichever
     // server of the topology the URL names.
     let cfg = NatsArgs {
@@ -126,7 +141,7 @@ async fn provision(a: ProvisionArgs) -> Result<(), Failure> {
     let (client, _events) = veto::feed::connect(&cfg, "veto-nats-provision", false)
         .await
         .map_err(|e| unavailable(e.to_string()))?;
-    let mut js = veto::feed::context(client, &cfg);
+    let mut js = veto::feed::context(client.clone(), &cfg);
     js.set_timeout(a.timeout);
     let (outcome, config) = veto::provision::provision(&js, &plan)
         .await
@@ -142,6 +157,34 @@ async fn provision(a: ProvisionArgs) -> Result<(), Failure> {
     }
     for kept in plan.unlisted_sources(&config) {
         eprintln!("veto: kept source {kept}: not in --regions (--prune removes it)");
+    }
+    if let Some(d) = a.repair_sources {
+        // The repairs' own warnings and errors, on stderr.
+        veto::telemetry::init(&veto::config::Log::default());
+        let api = veto::provision::domain_api_prefix(&a.region);
+        let mut repair = veto::source_repair::SourceRepair::new(client, &plan, api);
+        repair.settings = veto::source_repair::Settings {
+            request_timeout: a.timeout,
+            jitter: Duration::ZERO,
+            ..watch
+        };
+        let repairs = repair.watch_for(d).await;
+        if repairs.is_empty() {
+            println!(
+                "{what}: no stuck source in {}",
+                humantime::format_duration(d)
+            );
+        }
+        for r in repairs {
+            let result = match &r.result {
+                Ok(o) => o.label().to_string(),
+                Err(e) => format!("error: {e}"),
+            };
+            println!(
+                "{what}: source from {} was stuck at {} (origin at {}): {result}",
+                r.origin, r.stuck_at, r.origin_at
+            );
+        }
     }
     Ok(())
 }
