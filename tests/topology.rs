@@ -306,3 +306,196 @@ async fn regions_source_each_other_without_loops_and_catch_up_after_a_hub_restar
     }
     println!("whole test: {:?}", test_start.elapsed());
 }
+
+/// Publishes `region`'s heartbeat every 250 ms until `shutdown`, over its own connection
+/// (which reconnects by itself after a server restart).
+fn heartbeats(topo: &LocalTopology, region: &str, shutdown: &tokio_util::sync::CancellationToken) {
+    let (url, region, sd) = (topo.js_url(region), region.to_string(), shutdown.clone());
+    tokio::spawn(async move {
+        let client = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connect(url)
+            .await
+            .expect("heartbeat client");
+        let js = jetstream::with_domain(client, &region);
+        veto::feed::heartbeat::run(js, region, Duration::from_millis(250), sd).await;
+    });
+}
+
+/// The wedge of nats-io/nats-server#4459 on nats-server 2.9, as the fault harness met it.
+/// us's JetStream server is SIGKILLed and restarted while us is cut off (its hub down, so
+/// the order below is certain); one revocation is published in eu and — a retry, with the same
+/// `event_id` and so the same `Nats-Msg-Id` — in us. When the link is back, each copy reaches
+/// streams that already hold that msg id: the server refuses it ("msgid is duplicate"),
+/// restarts the source at that same message every 2 s, and stores nothing more from that
+/// origin until the 2-minute duplicate window lapses. eu (stuck on us) gets a fresh sidecar,
+/// whose source repair must unstick eu's stream; the sidecar relies on the durable path alone
+/// (no direct catch-up reads, 3 s staleness bound), so it can only see us fresh — and, where
+/// readiness needs every origin, become ready — once eu's stream delivers us's heartbeats.
+/// us (stuck on eu) is repaired by `veto nats provision --repair-sources` meanwhile. ap (stuck
+/// on us) is left alone: it must still be stuck at the end (the control).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_stuck_on_a_duplicate_msg_id_is_repaired_and_a_fresh_sidecar_becomes_ready() {
+    let test_start = Instant::now();
+    let mut topo = LocalTopology::start(&["us", "eu", "ap"]);
+    topo.wait_linked(Duration::from_secs(10)).await;
+    topo.provision_all().await;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let _stop = shutdown.clone().drop_guard();
+    for r in topo.regions() {
+        heartbeats(&topo, &r, &shutdown);
+    }
+    let eu = topo.jetstream("eu").await;
+    let ap = topo.jetstream("ap").await;
+    // Every source has delivered: the wedge needs a stream that already holds messages of the
+    // origin (with none, the server's restart point skips the refused message instead).
+    {
+        let us = topo.jetstream("us").await;
+        let streams = [("us", &us), ("eu", &eu), ("ap", &ap)];
+        for r in ["us", "eu", "ap"] {
+            let others: Vec<_> = streams.iter().filter(|s| s.0 != r).cloned().collect();
+            let hb = format!("veto.revocations.{r}.hb");
+            until_held(&topo, &others, &hb, Duration::from_secs(15)).await;
+        }
+    }
+
+    // The wedge.
+    topo.kill("us-hub");
+    topo.kill("us-js");
+    topo.start_server("us-js");
+    let us = topo.jetstream("us").await;
+    assert!(!publish(&us, "us", "retried-1").await);
+    assert!(!publish(&eu, "eu", "retried-1").await);
+    let (us_copy, eu_copy) = (
+        event_subject("us", "retried-1"),
+        event_subject("eu", "retried-1"),
+    );
+    until_held(&topo, &[("ap", &ap)], &eu_copy, Duration::from_secs(5)).await;
+    topo.start_server("us-hub");
+    topo.wait_linked(Duration::from_secs(10)).await;
+    // Stuck: us's stream moves on (heartbeats), eu's and ap's copies of it do not; nor does
+    // us's copy of eu.
+    let wedged = Instant::now();
+    let us_last = stream_state(&us, "us").await.last_sequence;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(stream_state(&us, "us").await.last_sequence > us_last + 5);
+    for (region, js, subject) in [
+        ("eu", &eu, &us_copy),
+        ("ap", &ap, &us_copy),
+        ("us", &us, &eu_copy),
+    ] {
+        assert!(
+            !holds(js, region, subject).await,
+            "{region} holds {subject}: not wedged:\n{}",
+            topo.logs()
+        );
+    }
+    for server in ["eu-js", "us-js"] {
+        assert!(
+            topo.log(server).contains("msgid is duplicate"),
+            "{server}:\n{}",
+            topo.log(server)
+        );
+    }
+
+    // veto nats provision --repair-sources on us, while a fresh sidecar in eu repairs eu's
+    // stream.
+    let us_url = topo.js_url("us");
+    let cli = tokio::task::spawn_blocking(move || {
+        support::veto(&[
+            "nats",
+            "provision",
+            "--nats",
+            &us_url,
+            "--region",
+            "us",
+            "--regions",
+            "us,eu,ap",
+            "--retention",
+            "1h",
+            "--repair-sources",
+            "14s",
+        ])
+    });
+    let issuer = support::Issuer::new(veto::token::Alg::ES256);
+    let config = support::sidecar_config(&issuer, None, "")
+        + &format!(
+            "[nats]\nurl = \"{}\"\nregion = \"eu\"\nregions = [\"us\", \"eu\", \"ap\"]\n\
+             catchup_after = \"1h\"\n[revocation]\nretention = \"1h\"\nmax_staleness = \"3s\"\n",
+            topo.js_url("eu")
+        );
+    let sidecar = support::Sidecar::start(&config);
+    let started = Instant::now();
+    // The sidecar's own view of us: fresh again only once eu's stream delivers us's
+    // heartbeats (its only path for them here).
+    let us_fresh = || async {
+        let m = sidecar.metrics().await;
+        support::metric(&m, "veto_feed_staleness_seconds{origin_region=\"us\"}")
+            .is_some_and(|s| s < 3.0)
+    };
+    let fresh = support::eventually(Duration::from_secs(30), us_fresh)
+        .await
+        .unwrap_or_else(|| {
+            panic!(
+                "us still stale for the fresh eu sidecar 30 s after its start:\n{}\n{}",
+                sidecar.log(),
+                topo.logs()
+            )
+        });
+    println!(
+        "source stuck {:?}; us fresh for the fresh eu sidecar {fresh:?} after its start",
+        wedged.elapsed() - (started.elapsed() - fresh)
+    );
+    assert!(
+        fresh > Duration::from_secs(3),
+        "us fresh before any repair could have happened: the wedge was not in effect\n{}",
+        sidecar.log()
+    );
+    sidecar.wait_ready(Duration::from_secs(5)).await;
+    assert!(holds(&eu, "eu", &us_copy).await, "eu holds us's copy");
+    // eu follows us again: a revocation made in us now reaches eu's stream at once.
+    assert!(!publish(&us, "us", "after-repair").await);
+    until_held(
+        &topo,
+        &[("eu", &eu)],
+        &event_subject("us", "after-repair"),
+        Duration::from_secs(3),
+    )
+    .await;
+    // The repair counts itself once it has given the window back.
+    let healed = || async {
+        let m = sidecar.metrics().await;
+        support::metric_sum(
+            &m,
+            "veto_stream_source_repairs_total",
+            &["origin_region=\"us\"", "result=\"healed\""],
+        ) == 1.0
+    };
+    assert!(
+        support::eventually(Duration::from_secs(5), healed)
+            .await
+            .is_some(),
+        "{}\n{}",
+        sidecar.metrics().await,
+        sidecar.log()
+    );
+    assert!(sidecar.log().contains("stream source repaired"));
+    // The duplicate window is back to the planned 2 minutes, eu's other source untouched.
+    let mut s = eu.get_stream(stream("eu")).await.expect("eu stream");
+    let info = s.info().await.expect("info").clone();
+    assert_eq!(info.config.duplicate_window, Duration::from_secs(120));
+    assert_eq!(info.config.sources.map(|s| s.len()), Some(2));
+    let (code, out, err) = cli.await.expect("veto nats provision");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("source from eu was stuck at") && out.contains("healed"),
+        "{out}{err}"
+    );
+    assert!(holds(&us, "us", &eu_copy).await, "us holds eu's copy");
+    // The control: ap, where nothing repairs, is still stuck on the same message.
+    assert!(
+        !holds(&ap, "ap", &us_copy).await,
+        "ap healed without a repair: the test no longer shows the wedge"
+    );
+    println!("whole test: {:?}", test_start.elapsed());
+}
