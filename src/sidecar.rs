@@ -6,9 +6,10 @@ use crate::authz::grpc::AllowShape;
 use crate::authz::grpc::AuthzService;
 use crate::authz::http::ForwardAuth;
 use crate::authz::{Decider, Identity};
+use crate::bus;
 use crate::config::Settings;
 use crate::decision::{DeciderConfig, IssuerHooks, KeyRefetch};
-use crate::feed::{self, Applier, Feed};
+use crate::feed::{self, Applied, Applier, Feed};
 use crate::jwks::{Refetcher, RefetcherConfig, Source};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
@@ -33,6 +34,9 @@ pub struct Sidecar {
     pub readiness: Readiness,
     pub registry: prometheus::Registry,
     pub metrics: Metrics,
+    /// Applies what every feed path delivers; built here so [`Sidecar::applied`] can be
+    /// subscribed to before `run`.
+    applier: Applier,
     refetchers: Vec<Arc<Refetcher>>,
 }
 
@@ -164,7 +168,9 @@ impl Sidecar {
             remove_authorization: s.authz.remove_authorization,
             metadata_namespace: s.authz.metadata_namespace.clone(),
         });
+        let applier = Applier::new(revoked.clone(), freshness.clone(), metrics.clone());
         Ok(Sidecar {
+            applier,
             decider,
             shape,
             revoked,
@@ -174,6 +180,12 @@ impl Sidecar {
             metrics,
             refetchers,
         })
+    }
+
+    /// Every revocation newly applied from now on, by any feed path: what the forced-logout
+    /// push, tests and benchmarks observe.
+    pub fn applied(&self) -> tokio::sync::broadcast::Receiver<Applied> {
+        self.applier.subscribe()
     }
 
     /// Runs until `shutdown` is cancelled. Listeners are injected so tests bind port 0.
@@ -194,18 +206,18 @@ impl Sidecar {
             });
         }
 
-        let applier = Applier {
-            sourced: Arc::new(Freshness::default()),
-            revoked: self.revoked.clone(),
-            freshness: self.freshness.clone(),
-            metrics: self.metrics.clone(),
-        };
+        let applier = self.applier.clone();
         if let Some(n) = s.nats.clone() {
-            let (client, events) = feed::connect(&n, "veto-sidecar", true).await?;
+            let (client, events) = bus::connect(
+                &bus::NatsConnection::from_settings(&n),
+                "veto-sidecar",
+                bus::Initial::Retry,
+            )
+            .await?;
             for origin in n.regions.iter().filter(|r| **r != n.region) {
                 let c = feed::CatchUp {
                     origin: origin.clone(),
-                    stream: crate::provision::stream_name(&n.stream, origin),
+                    stream: bus::names::stream_name(&n.stream, origin),
                     lag_threshold: n.catchup_after,
                     // fail fast while the origin is unreachable, so the read starts as soon
                     // as the link is back

@@ -46,11 +46,12 @@ use std::time::{Duration, Instant};
 use support::{free_port, metric, metric_sum, wait_port, Issuer, NatsServer};
 use tokio_util::sync::CancellationToken;
 use topology_support::{stream, LocalTopology};
+use veto::bus::names::event_subject;
 use veto::config::Settings;
 use veto::feed::{self, Applier, Feed};
 use veto::metrics::Metrics;
 use veto::readiness::Readiness;
-use veto::revocation::{event_subject, Freshness, Kind, RevocationEvent, RevokedSet};
+use veto::revocation::{Freshness, Kind, RevocationEvent, RevokedSet};
 use veto::token::Alg;
 
 const REGIONS: [&str; 3] = ["us", "eu", "ap"];
@@ -635,7 +636,7 @@ impl RawReceiver {
                     };
                     match kind {
                         Raw::Core => {
-                            let subject = format!("{}.*.ev.>", veto::revocation::SUBJECT_ROOT);
+                            let subject = veto::bus::names::FAST_PATH_SUBJECT;
                             let mut sub = client.subscribe(subject).await.expect("subscribe");
                             client.flush().await.expect("flush");
                             let _ = tx.send(());
@@ -1827,18 +1828,21 @@ async fn part_replay(issuer: &Issuer, report: &mut String) -> Result<(), String>
         let cfg = settings.nats.clone().ok_or("no nats section")?;
         let heap_before = LIVE_HEAP.load(Ordering::Relaxed);
         let revoked = Arc::new(RevokedSet::new());
-        let applier = Applier {
-            revoked: revoked.clone(),
-            freshness: Arc::new(Freshness::default()),
-            sourced: Arc::new(Freshness::default()),
-            metrics: Metrics::register(&prometheus::Registry::new()),
-        };
+        let applier = Applier::new(
+            revoked.clone(),
+            Arc::new(Freshness::default()),
+            Metrics::register(&prometheus::Registry::new()),
+        );
         let readiness = Readiness::default();
         readiness.register(feed::COMPONENT, "replaying");
         let start = Instant::now();
-        let (c, events) = feed::connect(&cfg, "bench-replay", false)
-            .await
-            .map_err(|e| e.to_string())?;
+        let (c, events) = veto::bus::connect(
+            &veto::bus::NatsConnection::from_settings(&cfg),
+            "bench-replay",
+            veto::bus::Initial::Fail,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         let f = Feed {
             cfg,
             retention: Duration::from_secs(3600),
@@ -1921,12 +1925,11 @@ async fn part_replay(issuer: &Issuer, report: &mut String) -> Result<(), String>
 
     // (apply) Applier alone over the same events from memory (decode + insert + metrics).
     let apply_only = {
-        let applier = Applier {
-            revoked: Arc::new(RevokedSet::new()),
-            freshness: Arc::new(Freshness::default()),
-            sourced: Arc::new(Freshness::default()),
-            metrics: Metrics::register(&prometheus::Registry::new()),
-        };
+        let applier = Applier::new(
+            Arc::new(RevokedSet::new()),
+            Arc::new(Freshness::default()),
+            Metrics::register(&prometheus::Registry::new()),
+        );
         let now = veto::now_ms();
         let mut t = Duration::ZERO;
         let chunk = 100_000;
@@ -1940,7 +1943,7 @@ async fn part_replay(issuer: &Issuer, report: &mut String) -> Result<(), String>
                 .collect();
             let start = Instant::now();
             for (s, p) in &batch {
-                applier.apply(s, p, "durable");
+                applier.apply(s, p, feed::Path::Durable);
             }
             t += start.elapsed();
             i += chunk;
@@ -2005,7 +2008,7 @@ async fn propagation_benchmark() {
         let mut beat_tasks = Vec::new();
         for r in REGIONS {
             let js = jetstream::new(topo.client(r).await);
-            beat_tasks.push(tokio::spawn(feed::heartbeat::run(
+            beat_tasks.push(tokio::spawn(veto::bus::publish::heartbeats(
                 js,
                 r.to_string(),
                 Duration::from_secs(1),

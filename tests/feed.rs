@@ -10,7 +10,8 @@ use std::time::Duration;
 use support::*;
 use tokio_util::sync::CancellationToken;
 use topology_support::LocalTopology;
-use veto::revocation::{event_subject, Kind, RevocationEvent};
+use veto::bus::names::event_subject;
+use veto::revocation::{Kind, RevocationEvent};
 use veto::token::Alg;
 
 async fn denied(s: &Sidecar, token: &str) -> bool {
@@ -353,11 +354,14 @@ async fn ready_after_every_restart_over_a_large_stream_with_live_heartbeats() {
     let js = async_nats::jetstream::new(client);
     // This region's stream as sourcing leaves it: the other origins' heartbeats (and events)
     // in it too, one message per subject.
-    let mut cfg =
-        veto::feed::stream_config("VETO_REVOCATIONS_us", "us", Duration::from_secs(24 * 3600));
+    let mut cfg = veto::bus::stream::stream_config(
+        "VETO_REVOCATIONS_us",
+        "us",
+        Duration::from_secs(24 * 3600),
+    );
     cfg.subjects = origins
         .iter()
-        .map(|o| veto::feed::origin_subjects(o))
+        .map(|o| veto::bus::names::origin_subjects(o))
         .collect();
     js.create_stream(cfg).await.unwrap();
 
@@ -369,14 +373,9 @@ async fn ready_after_every_restart_over_a_large_stream_with_live_heartbeats() {
             while !stop.is_cancelled() {
                 tick.tick().await;
                 for o in origins {
-                    veto::feed::heartbeat::publish_heartbeat(
-                        &js,
-                        o,
-                        veto::now_ms(),
-                        Duration::from_secs(5),
-                    )
-                    .await
-                    .unwrap();
+                    veto::bus::publish_heartbeat(&js, o, veto::now_ms(), Duration::from_secs(5))
+                        .await
+                        .unwrap();
                 }
             }
         })
@@ -451,7 +450,7 @@ async fn ready_when_the_replay_target_is_deleted_and_nothing_newer_comes() {
     let nats = NatsServer::start();
     let client = async_nats::connect(nats.url()).await.unwrap();
     let js = async_nats::jetstream::new(client);
-    js.create_stream(veto::feed::stream_config(
+    js.create_stream(veto::bus::stream::stream_config(
         "VETO_REVOCATIONS_us",
         "us",
         Duration::from_secs(24 * 3600),
@@ -460,13 +459,14 @@ async fn ready_when_the_replay_target_is_deleted_and_nothing_newer_comes() {
     .unwrap();
     publish_many(&js, "us", "bulk", EVENTS).await;
     let now = veto::now_ms();
-    let (tail, _) = veto::feed::publish_event(
+    let tail = veto::bus::publish_event(
         &js,
         &event("s-tail", "tail", now, now + 600_000),
         Duration::from_secs(5),
     )
     .await
-    .unwrap();
+    .unwrap()
+    .sequence;
 
     let issuer = Issuer::new(Alg::ES256);
     let sidecar = Sidecar::start(&sidecar_config(&issuer, Some(&nats.url()), ""));

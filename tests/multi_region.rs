@@ -155,7 +155,7 @@ async fn revoke_anywhere_denied_everywhere_through_partitions_and_restarts() {
         let older = ev(&format!("{origin}-o"), &sid, now - 60_000);
         // through the library's publisher, as the authority and `veto revoke` publish
         for e in [&newer, &older, &newer] {
-            veto::feed::publish_event(&js, e, Duration::from_secs(5))
+            veto::bus::publish_event(&js, e, Duration::from_secs(5))
                 .await
                 .unwrap();
         }

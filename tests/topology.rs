@@ -11,9 +11,10 @@ use futures::StreamExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use topology_support::{stream, stream_state, LocalTopology};
-use veto::provision::Outcome;
-use veto::revocation::{event_subject, Kind, RevocationEvent};
-use veto::topology::{parse_regions, Topology};
+use veto::bus::names::event_subject;
+use veto::bus::stream::Outcome;
+use veto::bus::topology::{parse_regions, Topology};
+use veto::revocation::{Kind, RevocationEvent};
 
 /// The parameters `deploy/nats/` was generated with (its README names the command).
 fn shipped() -> Topology {
@@ -70,10 +71,10 @@ fn event(origin: &str, event_id: &str) -> RevocationEvent {
 
 /// Publishes through JetStream with `Nats-Msg-Id`; returns whether it was a duplicate.
 async fn publish(js: &jetstream::Context, origin: &str, event_id: &str) -> bool {
-    veto::feed::publish_event(js, &event(origin, event_id), Duration::from_secs(5))
+    veto::bus::publish_event(js, &event(origin, event_id), Duration::from_secs(5))
         .await
         .unwrap_or_else(|e| panic!("publish {event_id} in {origin}: {e}"))
-        .1
+        .duplicate
 }
 
 /// Does `region`'s stream (behind `js`) hold a message on `subject`?
@@ -318,7 +319,7 @@ fn heartbeats(topo: &LocalTopology, region: &str, shutdown: &tokio_util::sync::C
             .await
             .expect("heartbeat client");
         let js = jetstream::with_domain(client, &region);
-        veto::feed::heartbeat::run(js, region, Duration::from_millis(250), sd).await;
+        veto::bus::publish::heartbeats(js, region, Duration::from_millis(250), sd).await;
     });
 }
 

@@ -1,7 +1,9 @@
-//! Provisioning of the per-region revocation stream of DESIGN §4 (`veto nats provision`).
+//! The per-region revocation stream of DESIGN §4: its configuration ([`stream_config`]), its
+//! provisioning (`veto nats provision`, and sidecars with `nats.ensure_stream`), and look-ups
+//! by sequence.
 //!
 //! In domain `R` the stream `<base>_R` (base `VETO_REVOCATIONS`: [`stream_name`]) captures
-//! `veto.revocations.R.>` with the feed's limits ([`crate::feed::stream_config`]) and
+//! `veto.revocations.R.>` with the limits of [`stream_config`] and
 //! **sources** every other region `X`'s stream `<base>_X` from domain `X`, filtered to
 //! `veto.revocations.X.>`: each region only ever forwards its own origin subjects, so nothing
 //! loops however many regions there are.
@@ -23,13 +25,48 @@
 //! not in `update_stream`, and nats-server 2.9 ignores a bare `domain` key, so a source written
 //! with `domain` alone would silently point at this domain instead.
 
-use crate::feed::{origin_subjects, stream_config};
+use super::names::{api_prefix_domain, domain_api_prefix, origin_subjects, stream_name};
 use async_nats::jetstream::{
     self,
     context::{CreateStreamError, CreateStreamErrorKind, GetStreamErrorKind},
-    stream::{Config, External, Source},
+    stream::{self, Config, External, Source},
 };
 use std::time::Duration;
+
+/// The stream a region needs: its origin subjects, entries kept for the longest revocation
+/// lifetime, dedup on `Nats-Msg-Id`, and one message per subject — events have unique
+/// subjects, heartbeats share one, so only the newest heartbeat is kept.
+pub fn stream_config(name: &str, region: &str, retention: Duration) -> Config {
+    Config {
+        name: name.to_string(),
+        subjects: vec![origin_subjects(region)],
+        max_age: retention,
+        duplicate_window: Duration::from_secs(120).min(retention),
+        max_messages_per_subject: 1,
+        storage: stream::StorageType::File,
+        discard: stream::DiscardPolicy::Old,
+        num_replicas: 1,
+        ..Default::default()
+    }
+}
+
+/// Whether `stream` holds no message matching `subject` after stream sequence `position` — a
+/// look-up by sequence (`STREAM.MSG.GET` with `next_by_subj`), not a counter. `Err` when the
+/// server did not say.
+pub async fn nothing_after(
+    stream: &stream::Stream,
+    subject: &str,
+    position: u64,
+) -> Result<bool, stream::RawMessageError> {
+    match stream
+        .get_first_raw_message_by_subject(subject, position.saturating_add(1))
+        .await
+    {
+        Ok(_) => Ok(false),
+        Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => Ok(true),
+        Err(e) => Err(e),
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProvisionError {
@@ -62,12 +99,6 @@ pub enum Outcome {
     Unchanged,
 }
 
-/// The stream of `region`: `<base>_<region>` (region verbatim, so distinct regions never
-/// share a name).
-pub fn stream_name(base: &str, region: &str) -> String {
-    format!("{base}_{region}")
-}
-
 /// What the stream of one region should look like.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -83,11 +114,6 @@ pub struct Plan {
     pub retention: Duration,
     /// Remove sources of domains that are not in `regions`.
     pub prune: bool,
-}
-
-/// The JetStream API prefix of a domain.
-pub fn domain_api_prefix(domain: &str) -> String {
-    format!("$JS.{domain}.API")
 }
 
 /// The source of region `origin`'s stream, read across domains, filtered to its origin
@@ -109,11 +135,7 @@ fn source_domain(s: &Source) -> Option<&str> {
     if let Some(d) = &s.domain {
         return Some(d);
     }
-    s.external
-        .as_ref()?
-        .api_prefix
-        .strip_prefix("$JS.")?
-        .strip_suffix(".API")
+    api_prefix_domain(&s.external.as_ref()?.api_prefix)
 }
 
 /// Equal for our purposes: same stream, same domain, same filter, no start position. (The

@@ -8,7 +8,7 @@
 //!   connect here, without credentials (`no_auth_user`).
 //!
 //! Regions share no JetStream meta group: each domain keeps working when cut off, and streams
-//! source each other across domains through `$JS.<domain>.API` (see [`crate::provision`]).
+//! source each other across domains through `$JS.<domain>.API` (see [`crate::bus::stream`]).
 //!
 //! This module is pure: it renders text; the caller writes files and starts servers. Every
 //! server has the accounts in its config: `SYS` (explicit system account, which 2.9 requires

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use veto::config::{Nats, Settings};
+use veto::bus::{self, Initial, NatsConnection};
+use veto::config::Settings;
 use veto::revocation::{valid_region, valid_token_name, Kind, RevocationEvent};
 use veto::token::{sign::SigningKey, Alg};
 
@@ -155,11 +156,11 @@ pub async fn revoke(a: RevokeArgs) -> Result<(), Failure> {
             "--event-id: {id:?} must be 1-128 characters of [A-Za-z0-9_-]"
         )));
     }
-    let cfg = a.bus.settings(a.timeout);
-    let (client, _events) = veto::feed::connect(&cfg, "veto-revoke", false)
+    let cfg = a.bus.connection(a.timeout);
+    let (client, _events) = bus::connect(&cfg, "veto-revoke", Initial::Fail)
         .await
         .map_err(|e| unavailable(format!("{e}")))?;
-    let js = veto::feed::context(client.clone(), &cfg);
+    let js = bus::jetstream(client.clone(), cfg.domain.as_deref());
     // Stamped once connected, so propagation lag measures the bus, not this CLI's start-up.
     let now = veto::now_ms();
     let mut failed = Vec::new();
@@ -177,8 +178,11 @@ pub async fn revoke(a: RevokeArgs) -> Result<(), Failure> {
         };
         // Another region's origin is reached through the gateways (its stream captures its
         // own subjects); a cut-off region answers no acknowledgement within the timeout.
-        match veto::feed::publish_event(&js, &ev, a.timeout).await {
-            Ok((seq, dup)) => println!(
+        match bus::publish_event(&js, &ev, a.timeout).await {
+            Ok(bus::Ack {
+                sequence: seq,
+                duplicate: dup,
+            }) => println!(
                 "revoked {} {:?} at origin {origin} (event {}, stream sequence {seq}{})",
                 kind.label(),
                 ev.id,
@@ -226,27 +230,12 @@ impl NatsArgs {
         }
     }
 
-    /// NATS settings for CLI commands (no stream management, no fast path).
-    pub(crate) fn settings(&self, connect_timeout: Duration) -> Nats {
-        Nats {
-            url: self.nats.clone(),
-            region: self.region.clone(),
-            regions: Vec::new(),
-            fast_path: false,
-            catchup_after: Duration::from_secs(3),
-            stream: "VETO_REVOCATIONS".into(),
+    /// How CLI commands connect: the flags' URL, domain and credentials, nothing else.
+    pub(crate) fn connection(&self, connect_timeout: Duration) -> NatsConnection {
+        NatsConnection {
             domain: self.domain.clone(),
             credentials_file: self.credentials_file.clone(),
-            token_file: None,
-            user: None,
-            password_file: None,
-            nkey_seed_file: None,
-            tls_ca_file: None,
-            tls_cert_file: None,
-            tls_key_file: None,
-            tls_required: false,
-            connect_timeout,
-            ensure_stream: false,
+            ..NatsConnection::plain(self.nats.clone(), connect_timeout)
         }
     }
 }
@@ -265,13 +254,13 @@ pub async fn heartbeat(a: HeartbeatArgs) -> Result<(), Failure> {
         return Err(usage("--interval must be positive"));
     }
     veto::telemetry::init(&veto::config::Log::default());
-    let cfg = a.bus.settings(Duration::from_secs(5));
+    let cfg = a.bus.connection(Duration::from_secs(5));
     // Waits for the server rather than failing: a heartbeat publisher is a long-running
     // service, and its absence is what staleness alerts report.
-    let (client, _events) = veto::feed::connect(&cfg, "veto-heartbeat", true)
+    let (client, _events) = bus::connect(&cfg, "veto-heartbeat", Initial::Retry)
         .await
         .map_err(|e| unavailable(e.to_string()))?;
-    let js = veto::feed::context(client, &cfg);
+    let js = bus::jetstream(client, cfg.domain.as_deref());
     let shutdown = CancellationToken::new();
     let sd = shutdown.clone();
     tokio::spawn(async move {
@@ -279,7 +268,7 @@ pub async fn heartbeat(a: HeartbeatArgs) -> Result<(), Failure> {
         sd.cancel();
     });
     tracing::info!(region = %a.bus.region, interval = ?a.interval, "publishing heartbeats");
-    veto::feed::heartbeat::run(js, a.bus.region, a.interval, shutdown).await;
+    bus::publish::heartbeats(js, a.bus.region, a.interval, shutdown).await;
     Ok(())
 }
 

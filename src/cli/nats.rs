@@ -5,8 +5,9 @@ use super::{other, unavailable, usage, Failure, NatsArgs};
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
-use veto::provision::{Outcome, Plan, ProvisionError};
-use veto::topology::{parse_regions, write_files, Secrets, Topology};
+use veto::bus::stream::{Outcome, Plan, ProvisionError};
+use veto::bus::topology::{parse_regions, write_files, Secrets, Topology};
+use veto::bus::{self, Initial};
 
 #[derive(Subcommand)]
 pub enum NatsCommand {
@@ -137,13 +138,13 @@ async fn provision(a: ProvisionArgs) -> Result<(), Failure> {
         domain: Some(a.region.clone()),
         credentials_file: a.credentials_file,
     }
-    .settings(a.timeout);
-    let (client, _events) = veto::feed::connect(&cfg, "veto-nats-provision", false)
+    .connection(a.timeout);
+    let (client, _events) = bus::connect(&cfg, "veto-nats-provision", Initial::Fail)
         .await
         .map_err(|e| unavailable(e.to_string()))?;
-    let mut js = veto::feed::context(client.clone(), &cfg);
+    let mut js = bus::jetstream(client.clone(), cfg.domain.as_deref());
     js.set_timeout(a.timeout);
-    let (outcome, config) = veto::provision::provision(&js, &plan)
+    let (outcome, config) = bus::stream::provision(&js, &plan)
         .await
         .map_err(|e| match e {
             ProvisionError::Unreachable { .. } => unavailable(e.to_string()),
@@ -161,7 +162,7 @@ async fn provision(a: ProvisionArgs) -> Result<(), Failure> {
     if let Some(d) = a.repair_sources {
         // The repairs' own warnings and errors, on stderr.
         veto::telemetry::init(&veto::config::Log::default());
-        let api = veto::provision::domain_api_prefix(&a.region);
+        let api = bus::names::domain_api_prefix(&a.region);
         let mut repair = veto::source_repair::SourceRepair::new(client, &plan, api);
         repair.settings = veto::source_repair::Settings {
             request_timeout: a.timeout,

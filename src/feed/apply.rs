@@ -1,12 +1,89 @@
-//! Applies one message from any path (durable stream, fast path) to the revoked set,
-//! counting what happened. Idempotent: the same event from two paths is applied once and
-//! counted once as a duplicate.
+//! Applies one message from any path (durable stream, fast path, direct catch-up read) to
+//! the revoked set, counting what happened, and announces every newly applied revocation on
+//! a broadcast ([`Applier::subscribe`]). Idempotent: the same event from two paths is
+//! applied once, announced once, and counted once as a duplicate.
 
+use crate::bus::names::{self, Subject};
 use crate::metrics::Metrics;
 use crate::revocation::{
-    decode_event, decode_heartbeat, event_subject, Applied, Freshness, RevokedSet,
+    decode_event, decode_heartbeat, Applied as SetOutcome, Freshness, Kind, RevokedSet,
 };
 use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::broadcast;
+
+/// Which path delivered a message: the `path` label of the event and lag metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Path {
+    /// This region's stream (own origin and, by sourcing, every other).
+    Durable,
+    /// Core NATS: every origin's events as they cross the gateways.
+    Fast,
+    /// The catch-up reader's direct read of a lagging origin's stream.
+    Direct,
+}
+
+impl Path {
+    pub fn label(self) -> &'static str {
+        match self {
+            Path::Durable => "durable",
+            Path::Fast => "fast",
+            Path::Direct => "direct",
+        }
+    }
+}
+
+/// What became of one message: the `result` label of `veto_revocation_events_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A revocation the set did not hold yet.
+    Applied,
+    /// Already held (same event from another path, or the same revocation again).
+    Duplicate,
+    /// Expired before it arrived.
+    Expired,
+    /// Not a valid event or heartbeat, or on a subject that does not name it.
+    Invalid,
+    /// A valid heartbeat (freshness marked; not counted).
+    Heartbeat,
+}
+
+impl Outcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Applied => "applied",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Expired => "expired",
+            Outcome::Invalid => "invalid",
+            Outcome::Heartbeat => "heartbeat",
+        }
+    }
+}
+
+/// One newly applied revocation, as announced to [`Applier::subscribe`]rs: what the
+/// forced-logout push needs, and what tests and benchmarks observe instead of log lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub event_id: String,
+    pub kind: Kind,
+    /// The revoked session, token or subject id.
+    pub id: String,
+    /// `""`: every issuer.
+    pub issuer: String,
+    /// The region the revocation was published at.
+    pub origin: String,
+    /// The path that delivered it first.
+    pub path: Path,
+    /// When it was applied, Unix ms (comparable with the event's `revoked_at`).
+    pub at: i64,
+    /// When it was applied, on this process's monotonic clock: in-process latency (the
+    /// propagation benchmark) without the wall clock's millisecond grain.
+    pub instant: Instant,
+}
+
+/// How many announcements a slow subscriber may fall behind before it misses some
+/// (`RecvError::Lagged`, never a blocked feed).
+pub const APPLIED_CAPACITY: usize = 8192;
 
 #[derive(Clone)]
 pub struct Applier {
@@ -17,66 +94,247 @@ pub struct Applier {
     /// tells the catch-up reader when a source lags and when it has caught up.
     pub sourced: Arc<Freshness>,
     pub metrics: Metrics,
+    /// Every newly applied revocation; nothing is built or sent while nobody subscribes.
+    applied: broadcast::Sender<Applied>,
 }
 
 impl Applier {
-    /// Applies a message published on `subject`. `path` labels the lag metric.
-    pub fn apply(&self, subject: &str, payload: &[u8], path: &'static str) {
-        let now = crate::now_ms();
-        if subject.ends_with(".hb") {
-            match decode_heartbeat(payload, Some(subject)) {
-                Ok(hb) => {
-                    let at = hb.sent_at.min(now);
-                    self.freshness.mark(&hb.origin_region, at);
-                    if path == "durable" {
-                        self.sourced.mark(&hb.origin_region, at);
-                    }
-                }
-                Err(e) => {
-                    self.metrics
-                        .events
-                        .with_label_values(&[path, "invalid"])
-                        .inc();
-                    tracing::warn!(error = %e, "invalid heartbeat skipped");
-                }
-            }
-            return;
+    pub fn new(revoked: Arc<RevokedSet>, freshness: Arc<Freshness>, metrics: Metrics) -> Applier {
+        Applier {
+            revoked,
+            freshness,
+            sourced: Arc::new(Freshness::default()),
+            metrics,
+            applied: broadcast::channel(APPLIED_CAPACITY).0,
         }
-        let ev = match decode_event(payload, Some(subject)) {
-            Ok(ev) if subject == event_subject(&ev.origin_region, &ev.event_id) => ev,
+    }
+
+    /// Every revocation newly applied from now on, whichever path delivered it.
+    pub fn subscribe(&self) -> broadcast::Receiver<Applied> {
+        self.applied.subscribe()
+    }
+
+    fn count(&self, path: Path, outcome: Outcome) {
+        self.metrics
+            .events
+            .with_label_values(&[path.label(), outcome.label()])
+            .inc();
+    }
+
+    /// Applies a message published on `subject` that arrived through `path`.
+    pub fn apply(&self, subject: &str, payload: &[u8], path: Path) -> Outcome {
+        let now = crate::now_ms();
+        let (origin, id) = match names::parse(subject) {
+            Some(Subject::Heartbeat { origin }) => {
+                return match decode_heartbeat(payload, Some(origin)) {
+                    Ok(hb) => {
+                        let at = hb.sent_at.min(now);
+                        self.freshness.mark(&hb.origin_region, at);
+                        if path == Path::Durable {
+                            self.sourced.mark(&hb.origin_region, at);
+                        }
+                        Outcome::Heartbeat
+                    }
+                    Err(e) => {
+                        self.count(path, Outcome::Invalid);
+                        tracing::warn!(error = %e, "invalid heartbeat skipped");
+                        Outcome::Invalid
+                    }
+                };
+            }
+            Some(Subject::Event { origin, id }) => (origin, id),
+            None => {
+                self.count(path, Outcome::Invalid);
+                tracing::warn!(subject, "message on a subject that is not ours; skipped");
+                return Outcome::Invalid;
+            }
+        };
+        let ev = match decode_event(payload, Some(origin)) {
+            Ok(ev) if ev.event_id == id => ev,
             Ok(_) => {
-                self.metrics
-                    .events
-                    .with_label_values(&[path, "invalid"])
-                    .inc();
+                self.count(path, Outcome::Invalid);
                 tracing::warn!(
                     "revocation event on a subject that does not name its event_id; skipped"
                 );
-                return;
+                return Outcome::Invalid;
             }
             Err(e) => {
-                self.metrics
-                    .events
-                    .with_label_values(&[path, "invalid"])
-                    .inc();
+                self.count(path, Outcome::Invalid);
                 tracing::warn!(error = %e, "invalid revocation event skipped");
-                return;
+                return Outcome::Invalid;
             }
         };
-        let result = self.revoked.apply(&ev, now);
-        let label = match result {
-            Applied::New => {
+        let outcome = match self.revoked.apply(&ev, now) {
+            SetOutcome::New => {
                 let lag = (now - ev.revoked_at).max(0) as f64 / 1000.0;
                 self.metrics
                     .propagation
-                    .with_label_values(&[ev.origin_region.as_str(), path])
+                    .with_label_values(&[ev.origin_region.as_str(), path.label()])
                     .observe(lag);
-                tracing::debug!(event_id = %ev.event_id, origin = %ev.origin_region, path, "revocation applied");
-                "applied"
+                tracing::debug!(event_id = %ev.event_id, origin = %ev.origin_region, path = path.label(), "revocation applied");
+                if self.applied.receiver_count() > 0 {
+                    let _ = self.applied.send(Applied {
+                        kind: Kind::try_from(ev.kind).unwrap_or(Kind::Unspecified),
+                        event_id: ev.event_id,
+                        id: ev.id,
+                        issuer: ev.issuer,
+                        origin: ev.origin_region,
+                        path,
+                        at: now,
+                        instant: Instant::now(),
+                    });
+                }
+                Outcome::Applied
             }
-            Applied::Duplicate => "duplicate",
-            Applied::Expired => "expired",
+            SetOutcome::Duplicate => Outcome::Duplicate,
+            SetOutcome::Expired => Outcome::Expired,
         };
-        self.metrics.events.with_label_values(&[path, label]).inc();
+        self.count(path, outcome);
+        outcome
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::names::{event_subject, heartbeat_subject};
+    use crate::revocation::{Heartbeat, RevocationEvent};
+    use prost::Message;
+    use tokio::sync::broadcast::error::TryRecvError;
+
+    fn applier() -> Applier {
+        Applier::new(
+            Arc::new(RevokedSet::new()),
+            Arc::new(Freshness::default()),
+            Metrics::register(&prometheus::Registry::new()),
+        )
+    }
+
+    fn ev(event_id: &str, id: &str, origin: &str, revoked_at: i64) -> RevocationEvent {
+        RevocationEvent {
+            event_id: event_id.into(),
+            kind: Kind::Token as i32,
+            id: id.into(),
+            issuer: "https://iss".into(),
+            revoked_at,
+            expires_at: revoked_at + 60_000,
+            origin_region: origin.into(),
+            reason: "test".into(),
+            urgent: false,
+        }
+    }
+
+    fn send(a: &Applier, e: &RevocationEvent, path: Path) -> Outcome {
+        a.apply(
+            &event_subject(&e.origin_region, &e.event_id),
+            &e.encode_to_vec(),
+            path,
+        )
+    }
+
+    #[test]
+    fn every_new_revocation_is_announced_once_with_its_path() {
+        let a = applier();
+        let mut rx = a.subscribe();
+        let now = crate::now_ms();
+        let e = ev("e1", "j1", "eu", now);
+        let before = crate::now_ms();
+        assert_eq!(send(&a, &e, Path::Fast), Outcome::Applied);
+        let got = rx.try_recv().expect("announced");
+        assert_eq!(
+            (got.event_id.as_str(), got.kind, got.id.as_str()),
+            ("e1", Kind::Token, "j1")
+        );
+        assert_eq!(
+            (got.issuer.as_str(), got.origin.as_str(), got.path),
+            ("https://iss", "eu", Path::Fast)
+        );
+        assert!(got.at >= before && got.at <= crate::now_ms());
+        // the same event through the durable path: a duplicate, not announced again
+        assert_eq!(send(&a, &e, Path::Durable), Outcome::Duplicate);
+        // the same revocation under another event id: also a duplicate
+        assert_eq!(
+            send(&a, &ev("e2", "j1", "eu", now), Path::Direct),
+            Outcome::Duplicate
+        );
+        assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
+    }
+
+    #[test]
+    fn expired_invalid_and_heartbeats_are_not_announced() {
+        let a = applier();
+        let mut rx = a.subscribe();
+        let now = crate::now_ms();
+        let mut old = ev("old", "j-old", "us", now - 120_000);
+        old.expires_at = now - 60_000;
+        assert_eq!(send(&a, &old, Path::Durable), Outcome::Expired);
+        // a subject that does not name the event's id, or not its origin
+        let e = ev("e3", "j3", "us", now);
+        assert_eq!(
+            a.apply(
+                &event_subject("us", "other"),
+                &e.encode_to_vec(),
+                Path::Durable
+            ),
+            Outcome::Invalid
+        );
+        assert_eq!(
+            a.apply(
+                &event_subject("eu", "e3"),
+                &e.encode_to_vec(),
+                Path::Durable
+            ),
+            Outcome::Invalid
+        );
+        assert_eq!(
+            a.apply(
+                "veto.revocations.us.ev.e3.x",
+                &e.encode_to_vec(),
+                Path::Fast
+            ),
+            Outcome::Invalid
+        );
+        assert_eq!(
+            a.apply(&event_subject("us", "e4"), b"\xff\xff", Path::Fast),
+            Outcome::Invalid
+        );
+        let hb = Heartbeat {
+            origin_region: "us".into(),
+            sent_at: now,
+        };
+        assert_eq!(
+            a.apply(&heartbeat_subject("us"), &hb.encode_to_vec(), Path::Durable),
+            Outcome::Heartbeat
+        );
+        assert_eq!(
+            a.apply(&heartbeat_subject("eu"), &hb.encode_to_vec(), Path::Durable),
+            Outcome::Invalid
+        );
+        assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
+        assert!(a.revoked.is_empty());
+    }
+
+    #[test]
+    fn without_subscribers_nothing_is_sent_and_late_subscribers_see_only_what_follows() {
+        let a = applier();
+        let now = crate::now_ms();
+        assert_eq!(
+            send(&a, &ev("a", "s-a", "us", now), Path::Durable),
+            Outcome::Applied
+        );
+        let mut rx = a.subscribe();
+        assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
+        assert_eq!(
+            send(&a, &ev("b", "s-b", "us", now), Path::Durable),
+            Outcome::Applied
+        );
+        assert_eq!(rx.try_recv().map(|x| x.event_id), Ok("b".to_string()));
+        // clones share the one stream
+        let b = a.clone();
+        assert_eq!(
+            send(&b, &ev("c", "s-c", "us", now), Path::Durable),
+            Outcome::Applied
+        );
+        assert_eq!(rx.try_recv().map(|x| x.event_id), Ok("c".to_string()));
     }
 }

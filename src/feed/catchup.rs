@@ -14,7 +14,9 @@
 //! through the origin's stream as of the lag's start ([`super::replay`]); more after it
 //! means the read stalled and is recreated.
 
-use super::{Applier, Progress, Through};
+use super::{Applier, Path, Progress, Through};
+use crate::bus::names::origin_subjects;
+use crate::bus::stream::nothing_after;
 use async_nats::jetstream::{
     self, consumer::pull, consumer::AckPolicy, consumer::DeliverPolicy, stream,
 };
@@ -63,7 +65,7 @@ impl CatchUp {
         if state.messages == 0 || state.last_sequence <= position {
             return Some(false);
         }
-        super::nothing_after(stream, subjects, position)
+        nothing_after(stream, subjects, position)
             .await
             .ok()
             .map(|none| !none)
@@ -75,7 +77,7 @@ impl CatchUp {
             .domain(self.origin.clone())
             .build(client);
         let poll = Duration::from_millis(100);
-        let subjects = super::origin_subjects(&self.origin);
+        let subjects = origin_subjects(&self.origin);
         // What has been read of the origin's stream since the source began to lag.
         let mut episode: Option<Episode> = None;
         loop {
@@ -215,7 +217,7 @@ impl CatchUp {
                                 }
                                 next_delivery += 1;
                             }
-                            self.applier.apply(&msg.subject, &msg.payload, "direct");
+                            self.applier.apply(&msg.subject, &msg.payload, Path::Direct);
                             if let Some((seq, _)) = info {
                                 position = position.max(seq);
                                 ep.position = Some(position);

@@ -1,6 +1,6 @@
 //! The multi-region NATS topology of DESIGN §4, for real: per region a core-NATS hub and a
 //! JetStream server (its own domain) attached to it as a leaf node, rendered by
-//! `veto::topology` on free loopback ports. Every process is killed and every store removed
+//! `veto::bus::topology` on free loopback ports. Every process is killed and every store removed
 //! on drop.
 //!
 //! Use it from a test crate that also has the common helpers:
@@ -17,15 +17,15 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use veto::provision::{Outcome, Plan};
-use veto::topology::{hub_server_name, js_server_name, Region, RegionPorts, Topology};
+use veto::bus::stream::{Outcome, Plan};
+use veto::bus::topology::{hub_server_name, js_server_name, Region, RegionPorts, Topology};
 
 /// Base of the stream names: region R's stream is `VETO_REVOCATIONS_R`.
 pub const STREAM_BASE: &str = "VETO_REVOCATIONS";
 
 /// The stream of `region`.
 pub fn stream(region: &str) -> String {
-    veto::provision::stream_name(STREAM_BASE, region)
+    veto::bus::names::stream_name(STREAM_BASE, region)
 }
 
 fn nats_server_bin() -> PathBuf {
@@ -65,7 +65,8 @@ impl LocalTopology {
             })
             .collect();
         let topology = Topology::new(regions, dir.path().join("store")).expect("topology");
-        veto::topology::write_files(&topology, &dir.path().join("conf")).expect("write configs");
+        veto::bus::topology::write_files(&topology, &dir.path().join("conf"))
+            .expect("write configs");
         std::fs::create_dir_all(dir.path().join("logs")).expect("logs dir");
         let mut t = LocalTopology {
             topology,
@@ -221,7 +222,7 @@ impl LocalTopology {
     pub async fn provision(&self, region: &str, regions: &[String]) -> Outcome {
         let plan = Plan::new(STREAM_BASE, region, regions, Duration::from_secs(3600))
             .expect("region plan");
-        let (outcome, _) = veto::provision::provision(&self.jetstream(region).await, &plan)
+        let (outcome, _) = veto::bus::stream::provision(&self.jetstream(region).await, &plan)
             .await
             .unwrap_or_else(|e| panic!("provision {region}: {e}\n{}", self.logs()));
         outcome
