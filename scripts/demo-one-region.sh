@@ -43,6 +43,8 @@ jwks_file = "$WORK/jwks.json"
 [nats]
 url = "nats://127.0.0.1:$NATS_PORT"
 region = "us"
+[shutdown]
+drain = "200ms"
 TOML
 "$VETO" check-config --config "$WORK/veto.toml"
 echo "== veto sidecar (gRPC :$GRPC, HTTP :$HTTP)"

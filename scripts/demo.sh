@@ -113,6 +113,8 @@ catchup_after = "1500ms"
 retention = "1h"
 max_staleness = "${MAX_STALENESS}s"
 on_stale = "deny"
+[shutdown]
+drain = "200ms"   # the demo tears down at once; in a pod the default 5 s drain applies
 TOML
     start "$r-veto" "$WORK/$r-veto.log" "$VETO" sidecar --config "$WORK/$r.toml"
     envoy_config "${LISTEN[$r]}" "$admin" "$grpc" "$UP" >"$WORK/$r-envoy.yaml"

@@ -41,6 +41,30 @@ pub struct Settings {
     pub nats: Option<Nats>,
     #[serde(default)]
     pub revocation: Revocation,
+    #[serde(default)]
+    pub shutdown: Shutdown,
+}
+
+/// The ordered shutdown on SIGTERM: readiness and gRPC health go NOT_SERVING at once, the
+/// servers keep answering for `drain` (the proxy and Kubernetes stop routing meanwhile), then
+/// the listeners close (in-flight requests finish), then the feed and the rest stop; all of
+/// it within `grace`, after which whatever is left is aborted.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Shutdown {
+    #[serde(with = "humantime_serde")]
+    pub drain: Duration,
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Shutdown {
+            drain: Duration::from_secs(5),
+            grace: Duration::from_secs(10),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -535,6 +559,12 @@ impl Settings {
         }
         if self.revocation.prune_interval.is_zero() {
             return Err(bad("revocation.prune_interval", "must be positive"));
+        }
+        if self.shutdown.drain >= self.shutdown.grace {
+            return Err(bad(
+                "shutdown.drain",
+                "must be shorter than shutdown.grace (the listeners close after the drain, within the grace)",
+            ));
         }
         Ok(())
     }

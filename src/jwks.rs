@@ -213,6 +213,12 @@ impl Refetcher {
 
     /// The refresh loop. Loads at start (retrying with backoff until it succeeds), marks the
     /// issuer ready, then refreshes until shutdown.
+    /// Loads the keys once now (single flight with the other fetches); true on success.
+    pub async fn load_now(&self) -> bool {
+        let _single_flight = self.gate.lock().await;
+        self.load().await.is_ok()
+    }
+
     pub async fn run(self: Arc<Self>, readiness: Readiness, shutdown: CancellationToken) {
         let component = format!("jwks:{}", self.issuer);
         let mut failures: u32 = 0;

@@ -188,15 +188,33 @@ impl Sidecar {
         self.applier.subscribe()
     }
 
-    /// Runs until `shutdown` is cancelled. Listeners are injected so tests bind port 0.
+    /// Loads every issuer's keys once, now, marking them ready on success: for in-process use
+    /// without `run` (which keeps them refreshed).
+    pub async fn load_keys(&self) {
+        for r in &self.refetchers {
+            if r.load_now().await {
+                self.readiness.set_ready(format!("jwks:{}", r.issuer));
+            }
+        }
+    }
+
+    /// Runs until `stop` is cancelled (SIGTERM), then shuts down in order within
+    /// `shutdown.grace`: NOT_SERVING first, the servers keep answering for `shutdown.drain`,
+    /// then the listeners close, then the feed and everything else. Listeners are injected so
+    /// tests bind port 0.
     pub async fn run(
         self,
         s: Settings,
         grpc: TcpListener,
         http: TcpListener,
-        shutdown: CancellationToken,
+        stop: CancellationToken,
     ) -> anyhow::Result<()> {
+        // Background work (keys, feed, housekeeping) stops on `shutdown`, the listeners on
+        // `servers`: both are cancelled by the ordered shutdown below, the listeners first.
+        let shutdown = CancellationToken::new();
+        let servers_stop = CancellationToken::new();
         let mut tasks: JoinSet<&'static str> = JoinSet::new();
+        let mut servers: JoinSet<&'static str> = JoinSet::new();
 
         for r in &self.refetchers {
             let (r, ready, sd) = (r.clone(), self.readiness.clone(), shutdown.clone());
@@ -274,6 +292,7 @@ impl Sidecar {
         }
 
         let (health, health_svc) = tonic_health::server::health_reporter();
+        let health_on_stop = health.clone();
         {
             let (me, sd, max_entries, prune_every) = (
                 Housekeeping {
@@ -298,8 +317,8 @@ impl Sidecar {
             self.shape.clone(),
             self.metrics.clone(),
         );
-        let sd = shutdown.clone();
-        tasks.spawn(async move {
+        let sd = servers_stop.clone();
+        servers.spawn(async move {
             let result = tonic::transport::Server::builder()
                 .add_service(health_svc)
                 .add_service(AuthorizationServer::new(authz))
@@ -325,8 +344,8 @@ impl Sidecar {
                 readiness: self.readiness.clone(),
             },
         );
-        let sd = shutdown.clone();
-        tasks.spawn(async move {
+        let sd = servers_stop.clone();
+        servers.spawn(async move {
             if let Err(e) = axum::serve(http, router)
                 .with_graceful_shutdown(sd.cancelled_owned())
                 .await
@@ -338,24 +357,89 @@ impl Sidecar {
 
         // A component that stops before shutdown makes the sidecar unready and, for the
         // servers, stops the process: never silently gone.
-        while let Some(done) = tasks.join_next().await {
-            let name = match done {
-                Ok(name) => name,
-                Err(e) => {
-                    tracing::error!(error = %e, "task panicked");
-                    "task"
-                }
+        let mut servers_gone = false;
+        loop {
+            let done = tokio::select! {
+                _ = stop.cancelled() => break,
+                Some(done) = servers.join_next() => done,
+                Some(done) = tasks.join_next() => done,
+                else => break,
             };
-            if !shutdown.is_cancelled() {
-                tracing::error!(component = name, "component stopped unexpectedly");
-                self.readiness.set_unready(name, "component stopped");
-                if matches!(name, "grpc" | "http" | "task") {
-                    shutdown.cancel();
-                }
+            let name = done.unwrap_or_else(|e| {
+                tracing::error!(error = %e, "task panicked");
+                "task"
+            });
+            tracing::error!(component = name, "component stopped unexpectedly");
+            self.readiness.set_unready(name, "component stopped");
+            if matches!(name, "grpc" | "http" | "task") {
+                servers_gone = true;
+                break;
             }
         }
+        self.shut_down(
+            &s.shutdown,
+            ShutdownParts {
+                health: health_on_stop,
+                servers,
+                servers_stop,
+                tasks,
+                tasks_stop: shutdown,
+                skip_drain: servers_gone,
+            },
+        )
+        .await;
         Ok(())
     }
+
+    /// The ordered, bounded shutdown: NOT_SERVING (readiness and gRPC health) → servers keep
+    /// answering for `drain` → listeners close (in-flight requests finish) → background work
+    /// stops; whatever is still running at `grace` is aborted.
+    async fn shut_down(&self, cfg: &crate::config::Shutdown, mut p: ShutdownParts) {
+        let started = tokio::time::Instant::now();
+        let deadline = started + cfg.grace;
+        self.readiness.set_unready("shutdown", "shutting down");
+        for service in ["", AUTHZ_SERVICE] {
+            p.health
+                .set_service_status(service, tonic_health::ServingStatus::NotServing)
+                .await;
+        }
+        if !p.skip_drain {
+            tracing::info!(drain = ?cfg.drain, "shutting down: not serving; draining");
+            tokio::time::sleep_until(started + cfg.drain).await;
+        }
+        p.servers_stop.cancel();
+        let closed = tokio::time::timeout_at(deadline, async {
+            while p.servers.join_next().await.is_some() {}
+        })
+        .await;
+        if closed.is_err() {
+            tracing::warn!("listeners did not close within shutdown.grace; aborting them");
+            p.servers.abort_all();
+        }
+        p.tasks_stop.cancel();
+        let stopped = tokio::time::timeout_at(deadline, async {
+            while p.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if stopped.is_err() {
+            tracing::warn!("background tasks did not stop within shutdown.grace; aborting them");
+            p.tasks.abort_all();
+        }
+        tracing::info!(took_ms = started.elapsed().as_millis() as u64, "shut down");
+    }
+}
+
+/// The ext_authz service name in gRPC health.
+const AUTHZ_SERVICE: &str = "envoy.service.auth.v3.Authorization";
+
+struct ShutdownParts {
+    health: tonic_health::server::HealthReporter,
+    servers: JoinSet<&'static str>,
+    servers_stop: CancellationToken,
+    tasks: JoinSet<&'static str>,
+    tasks_stop: CancellationToken,
+    /// A server already died: nothing to drain.
+    skip_drain: bool,
 }
 
 struct Housekeeping {
@@ -368,7 +452,7 @@ struct Housekeeping {
 
 impl Housekeeping {
     async fn run(self, max_entries: usize, prune_every: Duration, shutdown: CancellationToken) {
-        const AUTHZ: &str = "envoy.service.auth.v3.Authorization";
+        const AUTHZ: &str = AUTHZ_SERVICE;
         // Short, so readiness follows the feed within a quarter second.
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         let mut last_prune = tokio::time::Instant::now();

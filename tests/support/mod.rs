@@ -56,6 +56,34 @@ impl Proc {
             let _ = c.wait();
         }
     }
+
+    /// Sends SIGTERM (what Kubernetes sends first), without waiting.
+    pub fn terminate(&self) {
+        if let Some(c) = &self.0 {
+            let status = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status()
+                .expect("kill -TERM");
+            assert!(status.success(), "kill -TERM failed");
+        }
+    }
+
+    /// The exit status once the process has exited, or `None` while it still runs after
+    /// `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let start = std::time::Instant::now();
+        loop {
+            let c = self.0.as_mut()?;
+            if let Ok(Some(status)) = c.try_wait() {
+                self.0 = None;
+                return Some(status);
+            }
+            if start.elapsed() > timeout {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl Drop for Proc {
@@ -314,6 +342,11 @@ impl Sidecar {
 
     pub fn kill(&mut self) {
         self.child.kill();
+    }
+
+    /// The process, for signals and its exit.
+    pub fn process(&mut self) -> &mut Proc {
+        &mut self.child
     }
 
     pub fn restart(&mut self) {
