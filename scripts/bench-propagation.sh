@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs the multi-region propagation benchmark (tests/bench_propagation.rs, an #[ignore]d test)
-# in release mode and prints its results table. Everything it compares is measured in this one
-# run, on 127.0.0.1, with real nats-server processes it starts and kills itself:
+# Runs the multi-region propagation benchmark (benches/propagation/: `cargo bench --bench
+# propagation`, a harness = false binary in the release-based bench profile) and prints its
+# results table. Everything it compares is measured in this one run, on 127.0.0.1, with real
+# nats-server processes it starts and kills itself:
 #   1. propagation lag p50/p99/max per origin -> region: fast-path sidecar vs a raw core-NATS
 #      subscriber, durable-only sidecar vs a raw JetStream ordered consumer (targets: <= 1.5x
 #      raw; p99 <= 1 ms fast path, <= 5 ms durable-only);
@@ -10,7 +11,8 @@
 #   3. replay of 1M events into a fresh sidecar: start -> ready (target <= 3 s) and its RSS.
 #
 #   scripts/bench-propagation.sh                      everything (~3-5 min on 2 cores, plus the build)
-#   BENCH_PARTS=lag scripts/bench-propagation.sh      only part 1 (also: partition, replay)
+#   scripts/bench-propagation.sh --parts lag          only part 1 (also: partition, replay;
+#                                                     or BENCH_PARTS=lag)
 # Sizes: BENCH_LAG_EVENTS (500/origin), BENCH_LAG_PACE_US (2000), BENCH_PARTITION_EVENTS
 # (100000), BENCH_REPLAY_EVENTS (1000000), BENCH_INFLIGHT (1000 outstanding acks).
 # Results are noisy on a shared machine: the load average is printed with them.
@@ -26,4 +28,4 @@ if [[ ! -x "${VETO_NATS_SERVER_BIN:-}" ]]; then
     exit 1
 fi
 
-cargo test --release --test bench_propagation -- --ignored --nocapture --test-threads=1 "$@"
+cargo bench --bench propagation -- "$@"

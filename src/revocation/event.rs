@@ -50,6 +50,31 @@ pub struct RevocationEvent {
     pub urgent: bool,
 }
 
+impl RevocationEvent {
+    /// A revocation of `kind` `id` (every issuer, no reason, not urgent: set those fields on
+    /// the result), published at `origin` at `revoked_at` (Unix ms) and held for `ttl`.
+    pub fn new(
+        event_id: impl Into<String>,
+        kind: Kind,
+        id: impl Into<String>,
+        origin: impl Into<String>,
+        revoked_at: i64,
+        ttl: std::time::Duration,
+    ) -> RevocationEvent {
+        RevocationEvent {
+            event_id: event_id.into(),
+            kind: kind as i32,
+            id: id.into(),
+            issuer: String::new(),
+            revoked_at,
+            expires_at: revoked_at.saturating_add(ttl.as_millis() as i64),
+            origin_region: origin.into(),
+            reason: String::new(),
+            urgent: false,
+        }
+    }
+}
+
 #[derive(Clone, PartialEq, Message)]
 pub struct Heartbeat {
     #[prost(string, tag = "1")]

@@ -45,6 +45,11 @@ fn tool(var: &str, fallback: &str) -> PathBuf {
     );
 }
 
+/// The nats-server binary: `VETO_NATS_SERVER_BIN`, else the usual install places.
+pub fn nats_server_bin() -> PathBuf {
+    tool("VETO_NATS_SERVER_BIN", "nats-server")
+}
+
 /// A child process that is killed and reaped when killed or dropped.
 #[derive(Default)]
 pub struct Proc(Option<Child>);
@@ -157,7 +162,7 @@ impl NatsServer {
             .append(true)
             .open(&self.log)
             .expect("log");
-        let child = Command::new(tool("VETO_NATS_SERVER_BIN", "nats-server"))
+        let child = Command::new(nats_server_bin())
             .arg("-c")
             .arg(&conf)
             .stdout(Stdio::null())
@@ -254,6 +259,17 @@ leeway = "5s"
     )
 }
 
+/// The `[nats]` section of a sidecar in `region` that follows the streams of `regions`
+/// (its own included), with `extra` lines of `[nats]` keys (e.g. `fast_path = false`):
+/// append it to [`sidecar_config`]'s `extra`.
+pub fn nats_section(url: &str, region: &str, regions: &[&str], extra: &str) -> String {
+    let regions: Vec<String> = regions.iter().map(|r| format!("\"{r}\"")).collect();
+    format!(
+        "[nats]\nurl = \"{url}\"\nregion = \"{region}\"\nregions = [{}]\n{extra}\n",
+        regions.join(", ")
+    )
+}
+
 impl Sidecar {
     /// Starts the binary with `config` (TOML, without [grpc]/[http]: ports are chosen here).
     pub fn start(config: &str) -> Sidecar {
@@ -298,6 +314,11 @@ impl Sidecar {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("veto.log")).unwrap_or_default()
+    }
+
+    /// The process id while it runs (for /proc readings).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.0.as_ref().map(|c| c.id())
     }
 
     pub fn base(&self) -> String {

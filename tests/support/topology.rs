@@ -11,7 +11,7 @@
 //! ```
 #![allow(dead_code)]
 
-use crate::support::{free_port, wait_port};
+use crate::support::{free_port, nats_server_bin, wait_port};
 use async_nats::jetstream;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,13 +26,6 @@ pub const STREAM_BASE: &str = "VETO_REVOCATIONS";
 /// The stream of `region`.
 pub fn stream(region: &str) -> String {
     veto::bus::names::stream_name(STREAM_BASE, region)
-}
-
-fn nats_server_bin() -> PathBuf {
-    match std::env::var("VETO_NATS_SERVER_BIN") {
-        Ok(p) if !p.is_empty() => PathBuf::from(p),
-        _ => PathBuf::from("/usr/sbin/nats-server"),
-    }
 }
 
 /// Six (or 2 × n) running nats-server processes.
