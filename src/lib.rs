@@ -9,12 +9,15 @@
 //! - [`decision`]: the one place where allow/deny is decided: token cache, validation,
 //!   revocation and feed-freshness checks, with stable deny reasons.
 //! - [`jwks`]: fetches and refreshes issuers' JWKS (URL or file) off the request path.
-//! - [`feed`]: NATS JetStream: ensures the stream, replays it, follows it live, resumes after
-//!   errors; plus the publisher used by `veto revoke`.
+//! - [`bus`]: everything about NATS and nothing about what is done with it: every subject,
+//!   stream and domain name (`bus::names`, with a typed `parse`), connecting, the region
+//!   streams and their provisioning, the one publish-with-id-and-ack routine (events,
+//!   heartbeats), the nats-server topology. Imports nothing of the feed.
+//! - [`feed`]: the subscriber side: the durable follower (replay, follow, typed restarts),
+//!   the fast path, the catch-up reader, and the applier with its broadcast of what was
+//!   applied (`feed::Applied`).
 //! - [`authz`]: transports that translate only: Envoy ext_authz v3 gRPC and HTTP forward-auth.
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`.
-//! - [`topology`]: generated nats-server configs for N regions (hub + JetStream leaf each).
-//! - [`provision`]: creates/updates a region's stream with cross-domain sources, idempotently.
 //! - [`source_repair`]: notices a region stream's source that stopped advancing while its
 //!   origin did not (the nats-server 2.9 duplicate-window wedge) and unsticks it.
 //! - [`sidecar`]: wires the parts together with one shutdown token and a readiness latch.

@@ -521,7 +521,7 @@ async fn catch_up_reads_a_silent_origins_lag_once() {
     for (region, stop) in [("us", &stop_us), ("eu", &stop_eu)] {
         let js = topo.jetstream(region).await;
         let stop = stop.clone();
-        tokio::spawn(veto::feed::heartbeat::run(
+        tokio::spawn(veto::bus::publish::heartbeats(
             js,
             region.to_string(),
             Duration::from_millis(200),

@@ -30,26 +30,17 @@ impl InProc {
         let shutdown = CancellationToken::new();
         let sd = shutdown.clone();
         let name = label.to_string();
-        let thread = std::thread::Builder::new()
-            .name(label.to_string())
-            .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("runtime");
-                rt.block_on(async move {
-                    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0")
-                        .await
-                        .expect("bind");
-                    let http = tokio::net::TcpListener::bind("127.0.0.1:0")
-                        .await
-                        .expect("bind");
-                    if let Err(e) = sc.run(settings, grpc, http, sd).await {
-                        eprintln!("{name}: sidecar stopped: {e:#}");
-                    }
-                });
-            })
-            .expect("sidecar thread");
+        let thread = on_own_thread(label, move || async move {
+            let grpc = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let http = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            if let Err(e) = sc.run(settings, grpc, http, sd).await {
+                eprintln!("{name}: sidecar stopped: {e:#}");
+            }
+        });
         InProc {
             label: label.to_string(),
             revoked,
@@ -92,6 +83,25 @@ impl Drop for InProc {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Runs what `task` returns on a thread named `name` with its own current-thread runtime, so
+/// no receiver's work waits for another's (and the thread name tells them apart in logs).
+pub fn on_own_thread<F, Fut>(name: &str, task: F) -> std::thread::JoinHandle<()>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime")
+                .block_on(task())
+        })
+        .expect("thread")
 }
 
 pub async fn wait_all_ready(sidecars: &[&InProc], timeout: Duration) {

@@ -1,7 +1,7 @@
 //! Part 1: propagation lag, sidecars against raw NATS receivers on the same subjects.
 
 use crate::arrivals::{self, STATE};
-use crate::inproc::InProc;
+use crate::inproc::{on_own_thread, InProc};
 use crate::topology_support::{stream, LocalTopology};
 use crate::{env_usize, event, loadavg, ms, verdict, CpuSample, REGIONS};
 use async_nats::jetstream::{self, consumer::pull::OrderedConfig, consumer::DeliverPolicy};
@@ -61,66 +61,57 @@ impl RawReceiver {
         let stop = CancellationToken::new();
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let (rec, sd, name) = (records.clone(), stop.clone(), label.to_string());
-        let thread = std::thread::Builder::new()
-            .name(label.to_string())
-            .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("runtime");
-                rt.block_on(async move {
-                    let client = async_nats::connect(url).await.expect("raw connect");
-                    let record = |subject: &str| {
-                        let at = Instant::now();
-                        if let Some(Subject::Event { id, .. }) = parse(subject) {
-                            rec.lock().push((at, id.to_string()));
-                        }
-                    };
-                    match kind {
-                        Raw::Core => {
-                            let mut sub = client
-                                .subscribe(FAST_PATH_SUBJECT)
-                                .await
-                                .expect("subscribe");
-                            client.flush().await.expect("flush");
-                            let _ = tx.send(());
-                            loop {
-                                tokio::select! {
-                                    _ = sd.cancelled() => return,
-                                    m = sub.next() => match m {
-                                        Some(m) => record(m.subject.as_str()),
-                                        None => return,
-                                    }
-                                }
-                            }
-                        }
-                        Raw::Js => {
-                            let js = jetstream::new(client);
-                            let s = js.get_stream(&stream_name).await.expect("stream");
-                            let c = s
-                                .create_consumer(OrderedConfig {
-                                    deliver_policy: DeliverPolicy::New,
-                                    ..Default::default()
-                                })
-                                .await
-                                .expect("consumer");
-                            let mut msgs = c.messages().await.expect("messages");
-                            let _ = tx.send(());
-                            loop {
-                                tokio::select! {
-                                    _ = sd.cancelled() => return,
-                                    m = msgs.next() => match m {
-                                        Some(Ok(m)) => record(m.subject.as_str()),
-                                        Some(Err(e)) => eprintln!("{name}: {e}"),
-                                        None => return,
-                                    }
-                                }
+        let thread = on_own_thread(label, move || async move {
+            let client = async_nats::connect(url).await.expect("raw connect");
+            let record = |subject: &str| {
+                let at = Instant::now();
+                if let Some(Subject::Event { id, .. }) = parse(subject) {
+                    rec.lock().push((at, id.to_string()));
+                }
+            };
+            match kind {
+                Raw::Core => {
+                    let mut sub = client
+                        .subscribe(FAST_PATH_SUBJECT)
+                        .await
+                        .expect("subscribe");
+                    client.flush().await.expect("flush");
+                    let _ = tx.send(());
+                    loop {
+                        tokio::select! {
+                            _ = sd.cancelled() => return,
+                            m = sub.next() => match m {
+                                Some(m) => record(m.subject.as_str()),
+                                None => return,
                             }
                         }
                     }
-                });
-            })
-            .expect("raw thread");
+                }
+                Raw::Js => {
+                    let js = jetstream::new(client);
+                    let s = js.get_stream(&stream_name).await.expect("stream");
+                    let c = s
+                        .create_consumer(OrderedConfig {
+                            deliver_policy: DeliverPolicy::New,
+                            ..Default::default()
+                        })
+                        .await
+                        .expect("consumer");
+                    let mut msgs = c.messages().await.expect("messages");
+                    let _ = tx.send(());
+                    loop {
+                        tokio::select! {
+                            _ = sd.cancelled() => return,
+                            m = msgs.next() => match m {
+                                Some(Ok(m)) => record(m.subject.as_str()),
+                                Some(Err(e)) => eprintln!("{name}: {e}"),
+                                None => return,
+                            }
+                        }
+                    }
+                }
+            }
+        });
         rx.recv_timeout(Duration::from_secs(10))
             .unwrap_or_else(|_| panic!("{label}: raw receiver did not start"));
         RawReceiver {

@@ -28,11 +28,7 @@ pub use replay::{Progress, Through};
 /// Readiness component name of the feed.
 pub const COMPONENT: &str = "feed";
 
-/// Transition (issue 8): the names below moved to [`crate::bus`]; these aliases are kept only
-/// for code not yet moved (src/source_repair.rs, scratch tests) and go once nothing uses them.
+/// Transition (issue 8): these names moved to [`crate::bus`]; the aliases are kept only for
+/// src/source_repair.rs and go once it uses `bus::` itself.
 #[doc(hidden)]
-pub use crate::bus::{names::origin_subjects, publish::publish_event, stream::stream_config};
-#[doc(hidden)]
-pub mod heartbeat {
-    pub use crate::bus::publish::{heartbeats as run, publish_heartbeat};
-}
+pub use crate::bus::{names::origin_subjects, stream::stream_config};
