@@ -77,6 +77,21 @@ async fn publish(js: &jetstream::Context, origin: &str, event_id: &str) -> bool 
         .duplicate
 }
 
+/// Publishes like a publisher that does not qualify its message ids by origin (a third-party
+/// or pre-0.2 publisher): `Nats-Msg-Id: <event_id>`; returns whether it was a duplicate.
+async fn publish_bare_id(js: &jetstream::Context, origin: &str, event_id: &str) -> bool {
+    use prost::Message;
+    let ev = event(origin, event_id);
+    let subject = event_subject(origin, event_id);
+    let ack = veto::bus::publish::send(js, subject, event_id, ev.encode_to_vec().into())
+        .await
+        .unwrap_or_else(|e| panic!("publish {event_id} in {origin}: {e}"));
+    veto::bus::publish::acked(ack, Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|e| panic!("publish {event_id} in {origin}: {e}"))
+        .duplicate
+}
+
 /// Does `region`'s stream (behind `js`) hold a message on `subject`?
 async fn holds(js: &jetstream::Context, region: &str, subject: &str) -> bool {
     match js.get_stream(stream(region)).await {
@@ -365,8 +380,8 @@ async fn a_source_stuck_on_a_duplicate_msg_id_is_repaired_and_a_fresh_sidecar_be
     topo.kill("us-js");
     topo.start_server("us-js");
     let us = topo.jetstream("us").await;
-    assert!(!publish(&us, "us", "retried-1").await);
-    assert!(!publish(&eu, "eu", "retried-1").await);
+    assert!(!publish_bare_id(&us, "us", "retried-1").await);
+    assert!(!publish_bare_id(&eu, "eu", "retried-1").await);
     let (us_copy, eu_copy) = (
         event_subject("us", "retried-1"),
         event_subject("eu", "retried-1"),
@@ -499,4 +514,61 @@ async fn a_source_stuck_on_a_duplicate_msg_id_is_repaired_and_a_fresh_sidecar_be
         "ap healed without a repair: the test no longer shows the wedge"
     );
     println!("whole test: {:?}", test_start.elapsed());
+}
+
+/// The cause of the wedge above, removed for Veto's own publishers: message ids are qualified
+/// by origin (`<origin>.<event_id>`), so one event id published at two origins — a revocation
+/// retried in another region, or `veto revoke --to us,eu` — is two messages everywhere: both
+/// stored under their origins in every region, and no source refuses anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_event_id_at_two_origins_is_two_messages_and_wedges_nothing() {
+    let topo = LocalTopology::start(&["us", "eu", "ap"]);
+    topo.wait_linked(Duration::from_secs(10)).await;
+    topo.provision_all().await;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let _stop = shutdown.clone().drop_guard();
+    for r in topo.regions() {
+        heartbeats(&topo, &r, &shutdown);
+    }
+    let (us, eu, ap) = (
+        topo.jetstream("us").await,
+        topo.jetstream("eu").await,
+        topo.jetstream("ap").await,
+    );
+    // every source has delivered once (the wedge needs that)
+    let streams = [("us", &us), ("eu", &eu), ("ap", &ap)];
+    for r in ["us", "eu", "ap"] {
+        let others: Vec<_> = streams.iter().filter(|s| s.0 != r).cloned().collect();
+        until_held(
+            &topo,
+            &others,
+            &format!("veto.revocations.{r}.hb"),
+            Duration::from_secs(15),
+        )
+        .await;
+    }
+    assert!(!publish(&us, "us", "same-1").await, "first copy");
+    assert!(
+        !publish(&eu, "eu", "same-1").await,
+        "not a duplicate at another origin"
+    );
+    for subject in [event_subject("us", "same-1"), event_subject("eu", "same-1")] {
+        until_held(&topo, &streams, &subject, Duration::from_secs(10)).await;
+    }
+    // and the sources keep moving: a later event from each reaches every region
+    assert!(!publish(&us, "us", "after-1").await);
+    assert!(!publish(&eu, "eu", "after-1").await);
+    for subject in [
+        event_subject("us", "after-1"),
+        event_subject("eu", "after-1"),
+    ] {
+        until_held(&topo, &streams, &subject, Duration::from_secs(10)).await;
+    }
+    for server in ["us-js", "eu-js", "ap-js"] {
+        assert!(
+            !topo.log(server).contains("msgid is duplicate"),
+            "{server}:\n{}",
+            topo.log(server)
+        );
+    }
 }

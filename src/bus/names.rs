@@ -42,6 +42,15 @@ pub fn origin_subjects(origin: &str) -> String {
     format!("{SUBJECT_ROOT}.{origin}.>")
 }
 
+/// The message id of a revocation event: `<origin>.<event_id>`. Qualified by origin because
+/// every region's stream also holds the others' messages (by sourcing) and dedupes them like
+/// publishes: with a bare `event_id`, one id published at two origins made the second copy a
+/// "duplicate" — silently not stored under its origin, or wedging the source that brought
+/// the first (nats-io/nats-server#4459). `.` appears in neither a region nor an event id.
+pub fn event_msg_id(origin: &str, event_id: &str) -> String {
+    format!("{origin}.{event_id}")
+}
+
 /// The message id of a heartbeat (one per origin and millisecond).
 pub fn heartbeat_msg_id(origin: &str, sent_at_ms: i64) -> String {
     format!("hb-{origin}-{sent_at_ms}")
@@ -170,6 +179,9 @@ mod tests {
         assert_eq!(api_prefix_domain(&domain_api_prefix("ap")), Some("ap"));
         assert_eq!(api_prefix_domain("$JS.API"), None);
         assert_eq!(heartbeat_msg_id("us", 7), "hb-us-7");
+        assert_eq!(event_msg_id("us", "e-1"), "us.e-1");
+        // distinct origins never share a message id, whatever the event ids look like
+        assert_ne!(event_msg_id("us-x", "1"), event_msg_id("us", "x-1"));
         // the fast path sees every origin's events and no heartbeat
         assert!(FAST_PATH_SUBJECT.starts_with(SUBJECT_ROOT));
     }

@@ -6,7 +6,9 @@
 //! The heartbeat loop lives here too: the regional authority hosts it; `veto heartbeat` runs
 //! it on its own.
 
-use super::names::{event_subject, heartbeat_msg_id, heartbeat_subject, MSG_ID_HEADER};
+use super::names::{
+    event_msg_id, event_subject, heartbeat_msg_id, heartbeat_subject, MSG_ID_HEADER,
+};
 use crate::revocation::{Heartbeat, RevocationEvent};
 use async_nats::jetstream::{self, context::PublishAckFuture};
 use prost::Message;
@@ -54,7 +56,8 @@ pub async fn acked(ack: PublishAckFuture, timeout: Duration) -> Result<Ack, Publ
     })
 }
 
-/// [`send`] of a revocation event on its subject, with its `event_id` as message id.
+/// [`send`] of a revocation event on its subject, with `<origin>.<event_id>` as message id
+/// ([`event_msg_id`]).
 pub async fn send_event(
     js: &jetstream::Context,
     ev: &RevocationEvent,
@@ -62,7 +65,7 @@ pub async fn send_event(
     send(
         js,
         event_subject(&ev.origin_region, &ev.event_id),
-        &ev.event_id,
+        &event_msg_id(&ev.origin_region, &ev.event_id),
         ev.encode_to_vec().into(),
     )
     .await

@@ -102,7 +102,7 @@ pub struct RevokeArgs {
     /// Publish at these regions' origins instead of `--region`'s (comma-separated): a session
     /// or token revocation belongs in the session's home region; with
     /// `revocation.isolation = "home"` a subject revocation belongs in every region. Each
-    /// origin gets its own event (`<event-id>-<region>`); all must acknowledge.
+    /// origin gets its own copy of the event; all must acknowledge.
     #[arg(long, value_delimiter = ',')]
     to: Vec<String>,
     /// Event id (default: random). Re-using one makes a retry idempotent.
@@ -138,23 +138,10 @@ pub async fn revoke(a: RevokeArgs) -> Result<(), Failure> {
     if let Some(r) = origins.iter().find(|r| !valid_region(r)) {
         return Err(usage(format!("--to: {r:?} is not a valid region name")));
     }
-    // One event per origin, with distinct ids: a region's stream also holds the others' by
-    // sourcing, and one Nats-Msg-Id twice in a stream is a duplicate.
-    let ids: Vec<(String, String)> = origins
-        .iter()
-        .map(|o| {
-            let id = if origins.len() == 1 {
-                event_id.clone()
-            } else {
-                format!("{event_id}-{o}")
-            };
-            (o.clone(), id)
-        })
-        .collect();
-    if let Some((_, id)) = ids.iter().find(|(_, id)| !valid_token_name(id, 128)) {
-        return Err(usage(format!(
-            "--event-id: {id:?} must be 1-128 characters of [A-Za-z0-9_-]"
-        )));
+    // One event per origin, all with the same event id (message ids are qualified by origin,
+    // so the copies never collide in a stream that sources the others).
+    if !valid_token_name(&event_id, 128) {
+        return Err(usage("--event-id: 1-128 characters of [A-Za-z0-9_-]"));
     }
     let cfg = a.bus.connection(a.timeout);
     let (client, _events) = bus::connect(&cfg, "veto-revoke", Initial::Fail)
@@ -164,17 +151,19 @@ pub async fn revoke(a: RevokeArgs) -> Result<(), Failure> {
     // Stamped once connected, so propagation lag measures the bus, not this CLI's start-up.
     let now = veto::now_ms();
     let mut failed = Vec::new();
-    for (origin, event_id) in ids {
+    for origin in origins {
         let ev = RevocationEvent {
-            event_id,
-            kind: kind as i32,
-            id: id.clone(),
             issuer: a.issuer.clone(),
-            revoked_at: now,
-            expires_at: now + a.ttl.as_millis() as i64,
-            origin_region: origin.clone(),
             reason: a.reason.clone(),
             urgent: a.urgent,
+            ..RevocationEvent::new(
+                event_id.clone(),
+                kind,
+                id.clone(),
+                origin.clone(),
+                now,
+                a.ttl,
+            )
         };
         // Another region's origin is reached through the gateways (its stream captures its
         // own subjects); a cut-off region answers no acknowledgement within the timeout.
