@@ -1,6 +1,6 @@
 //! The bus: everything veto knows about NATS, for every program that talks to it (the
 //! sidecar's feed, the CLI, and the authority to come), and nothing about what they do with
-//! it. Nothing here imports [`crate::feed`]; the feed imports this.
+//! it. Nothing here imports the feed (`src/feed/`); the feed imports this.
 //!
 //! - [`names`]: every subject, stream and JetStream-domain name, and [`names::parse`] of a
 //!   subject into a typed [`names::Subject`].
