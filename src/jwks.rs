@@ -9,7 +9,7 @@
 //! - on failure the last good keys stay in use, with backoff and a metric.
 
 use crate::metrics::Metrics;
-use crate::readiness::Readiness;
+use crate::readiness::Latch;
 use crate::token::{Alg, KeySet, KeyStore};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -219,8 +219,8 @@ impl Refetcher {
         self.load().await.is_ok()
     }
 
-    pub async fn run(self: Arc<Self>, readiness: Readiness, shutdown: CancellationToken) {
-        let component = format!("jwks:{}", self.issuer);
+    /// Keeps the keys loaded and refreshed until `shutdown`, reporting on the issuer's latch.
+    pub async fn run(self: Arc<Self>, latch: Latch, shutdown: CancellationToken) {
         let mut failures: u32 = 0;
         loop {
             let outcome = {
@@ -230,7 +230,7 @@ impl Refetcher {
             let delay = match outcome {
                 Ok(max_age) => {
                     failures = 0;
-                    readiness.set_ready(component.clone());
+                    latch.ready();
                     max_age.map_or(self.refresh, |m| m.clamp(self.min_refetch, self.refresh))
                 }
                 Err(e) => {
@@ -239,7 +239,7 @@ impl Refetcher {
                         tracing::warn!(issuer = %self.issuer, error = %e, "JWKS refresh failed; keeping last good keys");
                     } else {
                         tracing::error!(issuer = %self.issuer, error = %e, "JWKS not loaded yet; issuer's tokens cannot be verified");
-                        readiness.set_unready(component.clone(), "JWKS not loaded");
+                        latch.unready("JWKS not loaded");
                     }
                     let backoff =
                         Duration::from_millis(250u64.saturating_mul(1 << failures.min(10)));

@@ -7,7 +7,9 @@
 //! - [`revocation`]: the grow-only revoked set (compact, never evicts before expiry) and the
 //!   protobuf event schema of `proto/veto/v1/revocation.proto`.
 //! - [`decision`]: the one place where allow/deny is decided: token cache, validation,
-//!   revocation and feed-freshness checks, with stable deny reasons.
+//!   revocation and feed-freshness checks (per token's origins: `revocation.isolation`),
+//!   with stable deny reasons and typed deny codes. Knows no transport and does no I/O
+//!   (JWKS refetch is behind its `KeyRefetch` trait).
 //! - [`jwks`]: fetches and refreshes issuers' JWKS (URL or file) off the request path.
 //! - [`bus`]: everything about NATS and nothing about what is done with it: every subject,
 //!   stream and domain name (`bus::names`, with a typed `parse`), connecting, the region
@@ -16,12 +18,20 @@
 //! - [`feed`]: the subscriber side: the durable follower (replay, follow, typed restarts),
 //!   the fast path, the catch-up reader, and the applier with its broadcast of what was
 //!   applied (`feed::Applied`).
-//! - [`authz`]: transports that translate only: Envoy ext_authz v3 gRPC and HTTP forward-auth.
+//! - [`authz`]: transports that translate only: Envoy ext_authz v3 gRPC and HTTP forward-auth,
+//!   the denial rendering both share (`authz::render`), the claim → header mapping
+//!   (`authz::identity`) and the per-token answers they cache (`authz::Answers`).
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`source_repair`]: notices a region stream's source that stopped advancing while its
 //!   origin did not (the nats-server 2.9 duplicate-window wedge) and unsticks it.
-//! - [`sidecar`]: wires the parts together with one shutdown token and a readiness latch.
+//! - [`readiness`]: typed latches and live checks behind `/readyz` and gRPC health.
+//! - [`sidecar`]: wires the parts together: settings read once, typed tasks, the ordered and
+//!   bounded shutdown (`shutdown.drain`, `shutdown.grace`).
+//! - `authority` (not built yet): sessions, refresh rotation, keys, back-channel logout; it
+//!   will reuse [`bus`], [`token`] and the feed's applied stream, not the sidecar.
 //! - [`config`]: layered settings (defaults → TOML file → `VETO__SECTION__KEY`), validated.
+
+#![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod authz;
@@ -37,14 +47,6 @@ pub mod sidecar;
 pub mod source_repair;
 pub mod telemetry;
 pub mod token;
-
-/// Transition (issue 8): the old home of stream provisioning, kept only for code not yet
-/// moved to [`bus::stream`] and [`bus::names`]; remove once nothing uses it.
-#[doc(hidden)]
-pub mod provision {
-    pub use crate::bus::names::{domain_api_prefix, stream_name};
-    pub use crate::bus::stream::*;
-}
 
 /// Milliseconds since the Unix epoch, from the system clock.
 pub fn now_ms() -> i64 {

@@ -12,7 +12,7 @@ use crate::decision::{DeciderConfig, IssuerHooks, KeyRefetch};
 use crate::feed::{self, Applied, Applier, Feed};
 use crate::jwks::{Refetcher, RefetcherConfig, Source};
 use crate::metrics::Metrics;
-use crate::readiness::Readiness;
+use crate::readiness::{Component, Latch, Readiness};
 use crate::revocation::{Freshness, RevokedSet};
 use crate::source_repair::SourceRepair;
 use crate::token::{IssuerPolicy, KeySet, KeyStore, Validator};
@@ -37,7 +37,53 @@ pub struct Sidecar {
     /// Applies what every feed path delivers; built here so [`Sidecar::applied`] can be
     /// subscribed to before `run`.
     applier: Applier,
-    refetchers: Vec<Arc<Refetcher>>,
+    /// Each issuer's keys refresher, with its readiness latch.
+    refetchers: Vec<(Arc<Refetcher>, Latch)>,
+    /// The feed's readiness latch (`None`: no `[nats]`).
+    feed_latch: Option<Latch>,
+    /// The settings it was built from: read once, at `build`.
+    settings: Settings,
+}
+
+/// The sidecar's long-running tasks. A server that stops stops the sidecar; any other task
+/// that stops makes it unready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Task {
+    Grpc,
+    Http,
+    Jwks,
+    Feed,
+    FastPath,
+    CatchUp,
+    SourceRepair,
+    Housekeeping,
+}
+
+impl Task {
+    fn name(self) -> &'static str {
+        match self {
+            Task::Grpc => "grpc",
+            Task::Http => "http",
+            Task::Jwks => "jwks",
+            Task::Feed => "feed",
+            Task::FastPath => "fast_path",
+            Task::CatchUp => "catchup",
+            Task::SourceRepair => "source_repair",
+            Task::Housekeeping => "housekeeping",
+        }
+    }
+
+    fn is_server(self) -> bool {
+        matches!(self, Task::Grpc | Task::Http)
+    }
+
+    /// Its readiness entry when it stops unexpectedly.
+    fn component(self) -> Component {
+        match self {
+            Task::Feed => Component::Feed,
+            other => Component::Task(other.name()),
+        }
+    }
 }
 
 impl Sidecar {
@@ -80,7 +126,8 @@ impl Sidecar {
             });
             let refetcher = match source {
                 Some(source) => {
-                    readiness.register(format!("jwks:{}", iss.issuer), "JWKS not loaded yet");
+                    let latch =
+                        readiness.latch(Component::Jwks(iss.issuer.clone()), "JWKS not loaded yet");
                     let r = Arc::new(Refetcher::new(
                         RefetcherConfig {
                             issuer: iss.issuer.clone(),
@@ -94,7 +141,7 @@ impl Sidecar {
                         store.clone(),
                         metrics.clone(),
                     )?);
-                    refetchers.push(r.clone());
+                    refetchers.push((r.clone(), latch));
                     Some(r)
                 }
                 None => None,
@@ -125,9 +172,10 @@ impl Sidecar {
             Some(n) => Freshness::expecting(std::iter::once(&n.region).chain(&n.regions)),
             None => Freshness::default(),
         });
-        if s.nats.is_some() {
-            readiness.register(feed::COMPONENT, "revocation stream not replayed yet");
-        }
+        let feed_latch = s
+            .nats
+            .as_ref()
+            .map(|_| readiness.latch(Component::Feed, "revocation stream not replayed yet"));
         let identity = Arc::new(Identity::new(s.authz.headers.clone()));
         let decider = Arc::new(Decider::new(
             validator,
@@ -156,7 +204,7 @@ impl Sidecar {
             let settle = s.revocation.max_staleness.max(Duration::from_secs(10));
             let started = std::time::Instant::now();
             readiness.register_live(
-                "freshness",
+                Component::Freshness,
                 Arc::new(move || {
                     d.upgrade()?
                         .freshness_blocker(crate::now_ms(), started.elapsed() < settle)
@@ -179,6 +227,8 @@ impl Sidecar {
             registry,
             metrics,
             refetchers,
+            feed_latch,
+            settings: s.clone(),
         })
     }
 
@@ -191,9 +241,9 @@ impl Sidecar {
     /// Loads every issuer's keys once, now, marking them ready on success: for in-process use
     /// without `run` (which keeps them refreshed).
     pub async fn load_keys(&self) {
-        for r in &self.refetchers {
+        for (r, latch) in &self.refetchers {
             if r.load_now().await {
-                self.readiness.set_ready(format!("jwks:{}", r.issuer));
+                latch.ready();
             }
         }
     }
@@ -204,23 +254,23 @@ impl Sidecar {
     /// tests bind port 0.
     pub async fn run(
         self,
-        s: Settings,
         grpc: TcpListener,
         http: TcpListener,
         stop: CancellationToken,
     ) -> anyhow::Result<()> {
+        let s = &self.settings;
         // Background work (keys, feed, housekeeping) stops on `shutdown`, the listeners on
         // `servers`: both are cancelled by the ordered shutdown below, the listeners first.
         let shutdown = CancellationToken::new();
         let servers_stop = CancellationToken::new();
-        let mut tasks: JoinSet<&'static str> = JoinSet::new();
-        let mut servers: JoinSet<&'static str> = JoinSet::new();
+        let mut tasks: JoinSet<Task> = JoinSet::new();
+        let mut servers: JoinSet<Task> = JoinSet::new();
 
-        for r in &self.refetchers {
-            let (r, ready, sd) = (r.clone(), self.readiness.clone(), shutdown.clone());
+        for (r, latch) in &self.refetchers {
+            let (r, latch, sd) = (r.clone(), latch.clone(), shutdown.clone());
             tasks.spawn(async move {
-                r.run(ready, sd).await;
-                "jwks"
+                r.run(latch, sd).await;
+                Task::Jwks
             });
         }
 
@@ -245,13 +295,13 @@ impl Sidecar {
                 let (client, sd) = (client.clone(), shutdown.clone());
                 tasks.spawn(async move {
                     c.run(client, sd).await;
-                    "catchup"
+                    Task::CatchUp
                 });
             }
             if n.ensure_stream && n.regions.iter().any(|r| *r != n.region) {
                 // Unsticks a source the server stopped advancing (nats-server 2.9 dedupe
                 // wedge, see source_repair): the stream this sidecar provisions is its care.
-                match crate::provision::Plan::new(
+                match bus::stream::Plan::new(
                     &n.stream,
                     &n.region,
                     &n.regions,
@@ -263,7 +313,7 @@ impl Sidecar {
                         let (counter, sd) = (self.metrics.source_repairs.clone(), shutdown.clone());
                         tasks.spawn(async move {
                             watcher.run(counter, sd).await;
-                            "source_repair"
+                            Task::SourceRepair
                         });
                     }
                     Err(e) => tracing::warn!(error = %e, "stream sources not watched"),
@@ -273,19 +323,23 @@ impl Sidecar {
                 let (c, a, sd) = (client.clone(), applier.clone(), shutdown.clone());
                 tasks.spawn(async move {
                     feed::run_fast_path(c, a, sd).await;
-                    "fast_path"
+                    Task::FastPath
                 });
             }
+            let latch = self
+                .feed_latch
+                .clone()
+                .unwrap_or_else(|| self.readiness.latch(Component::Feed, "not replayed yet"));
             let f = Feed {
                 cfg: n,
                 retention: s.revocation.retention,
                 applier,
-                readiness: self.readiness.clone(),
+                readiness: latch,
             };
             let sd = shutdown.clone();
             tasks.spawn(async move {
                 f.run(client, events, sd).await;
-                feed::COMPONENT
+                Task::Feed
             });
         } else {
             tracing::warn!("no [nats] section: revocations are NOT enforced by this sidecar");
@@ -299,6 +353,9 @@ impl Sidecar {
                     revoked: self.revoked.clone(),
                     freshness: self.freshness.clone(),
                     readiness: self.readiness.clone(),
+                    capacity: self
+                        .readiness
+                        .latch(Component::Revocations, "not counted yet"),
                     metrics: self.metrics.clone(),
                     health,
                 },
@@ -308,7 +365,7 @@ impl Sidecar {
             );
             tasks.spawn(async move {
                 me.run(max_entries, prune_every, sd).await;
-                "housekeeping"
+                Task::Housekeeping
             });
         }
 
@@ -330,7 +387,7 @@ impl Sidecar {
             if let Err(e) = result {
                 tracing::error!(error = %e, "gRPC server failed");
             }
-            "grpc"
+            Task::Grpc
         });
 
         let router = admin::router(
@@ -352,26 +409,31 @@ impl Sidecar {
             {
                 tracing::error!(error = %e, "HTTP server failed");
             }
-            "http"
+            Task::Http
         });
 
         // A component that stops before shutdown makes the sidecar unready and, for the
         // servers, stops the process: never silently gone.
         let mut servers_gone = false;
         loop {
-            let done = tokio::select! {
+            let (done, from_servers) = tokio::select! {
                 _ = stop.cancelled() => break,
-                Some(done) = servers.join_next() => done,
-                Some(done) = tasks.join_next() => done,
+                Some(done) = servers.join_next() => (done, true),
+                Some(done) = tasks.join_next() => (done, false),
                 else => break,
             };
-            let name = done.unwrap_or_else(|e| {
-                tracing::error!(error = %e, "task panicked");
-                "task"
-            });
-            tracing::error!(component = name, "component stopped unexpectedly");
-            self.readiness.set_unready(name, "component stopped");
-            if matches!(name, "grpc" | "http" | "task") {
+            let (component, server) = match done {
+                Ok(task) => (task.component(), task.is_server()),
+                Err(e) => {
+                    tracing::error!(error = %e, "task panicked");
+                    (Component::Task("task"), from_servers)
+                }
+            };
+            tracing::error!(component = %component, "component stopped unexpectedly");
+            self.readiness
+                .latch(component, "component stopped")
+                .unready("component stopped");
+            if server {
                 servers_gone = true;
                 break;
             }
@@ -397,7 +459,9 @@ impl Sidecar {
     async fn shut_down(&self, cfg: &crate::config::Shutdown, mut p: ShutdownParts) {
         let started = tokio::time::Instant::now();
         let deadline = started + cfg.grace;
-        self.readiness.set_unready("shutdown", "shutting down");
+        self.readiness
+            .latch(Component::Shutdown, "shutting down")
+            .unready("shutting down");
         for service in ["", AUTHZ_SERVICE] {
             p.health
                 .set_service_status(service, tonic_health::ServingStatus::NotServing)
@@ -434,9 +498,9 @@ const AUTHZ_SERVICE: &str = "envoy.service.auth.v3.Authorization";
 
 struct ShutdownParts {
     health: tonic_health::server::HealthReporter,
-    servers: JoinSet<&'static str>,
+    servers: JoinSet<Task>,
     servers_stop: CancellationToken,
-    tasks: JoinSet<&'static str>,
+    tasks: JoinSet<Task>,
     tasks_stop: CancellationToken,
     /// A server already died: nothing to drain.
     skip_drain: bool,
@@ -446,6 +510,8 @@ struct Housekeeping {
     revoked: Arc<RevokedSet>,
     freshness: Arc<Freshness>,
     readiness: Readiness,
+    /// The revoked set within `revocation.max_entries`.
+    capacity: Latch,
     metrics: Metrics,
     health: tonic_health::server::HealthReporter,
 }
@@ -496,9 +562,9 @@ impl Housekeeping {
                 if !was_over {
                     tracing::error!(held = st.total(), max_entries, "revocations over capacity; none are dropped, raise revocation.max_entries or memory");
                 }
-                self.readiness.set_unready("revocations", "over capacity");
+                self.capacity.unready("over capacity");
             } else {
-                self.readiness.set_ready("revocations");
+                self.capacity.ready();
             }
             for (origin, stale) in self.freshness.staleness(now) {
                 let secs = stale.map_or(f64::INFINITY, |ms| ms as f64 / 1000.0);

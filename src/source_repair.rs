@@ -36,7 +36,8 @@
 //!
 //! Every request has a timeout; server answers are parsed without panicking.
 
-use crate::provision::{domain_api_prefix, stream_name, Plan};
+use crate::bus::names::{domain_api_prefix, origin_subjects, stream_name};
+use crate::bus::stream::{stream_config, Plan};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -238,8 +239,7 @@ impl SourceRepair {
     /// For `plan`'s stream, reached through `local_api` (the sidecar's own JetStream: `$JS.API`
     /// without a domain), sourcing every other region of the plan.
     pub fn new(client: async_nats::Client, plan: &Plan, local_api: String) -> SourceRepair {
-        let window =
-            crate::feed::stream_config(&plan.stream, &plan.region, plan.retention).duplicate_window;
+        let window = stream_config(&plan.stream, &plan.region, plan.retention).duplicate_window;
         SourceRepair {
             client,
             local_api,
@@ -289,7 +289,7 @@ impl SourceRepair {
         origin: &str,
     ) -> Result<Option<Value>, RepairError> {
         let subject = format!("{api}.STREAM.MSG.GET.{stream}");
-        let body = serde_json::json!({ "last_by_subj": crate::feed::origin_subjects(origin) });
+        let body = serde_json::json!({ "last_by_subj": origin_subjects(origin) });
         let v = self.request(subject.clone(), body.to_string()).await?;
         if let Some(err) = v.get("error") {
             // 10037: no message found

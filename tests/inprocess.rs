@@ -275,7 +275,9 @@ async fn readiness_follows_the_keys_through_the_router() {
         .unwrap();
     assert_eq!(resp.status(), 200, "keys loaded, no feed configured");
     // a component going unready shows at once: readiness is read when asked
-    p.sidecar.readiness.set_unready("test", "made unready");
+    p.sidecar
+        .readiness
+        .latch(veto::readiness::Component::Task("test"), "made unready");
     let resp = p
         .http
         .clone()

@@ -37,7 +37,7 @@ impl InProc {
             let http = tokio::net::TcpListener::bind("127.0.0.1:0")
                 .await
                 .expect("bind");
-            if let Err(e) = sc.run(settings, grpc, http, sd).await {
+            if let Err(e) = sc.run(grpc, http, sd).await {
                 eprintln!("{name}: sidecar stopped: {e:#}");
             }
         });

@@ -217,11 +217,20 @@ pub fn sidecar_toml(
 
 fn main() {
     // `cargo bench` passes `--bench`; `--parts X` picks parts; anything else is ignored.
+    // Without `--bench` (`cargo test --all-targets` runs bench targets too) it does nothing:
+    // this is a heavy load harness, not a CI step.
     let mut args = std::env::args().skip(1);
+    let mut bench = false;
     while let Some(a) = args.next() {
-        if a == "--parts" {
+        if a == "--bench" {
+            bench = true;
+        } else if a == "--parts" {
             let _ = PARTS.set(args.next());
         }
+    }
+    if !bench {
+        println!("propagation benchmark: skipped (run it with `cargo bench --bench propagation`)");
+        return;
     }
     arrivals::install_log();
     let rt = tokio::runtime::Builder::new_multi_thread()

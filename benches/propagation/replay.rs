@@ -388,7 +388,7 @@ pub async fn part(issuer: &Issuer, report: &mut String) -> Result<(), String> {
             Metrics::register(&prometheus::Registry::new()),
         );
         let readiness = Readiness::default();
-        readiness.register(feed::COMPONENT, "replaying");
+        let latch = readiness.latch(veto::readiness::Component::Feed, "replaying");
         let start = Instant::now();
         let (c, events) = veto::bus::connect(
             &veto::bus::NatsConnection::from_settings(&cfg),
@@ -401,7 +401,7 @@ pub async fn part(issuer: &Issuer, report: &mut String) -> Result<(), String> {
             cfg,
             retention: Duration::from_secs(3600),
             applier,
-            readiness: readiness.clone(),
+            readiness: latch,
         };
         let sd = CancellationToken::new();
         let task = tokio::spawn(f.run(c, events, sd.clone()));

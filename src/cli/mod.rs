@@ -69,7 +69,7 @@ pub async fn sidecar(config: &Path) -> Result<(), Failure> {
         sd.cancel();
     });
     sidecar
-        .run(s, grpc, http, shutdown)
+        .run(grpc, http, shutdown)
         .await
         .map_err(|e| other(format!("{e:#}")))
 }

@@ -6,12 +6,12 @@
 //! must be recreated, for a typed [`Restart`] reason; the next consumer starts at our own
 //! position (`last_sequence + 1`), so nothing is lost or applied twice.
 
-use super::{Applier, Path, Progress, Through, COMPONENT};
+use super::{Applier, Path, Progress, Through};
 use crate::bus::connect::{jetstream, Events};
 use crate::bus::names::stream_name;
 use crate::bus::stream::{nothing_after, provision, Outcome, Plan, ProvisionError};
 use crate::config::Nats;
-use crate::readiness::Readiness;
+use crate::readiness::Latch;
 use async_nats::jetstream::consumer::pull::{Ordered, OrderedConfig, OrderedError};
 use async_nats::jetstream::consumer::{DeliverPolicy, StreamError};
 use async_nats::jetstream::context::GetStreamError;
@@ -91,7 +91,8 @@ pub struct Feed {
     pub cfg: Nats,
     pub retention: Duration,
     pub applier: Applier,
-    pub readiness: Readiness,
+    /// The feed's readiness latch (`Component::Feed`).
+    pub readiness: Latch,
 }
 
 /// Where the follower is, across consumers.
@@ -383,7 +384,7 @@ impl Feed {
         self.applier
             .freshness
             .mark(&self.cfg.region, crate::now_ms());
-        self.readiness.set_ready(COMPONENT);
+        self.readiness.ready();
         tracing::info!(
             took_ms = took.as_millis() as u64,
             held = self.applier.revoked.len(),

@@ -24,11 +24,3 @@ pub use catchup::CatchUp;
 pub use fast::run_fast_path;
 pub use follow::{Feed, FeedError, Restart};
 pub use replay::{Progress, Through};
-
-/// Readiness component name of the feed.
-pub const COMPONENT: &str = "feed";
-
-/// Transition (issue 8): these names moved to [`crate::bus`]; the aliases are kept only for
-/// src/source_repair.rs and go once it uses `bus::` itself.
-#[doc(hidden)]
-pub use crate::bus::{names::origin_subjects, stream::stream_config};
