@@ -512,18 +512,10 @@ mod tests {
             let (set, _) =
                 KeySet::from_jwks(jwks(&[key]).to_string().as_bytes(), &[Alg::ES256]).unwrap();
             let validator = Validator {
-                issuers: vec![IssuerPolicy {
-                    issuer: "https://iss".into(),
-                    audiences: vec!["api".into()],
-                    algorithms: vec![Alg::ES256],
-                    leeway: 5,
-                    session_claim: "sid".into(),
-                    max_token_lifetime: 900,
-                    required_claims: vec![],
-                    home_claim: Some("veto_home".into()),
-                    home_region: None,
-                    keys: Arc::new(KeyStore::new(Some(set))),
-                }],
+                issuers: vec![IssuerPolicy::for_tests(
+                    &[Alg::ES256],
+                    Arc::new(KeyStore::new(Some(set))),
+                )],
                 max_token_bytes: 8192,
             };
             let freshness = Arc::new(Freshness::expecting(["us", "eu", "ap"]));
@@ -649,16 +641,8 @@ mod tests {
             });
             let validator = Validator {
                 issuers: vec![IssuerPolicy {
-                    issuer: "https://iss".into(),
-                    audiences: vec!["api".into()],
-                    algorithms: vec![Alg::ES256],
-                    leeway: 5,
-                    session_claim: "sid".into(),
-                    max_token_lifetime: 900,
-                    required_claims: vec![],
                     home_claim: None,
-                    home_region: None,
-                    keys: store,
+                    ..IssuerPolicy::for_tests(&[Alg::ES256], store)
                 }],
                 max_token_bytes: 8192,
             };

@@ -161,15 +161,10 @@ fn every_shipped_toml_snippet_passes_check_config() {
 
 #[test]
 fn a_stream_name_with_a_region_suffix_is_refused_naming_the_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("veto.toml");
-    std::fs::write(
-        &p,
+    let (code, _, err) = check_config(
         "[[issuers]]\nissuer = \"https://a\"\naudiences = [\"api\"]\njwks_file = \"/dev/null\"\n\
          [nats]\nurl = \"nats://127.0.0.1:4222\"\nregion = \"us\"\nstream = \"VETO_REVOCATIONS_us\"\n",
-    )
-    .unwrap();
-    let (code, _, err) = veto(&["check-config", "--config", &p.display().to_string()]);
+    );
     assert_eq!(code, 64, "{err}");
     assert!(
         err.contains("nats.stream") && err.contains("VETO_REVOCATIONS_us_us"),

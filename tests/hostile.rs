@@ -4,10 +4,9 @@
 mod support;
 
 use base64::Engine;
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use serde_json::json;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -194,28 +193,6 @@ async fn malformed_and_forged_tokens_get_clean_401s() {
         .unwrap()
             >= 5.0
     );
-}
-
-fn check_request(auth: Option<&str>) -> CheckRequest {
-    let mut headers = std::collections::HashMap::new();
-    if let Some(a) = auth {
-        headers.insert("authorization".to_string(), a.to_string());
-    }
-    headers.insert("x-user-id".to_string(), "forged".to_string());
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(Request {
-                http: Some(HttpRequest {
-                    method: "GET".into(),
-                    path: "/x".into(),
-                    headers,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,13 +4,11 @@
 
 mod support;
 
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorization;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 use serde_json::json;
 use std::sync::Arc;
-use support::Issuer;
+use support::{check_request, Issuer};
 use tower::ServiceExt;
 use veto::admin::{router, Admin};
 use veto::authz::grpc::AuthzService;
@@ -59,26 +57,6 @@ async fn parts(issuer: &Issuer, extra: &str) -> Parts {
         grpc,
         http,
         sidecar,
-    }
-}
-
-fn check_request(authorization: Option<&str>) -> CheckRequest {
-    let mut headers = std::collections::HashMap::new();
-    if let Some(a) = authorization {
-        headers.insert("authorization".to_string(), a.to_string());
-    }
-    headers.insert("x-user-id".to_string(), "forged".to_string());
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(Request {
-                http: Some(HttpRequest {
-                    headers,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
     }
 }
 
@@ -259,35 +237,24 @@ async fn two_authorization_headers_are_refused_not_picked_from() {
     assert!(String::from_utf8_lossy(&bytes).contains("malformed"));
 }
 
+async fn get(p: &Parts, path: &str) -> axum::response::Response {
+    let req = axum::http::Request::get(path)
+        .body(axum::body::Body::empty())
+        .unwrap();
+    p.http.clone().oneshot(req).await.unwrap()
+}
+
 #[tokio::test]
 async fn readiness_follows_the_keys_through_the_router() {
     let issuer = Issuer::new(Alg::ES256);
     let p = parts(&issuer, "").await;
-    let resp = p
-        .http
-        .clone()
-        .oneshot(
-            axum::http::Request::get("/readyz")
-                .body(axum::body::Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let resp = get(&p, "/readyz").await;
     assert_eq!(resp.status(), 200, "keys loaded, no feed configured");
     // a component going unready shows at once: readiness is read when asked
     p.sidecar
         .readiness
         .latch(veto::readiness::Component::Task("test"), "made unready");
-    let resp = p
-        .http
-        .clone()
-        .oneshot(
-            axum::http::Request::get("/readyz")
-                .body(axum::body::Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let resp = get(&p, "/readyz").await;
     assert_eq!(resp.status(), 503);
     let bytes = axum::body::to_bytes(resp.into_body(), 1 << 16)
         .await

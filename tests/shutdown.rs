@@ -5,32 +5,13 @@
 
 mod support;
 
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 use std::time::{Duration, Instant};
 use support::*;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 use veto::token::Alg;
-
-fn check_request(token: &str) -> CheckRequest {
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(Request {
-                http: Some(HttpRequest {
-                    headers: [("authorization".to_string(), format!("Bearer {token}"))]
-                        .into_iter()
-                        .collect(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_then_closes_within_the_grace() {
@@ -90,7 +71,7 @@ async fn sigterm_drains_then_closes_within_the_grace() {
             "HTTP check during the drain"
         );
         let r = grpc
-            .check(check_request(&token))
+            .check(check_request(Some(&auth)))
             .await
             .expect("gRPC check during the drain");
         assert_eq!(r.into_inner().status.unwrap().code, 0);
@@ -134,15 +115,10 @@ async fn sigterm_drains_then_closes_within_the_grace() {
 
 #[test]
 fn a_drain_not_shorter_than_the_grace_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("veto.toml");
-    std::fs::write(
-        &p,
+    let (code, _, err) = check_config(
         "[[issuers]]\nissuer = \"https://a\"\naudiences = [\"api\"]\njwks_file = \"/dev/null\"\n\
          [shutdown]\ndrain = \"10s\"\ngrace = \"10s\"\n",
-    )
-    .unwrap();
-    let (code, _, err) = veto(&["check-config", "--config", &p.display().to_string()]);
+    );
     assert_eq!(code, 64, "{err}");
     assert!(err.contains("shutdown.drain"), "{err}");
 }

@@ -47,6 +47,26 @@ pub struct Validator {
     pub max_token_bytes: usize,
 }
 
+#[cfg(test)]
+impl IssuerPolicy {
+    /// The unit tests' issuer: `https://iss`, audience `api`, session claim `sid`, home claim
+    /// `veto_home`, 5 s leeway, 1 h lifetime; the given algorithms and keys.
+    pub(crate) fn for_tests(algorithms: &[Alg], keys: Arc<KeyStore>) -> IssuerPolicy {
+        IssuerPolicy {
+            issuer: "https://iss".into(),
+            audiences: vec!["api".into()],
+            algorithms: algorithms.to_vec(),
+            leeway: 5,
+            session_claim: "sid".into(),
+            max_token_lifetime: 3600,
+            required_claims: vec![],
+            home_claim: Some("veto_home".into()),
+            home_region: None,
+            keys,
+        }
+    }
+}
+
 impl Validator {
     /// Validates `token` at `now` (seconds since the epoch).
     pub fn validate(&self, token: &str, now: i64) -> Result<VerifiedToken, TokenError> {
@@ -215,16 +235,8 @@ mod tests {
         let (set, _) = KeySet::from_jwks(doc.as_bytes(), algs).unwrap();
         Validator {
             issuers: vec![IssuerPolicy {
-                issuer: "https://iss".into(),
-                audiences: vec!["api".into()],
-                algorithms: algs.to_vec(),
                 leeway: 30,
-                session_claim: "sid".into(),
-                max_token_lifetime: 3600,
-                required_claims: vec![],
-                home_claim: Some("veto_home".into()),
-                home_region: None,
-                keys: Arc::new(KeyStore::new(Some(set))),
+                ..IssuerPolicy::for_tests(algs, Arc::new(KeyStore::new(Some(set))))
             }],
             max_token_bytes: 8192,
         }
@@ -508,16 +520,8 @@ mod tests {
         ));
         let v = Validator {
             issuers: vec![IssuerPolicy {
-                issuer: "https://iss".into(),
-                audiences: vec!["api".into()],
-                algorithms: vec![Alg::HS256],
                 leeway: 0,
-                session_claim: "sid".into(),
-                max_token_lifetime: 3600,
-                required_claims: vec![],
-                home_claim: Some("veto_home".into()),
-                home_region: None,
-                keys: Arc::new(store),
+                ..IssuerPolicy::for_tests(&[Alg::HS256], Arc::new(store))
             }],
             max_token_bytes: 8192,
         };

@@ -510,3 +510,39 @@ pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
         .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
         .sum()
 }
+
+/// An ext_authz `CheckRequest` for `GET /x` with `authorization` (if any) and a forged
+/// `x-user-id` that an allow must overwrite.
+pub fn check_request(
+    authorization: Option<&str>,
+) -> envoy_types::pb::envoy::service::auth::v3::CheckRequest {
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+    use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+    let mut headers = std::collections::HashMap::new();
+    if let Some(a) = authorization {
+        headers.insert("authorization".to_string(), a.to_string());
+    }
+    headers.insert("x-user-id".to_string(), "forged".to_string());
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    method: "GET".into(),
+                    path: "/x".into(),
+                    headers,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+/// `veto check-config` of a config given as text: (exit code, stdout, stderr).
+pub fn check_config(text: &str) -> (i32, String, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path().join("veto.toml");
+    std::fs::write(&p, text).expect("write config");
+    veto(&["check-config", "--config", &p.display().to_string()])
+}
