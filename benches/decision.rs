@@ -41,8 +41,8 @@ use veto::authz::grpc::AllowShape;
 use veto::authz::{Answers, Decider, Identity};
 use veto::config::{DenyStatus, Isolation, OnStale};
 use veto::decision::{Credential, DeciderConfig, Decision, IssuerHooks};
-use veto::metrics::Metrics;
 use veto::revocation::{Freshness, Kind, RevocationEvent, RevokedSet};
+use veto::sidecar::Metrics;
 use veto::token::sign::{jwks, SigningKey};
 use veto::token::{b64, Alg, IssuerPolicy, KeySet, KeyStore, Validator};
 
@@ -224,7 +224,7 @@ fn decider(validator: Validator, revoked: Arc<RevokedSet>, metrics: &Metrics) ->
             max_staleness: Duration::from_secs(30),
             cache_capacity: 100_000,
         },
-        metrics.clone(),
+        metrics.decision.clone(),
     )
 }
 
@@ -660,7 +660,7 @@ fn grpc(c: &mut Criterion) {
     let fx = AlgFixture::new(Alg::ES256);
     let token = fx.token(0);
     let d = Arc::new(decider(fx.validator(), set_1m(), &metrics));
-    let svc = AuthzService::new(d.clone(), shape(), metrics.clone());
+    let svc = AuthzService::new(d.clone(), shape(), metrics.checks.clone());
     // What Envoy sends for `GET /` from wrk with a bearer token (headers only; Envoy adds
     // addresses and ids as well).
     let headers = [

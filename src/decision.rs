@@ -9,9 +9,10 @@
 //! revocation check (every request) → feed freshness (every request).
 
 use crate::config::{DenyStatus, Isolation, OnStale};
-use crate::metrics::Metrics;
+use crate::metrics;
 use crate::revocation::{Freshness, OriginMask, RevokedBy, RevokedSet};
 use crate::token::{header_value, TokenError, Validator, VerifiedToken};
+use prometheus::{IntCounter, IntCounterVec, Registry};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -201,7 +202,60 @@ pub struct Decider<A> {
     /// Per issuer, in the validator's order.
     issuers: Arc<[IssuerHooks]>,
     pub config: DeciderConfig,
-    metrics: Metrics,
+    metrics: DecisionMetrics,
+}
+
+/// The decision's metric families: token-cache lookups (both children resolved once, so the
+/// hot path does no label lookup) and the checks decided while an origin is stale.
+#[derive(Clone)]
+pub struct DecisionMetrics {
+    /// `veto_token_cache_lookups_total{result="hit"}`.
+    pub cache_hit: IntCounter,
+    /// `veto_token_cache_lookups_total{result="miss"}`.
+    pub cache_miss: IntCounter,
+    stale_decisions: IntCounterVec,
+    served_while_origin_stale: IntCounterVec,
+}
+
+impl DecisionMetrics {
+    pub fn register(r: &Registry) -> DecisionMetrics {
+        let token_cache = metrics::counter_vec(
+            r,
+            "veto_token_cache_lookups_total",
+            "Verified-token cache lookups by result.",
+            &["result"],
+        );
+        DecisionMetrics {
+            cache_hit: token_cache.with_label_values(&["hit"]),
+            cache_miss: token_cache.with_label_values(&["miss"]),
+            stale_decisions: metrics::counter_vec(
+                r,
+                "veto_stale_decisions_total",
+                "Checks decided while the feed was stale, by policy.",
+                &["policy"],
+            ),
+            served_while_origin_stale: metrics::counter_vec(
+                r,
+                "veto_served_while_origin_stale_total",
+                "Checks allowed while this origin was stale, because the token does not depend on it (revocation.isolation = home), by stale origin.",
+                &["origin"],
+            ),
+        }
+    }
+
+    /// `veto_stale_decisions_total{policy}`: `policy` is `revocation.on_stale`.
+    pub fn stale_decisions(&self, policy: OnStale) -> IntCounter {
+        let policy = match policy {
+            OnStale::Deny => "deny",
+            OnStale::Allow => "allow",
+        };
+        self.stale_decisions.with_label_values(&[policy])
+    }
+
+    /// `veto_served_while_origin_stale_total{origin}`.
+    pub fn served_while_origin_stale(&self, origin: &str) -> IntCounter {
+        self.served_while_origin_stale.with_label_values(&[origin])
+    }
 }
 
 struct UntilExp {
@@ -261,7 +315,7 @@ impl<A: Default + Send + Sync + 'static> Decider<A> {
         freshness: Arc<Freshness>,
         issuers: Vec<IssuerHooks>,
         config: DeciderConfig,
-        metrics: Metrics,
+        metrics: DecisionMetrics,
     ) -> Decider<A> {
         let issuers: Arc<[IssuerHooks]> = issuers.into();
         let cache = moka::sync::Cache::builder()
@@ -322,20 +376,10 @@ impl<A: Default + Send + Sync + 'static> Decider<A> {
         if stale != 0 && stale & v.deps == 0 {
             // Served although some origin is stale: none this token depends on.
             for origin in self.freshness.names(stale) {
-                self.metrics
-                    .served_while_origin_stale
-                    .with_label_values(&[origin])
-                    .inc();
+                self.metrics.served_while_origin_stale(origin).inc();
             }
         } else if stale != 0 {
-            let policy = match self.config.on_stale {
-                OnStale::Deny => "deny",
-                OnStale::Allow => "allow",
-            };
-            self.metrics
-                .stale_decisions
-                .with_label_values(&[policy])
-                .inc();
+            self.metrics.stale_decisions(self.config.on_stale).inc();
             if self.config.on_stale == OnStale::Deny {
                 return self.deny(DenyReason::FeedStale);
             }
@@ -359,7 +403,7 @@ impl<A: Default + Send + Sync + 'static> Decider<A> {
                     if generation != checked {
                         v.key_checked.store(generation, Ordering::Relaxed);
                     }
-                    self.metrics.hot.cache_hit.inc();
+                    self.metrics.cache_hit.inc();
                     return Ok(v);
                 }
                 // Verify afresh against the current keys: the answer is what a new token
@@ -367,7 +411,7 @@ impl<A: Default + Send + Sync + 'static> Decider<A> {
                 None => self.cache.invalidate(token),
             }
         }
-        self.metrics.hot.cache_miss.inc();
+        self.metrics.cache_miss.inc();
         let result = match self.validator.validate(token, now) {
             Err(TokenError::UnknownKid) => {
                 // One refetch of that issuer's JWKS (shared, rate-limited), then one retry.
@@ -540,7 +584,7 @@ mod tests {
                     max_staleness: Duration::from_secs(30),
                     cache_capacity: 100,
                 },
-                Metrics::register(&prometheus::Registry::new()),
+                DecisionMetrics::register(&prometheus::Registry::new()),
             )
         }
 
@@ -663,7 +707,7 @@ mod tests {
                     max_staleness: Duration::from_secs(30),
                     cache_capacity: 100,
                 },
-                Metrics::register(&prometheus::Registry::new()),
+                DecisionMetrics::register(&prometheus::Registry::new()),
             );
             let now = crate::now_ms() / 1000;
             let claims = json!({"iss":"https://iss","aud":"api","sub":"u","sid":"s","iat":now,"exp":now+600});

@@ -8,14 +8,67 @@
 //!   endpoint;
 //! - on failure the last good keys stay in use, with backoff and a metric.
 
-use crate::metrics::Metrics;
+use crate::metrics;
 use crate::readiness::Latch;
 use crate::token::{Alg, KeySet, KeyStore};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+
+/// The JWKS metric families, by issuer.
+#[derive(Clone)]
+pub struct JwksMetrics {
+    refresh: IntCounterVec,
+    keys: IntGaugeVec,
+}
+
+/// How one JWKS load ended: the `result` label of `veto_jwks_refresh_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Load {
+    Ok,
+    Error,
+}
+
+impl Load {
+    pub fn label(self) -> &'static str {
+        match self {
+            Load::Ok => "ok",
+            Load::Error => "error",
+        }
+    }
+}
+
+impl JwksMetrics {
+    pub fn register(r: &Registry) -> JwksMetrics {
+        JwksMetrics {
+            refresh: metrics::counter_vec(
+                r,
+                "veto_jwks_refresh_total",
+                "JWKS loads by issuer and result.",
+                &["issuer", "result"],
+            ),
+            keys: metrics::gauge_vec(
+                r,
+                "veto_jwks_keys",
+                "Verification keys currently loaded, by issuer.",
+                &["issuer"],
+            ),
+        }
+    }
+
+    /// `veto_jwks_refresh_total{issuer, result}`.
+    pub fn refresh(&self, issuer: &str, result: Load) -> IntCounter {
+        self.refresh.with_label_values(&[issuer, result.label()])
+    }
+
+    /// `veto_jwks_keys{issuer}`.
+    pub fn keys(&self, issuer: &str) -> IntGauge {
+        self.keys.with_label_values(&[issuer])
+    }
+}
 
 /// Largest JWKS document accepted.
 const MAX_JWKS_BYTES: usize = 1 << 20;
@@ -54,7 +107,7 @@ pub struct Refetcher {
     gate: tokio::sync::Mutex<Option<Instant>>,
     /// Bumped on every successful load, so waiters can tell a fetch finished.
     generation: AtomicU64,
-    metrics: Metrics,
+    metrics: JwksMetrics,
 }
 
 pub struct RefetcherConfig {
@@ -79,7 +132,7 @@ impl Refetcher {
     pub fn new(
         cfg: RefetcherConfig,
         store: Arc<KeyStore>,
-        metrics: Metrics,
+        metrics: JwksMetrics,
     ) -> Result<Refetcher, FetchError> {
         let client = reqwest::Client::builder()
             .timeout(cfg.timeout)
@@ -89,11 +142,8 @@ impl Refetcher {
             .build()
             .map_err(|e| FetchError::Http(e.to_string()))?;
         // Both results exist from the start so `increase()` sees the first failure.
-        for result in ["ok", "error"] {
-            metrics
-                .jwks_refresh
-                .with_label_values(&[&cfg.issuer, result])
-                .inc_by(0);
+        for result in [Load::Ok, Load::Error] {
+            metrics.refresh(&cfg.issuer, result).inc_by(0);
         }
         Ok(Refetcher {
             issuer: cfg.issuer,
@@ -126,14 +176,15 @@ impl Refetcher {
             }
             let n = set.len();
             self.store.replace(set.with_hmac_secret(self.hmac_secret.clone()));
-            self.metrics.jwks_keys.with_label_values(&[&self.issuer]).set(n as i64);
+            self.metrics.keys(&self.issuer).set(n as i64);
             Ok(max_age)
         });
-        let label = if result.is_ok() { "ok" } else { "error" };
-        self.metrics
-            .jwks_refresh
-            .with_label_values(&[&self.issuer, label])
-            .inc();
+        let load = if result.is_ok() {
+            Load::Ok
+        } else {
+            Load::Error
+        };
+        self.metrics.refresh(&self.issuer, load).inc();
         if result.is_ok() {
             self.generation.fetch_add(1, Ordering::Release);
         }

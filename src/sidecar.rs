@@ -5,16 +5,16 @@ use crate::admin::{self, Admin};
 use crate::authz::grpc::AllowShape;
 use crate::authz::grpc::AuthzService;
 use crate::authz::http::ForwardAuth;
-use crate::authz::{Decider, Identity};
+use crate::authz::{CheckMetrics, Decider, Identity};
 use crate::bus;
 use crate::config::Settings;
-use crate::decision::{DeciderConfig, IssuerHooks, KeyRefetch};
-use crate::feed::{self, Applied, Applier, Feed};
-use crate::jwks::{Refetcher, RefetcherConfig, Source};
-use crate::metrics::Metrics;
+use crate::decision::{DeciderConfig, DecisionMetrics, IssuerHooks, KeyRefetch};
+use crate::feed::{self, Applied, Applier, Feed, FeedMetrics};
+use crate::jwks::{JwksMetrics, Refetcher, RefetcherConfig, Source};
+use crate::metrics;
 use crate::readiness::{Component, Latch, Readiness};
-use crate::revocation::{Freshness, RevokedSet};
-use crate::source_repair::SourceRepair;
+use crate::revocation::{Freshness, Kind, RevokedSet};
+use crate::source_repair::{RepairMetrics, SourceRepair};
 use crate::token::{IssuerPolicy, KeySet, KeyStore, Validator};
 use anyhow::Context as _;
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
@@ -43,6 +43,80 @@ pub struct Sidecar {
     feed_latch: Option<Latch>,
     /// The settings it was built from: read once, at `build`.
     settings: Settings,
+}
+
+/// Every metric family of the sidecar, each part registered by the module that uses it.
+#[derive(Clone)]
+pub struct Metrics {
+    pub checks: CheckMetrics,
+    pub decision: DecisionMetrics,
+    pub feed: FeedMetrics,
+    pub jwks: JwksMetrics,
+    pub housekeeping: HousekeepingMetrics,
+    pub source_repair: RepairMetrics,
+}
+
+impl Metrics {
+    pub fn register(r: &prometheus::Registry) -> Metrics {
+        Metrics {
+            checks: CheckMetrics::register(r),
+            decision: DecisionMetrics::register(r),
+            feed: FeedMetrics::register(r),
+            jwks: JwksMetrics::register(r),
+            housekeeping: HousekeepingMetrics::register(r),
+            source_repair: RepairMetrics::register(r),
+        }
+    }
+}
+
+/// What housekeeping reports: the revoked set's size and each origin's staleness.
+#[derive(Clone)]
+pub struct HousekeepingMetrics {
+    held: prometheus::IntGaugeVec,
+    /// `veto_revocations_table_bytes`.
+    pub table_bytes: prometheus::IntGauge,
+    /// `veto_revocations_over_capacity`.
+    pub over_capacity: prometheus::IntGauge,
+    staleness: prometheus::GaugeVec,
+}
+
+impl HousekeepingMetrics {
+    pub fn register(r: &prometheus::Registry) -> HousekeepingMetrics {
+        HousekeepingMetrics {
+            held: metrics::gauge_vec(
+                r,
+                "veto_revocations_held",
+                "Live revocations held, by kind.",
+                &["kind"],
+            ),
+            table_bytes: metrics::gauge(
+                r,
+                "veto_revocations_table_bytes",
+                "Bytes held by the revoked-set tables.",
+            ),
+            over_capacity: metrics::gauge(
+                r,
+                "veto_revocations_over_capacity",
+                "1 when revocations exceed revocation.max_entries (none are dropped).",
+            ),
+            staleness: metrics::float_gauge_vec(
+                r,
+                "veto_feed_staleness_seconds",
+                "Seconds since the feed from this origin was last known fresh.",
+                &["origin_region"],
+            ),
+        }
+    }
+
+    /// `veto_revocations_held{kind}`.
+    pub fn held(&self, kind: Kind) -> prometheus::IntGauge {
+        self.held.with_label_values(&[kind.label()])
+    }
+
+    /// `veto_feed_staleness_seconds{origin_region}`.
+    pub fn staleness(&self, origin: &str) -> prometheus::Gauge {
+        self.staleness.with_label_values(&[origin])
+    }
 }
 
 /// The sidecar's long-running tasks. A server that stops stops the sidecar; any other task
@@ -139,7 +213,7 @@ impl Sidecar {
                             timeout: iss.jwks_fetch_timeout,
                         },
                         store.clone(),
-                        metrics.clone(),
+                        metrics.jwks.clone(),
                     )?);
                     refetchers.push((r.clone(), latch));
                     Some(r)
@@ -191,7 +265,7 @@ impl Sidecar {
                 max_staleness: s.revocation.max_staleness,
                 cache_capacity: s.cache.max_tokens,
             },
-            metrics.clone(),
+            metrics.decision.clone(),
         ));
         if s.nats.is_some() {
             // Readiness asks the decider itself, at query time: /readyz is 503 exactly while
@@ -216,7 +290,7 @@ impl Sidecar {
             remove_authorization: s.authz.remove_authorization,
             metadata_namespace: s.authz.metadata_namespace.clone(),
         });
-        let applier = Applier::new(revoked.clone(), freshness.clone(), metrics.clone());
+        let applier = Applier::new(revoked.clone(), freshness.clone(), metrics.feed.clone());
         Ok(Sidecar {
             applier,
             decider,
@@ -310,9 +384,9 @@ impl Sidecar {
                     Ok(plan) => {
                         let api = SourceRepair::api_prefix(n.domain.as_deref());
                         let watcher = SourceRepair::new(client.clone(), &plan, api);
-                        let (counter, sd) = (self.metrics.source_repairs.clone(), shutdown.clone());
+                        let (repairs, sd) = (self.metrics.source_repair.clone(), shutdown.clone());
                         tasks.spawn(async move {
-                            watcher.run(counter, sd).await;
+                            watcher.run(repairs, sd).await;
                             Task::SourceRepair
                         });
                     }
@@ -356,7 +430,7 @@ impl Sidecar {
                     capacity: self
                         .readiness
                         .latch(Component::Revocations, "not counted yet"),
-                    metrics: self.metrics.clone(),
+                    metrics: self.metrics.housekeeping.clone(),
                     health,
                 },
                 shutdown.clone(),
@@ -372,7 +446,7 @@ impl Sidecar {
         let authz = AuthzService::new(
             self.decider.clone(),
             self.shape.clone(),
-            self.metrics.clone(),
+            self.metrics.checks.clone(),
         );
         let sd = servers_stop.clone();
         servers.spawn(async move {
@@ -394,7 +468,7 @@ impl Sidecar {
             ForwardAuth {
                 decider: self.decider.clone(),
                 identity: self.shape.identity.clone(),
-                metrics: self.metrics.clone(),
+                metrics: self.metrics.checks.clone(),
             },
             Admin {
                 registry: self.registry.clone(),
@@ -512,7 +586,7 @@ struct Housekeeping {
     readiness: Readiness,
     /// The revoked set within `revocation.max_entries`.
     capacity: Latch,
-    metrics: Metrics,
+    metrics: HousekeepingMetrics,
     health: tonic_health::server::HealthReporter,
 }
 
@@ -540,21 +614,11 @@ impl Housekeeping {
                 }
             }
             let st = self.revoked.stats();
-            self.metrics
-                .revocations_held
-                .with_label_values(&["session"])
-                .set(st.sessions as i64);
-            self.metrics
-                .revocations_held
-                .with_label_values(&["token"])
-                .set(st.tokens as i64);
-            self.metrics
-                .revocations_held
-                .with_label_values(&["subject"])
-                .set(st.subjects as i64);
-            self.metrics
-                .revocations_table_bytes
-                .set(st.table_bytes as i64);
+            let held = &self.metrics;
+            held.held(Kind::Session).set(st.sessions as i64);
+            held.held(Kind::Token).set(st.tokens as i64);
+            held.held(Kind::Subject).set(st.subjects as i64);
+            held.table_bytes.set(st.table_bytes as i64);
             let over = st.total() > max_entries;
             let was_over = self.metrics.over_capacity.get() == 1;
             self.metrics.over_capacity.set(i64::from(over));
@@ -568,10 +632,7 @@ impl Housekeeping {
             }
             for (origin, stale) in self.freshness.staleness(now) {
                 let secs = stale.map_or(f64::INFINITY, |ms| ms as f64 / 1000.0);
-                self.metrics
-                    .staleness
-                    .with_label_values(&[origin.as_str()])
-                    .set(secs);
+                self.metrics.staleness(&origin).set(secs);
             }
             // Freshness readiness is a live check (registered in `build`); gRPC health follows
             // it here, within one tick.
@@ -587,5 +648,135 @@ impl Housekeeping {
                 self.health.set_service_status("", status).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::authz::Transport;
+    use crate::decision::Decision;
+    use crate::feed::{Outcome, Path};
+    use std::collections::BTreeMap;
+
+    /// Every family the sidecar exports: name, type, help and label names (sorted), byte for
+    /// byte what alerts, the dashboard, promtool and the README rely on.
+    const FAMILIES: &[(&str, &str, &str, &[&str])] = &[
+        ("veto_check_duration_seconds", "histogram", "Time to decide one check.", &["transport"]),
+        ("veto_checks_total", "counter", "Authorization checks by transport, result and reason.", &["reason", "result", "transport"]),
+        ("veto_feed_catchup_reads_total", "counter", "Times an origin's stream was read directly because its source lagged.", &["origin_region"]),
+        ("veto_feed_connected", "gauge", "1 while connected to NATS.", &[]),
+        ("veto_feed_consumer_restarts_total", "counter", "Times the stream consumer was recreated.", &[]),
+        ("veto_feed_consumer_stalls_total", "counter", "Times the stream consumer stopped delivering while the stream held more, and was recreated.", &[]),
+        ("veto_feed_last_sequence", "gauge", "Last stream sequence applied.", &[]),
+        ("veto_feed_ready", "gauge", "1 once the revocation stream has been replayed.", &[]),
+        ("veto_feed_replay_seconds", "histogram", "Time from feed start to caught up.", &[]),
+        ("veto_feed_staleness_seconds", "gauge", "Seconds since the feed from this origin was last known fresh.", &["origin_region"]),
+        ("veto_jwks_keys", "gauge", "Verification keys currently loaded, by issuer.", &["issuer"]),
+        ("veto_jwks_refresh_total", "counter", "JWKS loads by issuer and result.", &["issuer", "result"]),
+        ("veto_revocation_events_total", "counter", "Revocation events received, by path (durable/fast) and result.", &["path", "result"]),
+        ("veto_revocation_propagation_seconds", "histogram", "Revocation propagation lag: time applied here minus revoked_at at the origin.", &["origin_region", "path"]),
+        ("veto_revocations_held", "gauge", "Live revocations held, by kind.", &["kind"]),
+        ("veto_revocations_over_capacity", "gauge", "1 when revocations exceed revocation.max_entries (none are dropped).", &[]),
+        ("veto_revocations_table_bytes", "gauge", "Bytes held by the revoked-set tables.", &[]),
+        ("veto_served_while_origin_stale_total", "counter", "Checks allowed while this origin was stale, because the token does not depend on it (revocation.isolation = home), by stale origin.", &["origin"]),
+        ("veto_stale_decisions_total", "counter", "Checks decided while the feed was stale, by policy.", &["policy"]),
+        ("veto_stream_source_repairs_total", "counter", "Repairs of this region stream's source of an origin that stopped advancing while the origin did not, by result (healed/not_healed/not_applicable/error).", &["origin_region", "result"]),
+        ("veto_token_cache_lookups_total", "counter", "Verified-token cache lookups by result.", &["result"]),
+    ];
+
+    /// Registers everything and gives every labelled family one child.
+    fn touched() -> (prometheus::Registry, Metrics) {
+        let r = prometheus::Registry::new();
+        let m = Metrics::register(&r);
+        m.checks
+            .checks::<()>(Transport::Http, &Decision::Error("x"))
+            .inc();
+        m.feed.events(Path::Fast, Outcome::Applied).inc();
+        m.feed.propagation("eu", Path::Durable).observe(0.1);
+        m.feed.catchup_reads("eu").inc();
+        m.decision
+            .stale_decisions(crate::config::OnStale::Allow)
+            .inc();
+        m.decision.served_while_origin_stale("eu").inc();
+        m.jwks.refresh("iss", crate::jwks::Load::Ok).inc();
+        m.jwks.keys("iss").set(1);
+        m.housekeeping.held(Kind::Token).set(1);
+        m.housekeeping.staleness("eu").set(1.0);
+        m.source_repair
+            .repairs::<()>("eu", &Ok(crate::source_repair::Outcome::Healed))
+            .inc();
+        (r, m)
+    }
+
+    #[test]
+    fn families_names_help_and_labels_are_pinned() {
+        let (r, _m) = touched();
+        let text = metrics::render(&r);
+        let mut help = BTreeMap::new();
+        let mut kind = BTreeMap::new();
+        let mut labels: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for l in text.lines() {
+            if let Some(rest) = l.strip_prefix("# HELP ") {
+                let (n, h) = rest.split_once(' ').unwrap();
+                help.insert(n.to_string(), h.to_string());
+            } else if let Some(rest) = l.strip_prefix("# TYPE ") {
+                let (n, t) = rest.split_once(' ').unwrap();
+                kind.insert(n.to_string(), t.to_string());
+            } else {
+                let name = l.split(['{', ' ']).next().unwrap();
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .filter_map(|s| name.strip_suffix(s))
+                    .find(|f| kind.get(*f).is_some_and(|t| t == "histogram"))
+                    .unwrap_or(name);
+                let mut names: Vec<String> = match l.split_once('{') {
+                    Some((_, rest)) => rest
+                        .split_once('}')
+                        .unwrap()
+                        .0
+                        .split(',')
+                        .map(|kv| kv.split_once('=').unwrap().0.to_string())
+                        .filter(|k| k != "le")
+                        .collect(),
+                    None => Vec::new(),
+                };
+                names.sort();
+                labels.insert(family.to_string(), names);
+            }
+        }
+        let got: Vec<(String, String, String, Vec<String>)> = help
+            .iter()
+            .map(|(n, h)| {
+                let t = kind[n].clone();
+                (n.clone(), t, h.clone(), labels[n].clone())
+            })
+            .collect();
+        let want: Vec<(String, String, String, Vec<String>)> = FAMILIES
+            .iter()
+            .map(|(n, t, h, l)| {
+                let l = l.iter().map(|s| s.to_string()).collect();
+                (n.to_string(), t.to_string(), h.to_string(), l)
+            })
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn registers_without_duplicates() {
+        let r = prometheus::Registry::new();
+        let m = Metrics::register(&r);
+        m.checks.allowed(Transport::Grpc).inc();
+        let text = metrics::render(&r);
+        assert!(
+            text.contains("veto_checks_total{reason=\"ok\",result=\"allow\",transport=\"grpc\"} 1")
+        );
+        // metrics are per registry (no globals): a second sidecar in the same process gets
+        // its own complete set
+        let r2 = prometheus::Registry::new();
+        let _ = Metrics::register(&r2);
+        assert!(metrics::render(&r2).contains("veto_feed_ready 0"));
+        assert!(metrics::render(&r2)
+            .contains("veto_checks_total{reason=\"ok\",result=\"allow\",transport=\"grpc\"} 0"));
     }
 }

@@ -105,6 +105,35 @@ impl Outcome {
     }
 }
 
+/// The repairs' metric family.
+#[derive(Clone)]
+pub struct RepairMetrics {
+    repairs: prometheus::IntCounterVec,
+}
+
+impl RepairMetrics {
+    pub fn register(r: &prometheus::Registry) -> RepairMetrics {
+        RepairMetrics {
+            repairs: crate::metrics::counter_vec(
+                r,
+                "veto_stream_source_repairs_total",
+                "Repairs of this region stream's source of an origin that stopped advancing while the origin did not, by result (healed/not_healed/not_applicable/error).",
+                &["origin_region", "result"],
+            ),
+        }
+    }
+
+    /// `veto_stream_source_repairs_total{origin_region, result}`: `result` is the
+    /// [`Outcome`], or `error` when the repair failed.
+    pub fn repairs<E>(&self, origin: &str, result: &Result<Outcome, E>) -> prometheus::IntCounter {
+        let result = match result {
+            Ok(o) => o.label(),
+            Err(_) => "error",
+        };
+        self.repairs.with_label_values(&[origin, result])
+    }
+}
+
 /// One repair, for callers that report them (`veto nats provision --repair-sources`).
 #[derive(Debug, Clone)]
 pub struct Repair {
@@ -524,8 +553,8 @@ impl SourceRepair {
         repairs
     }
 
-    /// Watches until `shutdown`, counting repairs in `counter` (labels: origin, result).
-    pub async fn run(self, counter: prometheus::IntCounterVec, shutdown: CancellationToken) {
+    /// Watches until `shutdown`, counting repairs in `metrics`.
+    pub async fn run(self, metrics: RepairMetrics, shutdown: CancellationToken) {
         let mut tracker = Tracker::default();
         let mut tick = tokio::time::interval(self.settings.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -539,11 +568,7 @@ impl SourceRepair {
                 r = self.check(&mut tracker) => r,
             };
             for r in repairs {
-                let result = match r.result {
-                    Ok(o) => o.label(),
-                    Err(_) => "error",
-                };
-                counter.with_label_values(&[&r.origin, result]).inc();
+                metrics.repairs(&r.origin, &r.result).inc();
             }
         }
     }

@@ -39,13 +39,13 @@ async fn parts(issuer: &Issuer, extra: &str) -> Parts {
     let grpc = AuthzService::new(
         sidecar.decider.clone(),
         sidecar.shape.clone(),
-        sidecar.metrics.clone(),
+        sidecar.metrics.checks.clone(),
     );
     let http = router(
         ForwardAuth {
             decider: sidecar.decider.clone(),
             identity: sidecar.shape.identity.clone(),
-            metrics: sidecar.metrics.clone(),
+            metrics: sidecar.metrics.checks.clone(),
         },
         Admin {
             registry: sidecar.registry.clone(),

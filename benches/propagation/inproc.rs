@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use veto::config::Settings;
-use veto::metrics::Metrics;
 use veto::readiness::Readiness;
 use veto::revocation::RevokedSet;
+use veto::sidecar::Metrics;
 
 pub struct InProc {
     pub label: String,
@@ -54,10 +54,7 @@ impl InProc {
 
     /// Direct reads of `origin`'s stream so far (`veto_feed_catchup_reads_total`).
     pub fn catchup_reads(&self, origin: &str) -> u64 {
-        self.metrics
-            .catchup_reads
-            .with_label_values(&[origin])
-            .get()
+        self.metrics.feed.catchup_reads(origin).get()
     }
 
     pub fn stop(&mut self) {

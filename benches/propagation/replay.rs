@@ -15,8 +15,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use veto::bus::names::event_subject;
 use veto::config::Settings;
-use veto::feed::{self, Applier, Feed};
-use veto::metrics::Metrics;
+use veto::feed::{self, Applier, Feed, FeedMetrics};
 use veto::readiness::Readiness;
 use veto::revocation::{Freshness, RevokedSet};
 
@@ -385,7 +384,7 @@ pub async fn part(issuer: &Issuer, report: &mut String) -> Result<(), String> {
         let applier = Applier::new(
             revoked.clone(),
             Arc::new(Freshness::default()),
-            Metrics::register(&prometheus::Registry::new()),
+            FeedMetrics::register(&prometheus::Registry::new()),
         );
         let readiness = Readiness::default();
         let latch = readiness.latch(veto::readiness::Component::Feed, "replaying");
@@ -482,7 +481,7 @@ pub async fn part(issuer: &Issuer, report: &mut String) -> Result<(), String> {
         let applier = Applier::new(
             Arc::new(RevokedSet::new()),
             Arc::new(Freshness::default()),
-            Metrics::register(&prometheus::Registry::new()),
+            FeedMetrics::register(&prometheus::Registry::new()),
         );
         let now = veto::now_ms();
         let mut t = Duration::ZERO;

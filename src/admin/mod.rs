@@ -1,7 +1,6 @@
 //! The sidecar's HTTP listener: forward-auth (`/check`), `/metrics`, `/healthz`, `/readyz`.
 
 use crate::authz::http::{check, ForwardAuth};
-use crate::metrics::Metrics;
 use crate::readiness::Readiness;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -35,7 +34,7 @@ async fn metrics(State(a): State<Admin>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        Metrics::render(&a.registry),
+        crate::metrics::render(&a.registry),
     )
 }
 

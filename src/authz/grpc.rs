@@ -5,9 +5,9 @@
 //! whose status is UNAUTHENTICATED / PERMISSION_DENIED / UNAVAILABLE with a denied HTTP
 //! response; cannot decide → a gRPC error, so Envoy's `failure_mode_allow` governs.
 
+use super::CheckMetrics;
 use super::{render, Answers, Decider, Identity, Transport};
 use crate::decision::{Credential, Decision, DenyCode, Verified};
-use crate::metrics::Metrics;
 use envoy_types::ext_authz::v3::pb::{
     Authorization, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction,
     HeaderValue, HeaderValueOption, HttpResponse, HttpStatus, OkHttpResponse,
@@ -31,11 +31,15 @@ pub struct AllowShape {
 pub struct AuthzService {
     decider: Arc<Decider>,
     shape: Arc<AllowShape>,
-    metrics: Metrics,
+    metrics: CheckMetrics,
 }
 
 impl AuthzService {
-    pub fn new(decider: Arc<Decider>, shape: Arc<AllowShape>, metrics: Metrics) -> AuthzService {
+    pub fn new(
+        decider: Arc<Decider>,
+        shape: Arc<AllowShape>,
+        metrics: CheckMetrics,
+    ) -> AuthzService {
         AuthzService {
             decider,
             shape,
@@ -215,7 +219,7 @@ impl Authorization for AuthzService {
         let started = Instant::now();
         let req = req.into_inner();
         let d = self.decider.decide(credential(&req)).await;
-        super::observe(&self.metrics, Transport::Grpc, started, &d);
+        self.metrics.observe(Transport::Grpc, started, &d);
         self.respond(&d).map(Response::new)
     }
 }

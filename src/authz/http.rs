@@ -2,9 +2,8 @@
 //! headers, or 401/403/503 with the same challenge and body as the gRPC denial. Fits nginx
 //! `auth_request`, Caddy `forward_auth`, Traefik ForwardAuth and Envoy's `http_service`.
 
-use super::{render, Answers, Decider, Identity, Transport};
+use super::{render, Answers, CheckMetrics, Decider, Identity, Transport};
 use crate::decision::{Credential, Decision};
-use crate::metrics::Metrics;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
@@ -15,7 +14,7 @@ use std::time::Instant;
 pub struct ForwardAuth {
     pub decider: Arc<Decider>,
     pub identity: Arc<Identity>,
-    pub metrics: Metrics,
+    pub metrics: CheckMetrics,
 }
 
 pub async fn check(State(s): State<ForwardAuth>, headers: HeaderMap) -> Response<Body> {
@@ -31,7 +30,7 @@ pub async fn check(State(s): State<ForwardAuth>, headers: HeaderMap) -> Response
         (None, _) => Credential::Absent,
     };
     let d = s.decider.decide(credential).await;
-    super::observe(&s.metrics, Transport::Http, started, &d);
+    s.metrics.observe(Transport::Http, started, &d);
     respond(&s.identity, &d)
 }
 

@@ -10,14 +10,13 @@
 pub mod grpc;
 pub mod http;
 pub mod identity;
+mod metrics;
 pub mod render;
 
-use crate::decision::Decision;
-use crate::metrics::Metrics;
 use std::sync::OnceLock;
-use std::time::Instant;
 
 pub use identity::Identity;
+pub use metrics::CheckMetrics;
 
 /// The decider the transports share: its cached tokens carry the transports' [`Answers`].
 pub type Decider = crate::decision::Decider<Answers>;
@@ -44,25 +43,4 @@ impl Transport {
             Transport::Http => "http",
         }
     }
-}
-
-/// Counts one check and its latency (allows through pre-resolved children: no label lookup
-/// on the common path).
-pub(crate) fn observe(
-    metrics: &Metrics,
-    transport: Transport,
-    started: Instant,
-    d: &Decision<Answers>,
-) {
-    let t = transport as usize;
-    match d {
-        Decision::Allow(_) => metrics.hot.allow_ok[t].inc(),
-        _ => {
-            metrics
-                .checks
-                .with_label_values(&[transport.label(), d.result_label(), d.reason_label()])
-                .inc();
-        }
-    }
-    metrics.hot.duration[t].observe(started.elapsed().as_secs_f64());
 }

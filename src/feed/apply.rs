@@ -3,8 +3,8 @@
 //! a broadcast ([`Applier::subscribe`]). Idempotent: the same event from two paths is
 //! applied once, announced once, and counted once as a duplicate.
 
+use super::FeedMetrics;
 use crate::bus::names::{self, Subject};
-use crate::metrics::Metrics;
 use crate::revocation::{
     decode_event, decode_heartbeat, Applied as SetOutcome, Freshness, Kind, RevokedSet,
 };
@@ -93,13 +93,17 @@ pub struct Applier {
     /// Freshness per origin as delivered by this region's own stream (i.e. by sourcing):
     /// tells the catch-up reader when a source lags and when it has caught up.
     pub sourced: Arc<Freshness>,
-    pub metrics: Metrics,
+    pub metrics: FeedMetrics,
     /// Every newly applied revocation; nothing is built or sent while nobody subscribes.
     applied: broadcast::Sender<Applied>,
 }
 
 impl Applier {
-    pub fn new(revoked: Arc<RevokedSet>, freshness: Arc<Freshness>, metrics: Metrics) -> Applier {
+    pub fn new(
+        revoked: Arc<RevokedSet>,
+        freshness: Arc<Freshness>,
+        metrics: FeedMetrics,
+    ) -> Applier {
         Applier {
             revoked,
             freshness,
@@ -115,10 +119,7 @@ impl Applier {
     }
 
     fn count(&self, path: Path, outcome: Outcome) {
-        self.metrics
-            .events
-            .with_label_values(&[path.label(), outcome.label()])
-            .inc();
+        self.metrics.events(path, outcome).inc();
     }
 
     /// Applies a message published on `subject` that arrived through `path`.
@@ -168,8 +169,7 @@ impl Applier {
             SetOutcome::New => {
                 let lag = (now - ev.revoked_at).max(0) as f64 / 1000.0;
                 self.metrics
-                    .propagation
-                    .with_label_values(&[ev.origin_region.as_str(), path.label()])
+                    .propagation(&ev.origin_region, path)
                     .observe(lag);
                 tracing::debug!(event_id = %ev.event_id, origin = %ev.origin_region, path = path.label(), "revocation applied");
                 if self.applied.receiver_count() > 0 {
@@ -206,7 +206,7 @@ mod tests {
         Applier::new(
             Arc::new(RevokedSet::new()),
             Arc::new(Freshness::default()),
-            Metrics::register(&prometheus::Registry::new()),
+            FeedMetrics::register(&prometheus::Registry::new()),
         )
     }
 

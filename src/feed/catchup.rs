@@ -161,11 +161,7 @@ impl CatchUp {
                 Err(_) => continue,
             };
             tracing::info!(origin = %self.origin, from = position + 1, "source lags; reading the origin's stream directly");
-            self.applier
-                .metrics
-                .catchup_reads
-                .with_label_values(&[self.origin.as_str()])
-                .inc();
+            self.applier.metrics.catchup_reads(&self.origin).inc();
             // Follow until the source has caught up (its heartbeats arrive through our own
             // stream again). A read that goes quiet is checked against the origin's stream
             // once a second: nothing after our position is a read that is through (and stays

@@ -163,7 +163,7 @@ impl Feed {
                     tracing::warn!(error = %e, last_seq, reason, "stream consumer failed; recreating")
                 }
                 Restart::Stalled { stream_last } => {
-                    self.applier.metrics.feed_stalls.inc();
+                    self.applier.metrics.stalls.inc();
                     tracing::warn!(
                         last_seq,
                         stream_last,
@@ -224,8 +224,8 @@ impl Feed {
             })
         })?;
         let metrics = &self.applier.metrics;
-        metrics.feed_restarts.inc();
-        metrics.feed_connected.set(1);
+        metrics.restarts.inc();
+        metrics.connected.set(1);
         tracing::info!(stream = %name, from = at.last_seq + 1, "following revocation stream");
         Ok((stream, messages))
     }
@@ -254,16 +254,16 @@ impl Feed {
                     // The first connection (with retry_on_initial_connect it is reported
                     // after start-up) needs no new consumer.
                     Some(async_nats::Event::Connected) if !at.seen_disconnect => {
-                        metrics.feed_connected.set(1);
+                        metrics.connected.set(1);
                     }
                     Some(async_nats::Event::Connected) => {
-                        metrics.feed_connected.set(1);
+                        metrics.connected.set(1);
                         return Some(Restart::Reconnected);
                     }
                     Some(async_nats::Event::Disconnected) => {
                         tracing::warn!("NATS disconnected");
                         at.seen_disconnect = true;
-                        metrics.feed_connected.set(0);
+                        metrics.connected.set(0);
                     }
                     Some(other) => tracing::info!(event = %other, "NATS event"),
                     None => {}
@@ -334,7 +334,7 @@ impl Feed {
                         }
                         self.applier.apply(&msg.subject, &msg.payload, Path::Durable);
                         at.last_seq = seq;
-                        metrics.feed_last_sequence.set(seq as i64);
+                        metrics.last_sequence.set(seq as i64);
                         if let Some(why) = at.replay.on_applied(seq, Some(pending)) {
                             self.mark_ready(at, why, seq, Some(pending));
                         }
@@ -379,8 +379,8 @@ impl Feed {
     fn mark_ready(&self, at: &Position, why: Through, applied: u64, server_pending: Option<u64>) {
         let took = at.started.elapsed();
         let metrics = &self.applier.metrics;
-        metrics.replay_duration.observe(took.as_secs_f64());
-        metrics.feed_ready.set(1);
+        metrics.replay.observe(took.as_secs_f64());
+        metrics.ready.set(1);
         self.applier
             .freshness
             .mark(&self.cfg.region, crate::now_ms());

@@ -17,10 +17,12 @@ mod apply;
 mod catchup;
 mod fast;
 mod follow;
+mod metrics;
 pub mod replay;
 
 pub use apply::{Applied, Applier, Outcome, Path, APPLIED_CAPACITY};
 pub use catchup::CatchUp;
 pub use fast::run_fast_path;
 pub use follow::{Feed, FeedError, Restart};
+pub use metrics::FeedMetrics;
 pub use replay::{Progress, Through};

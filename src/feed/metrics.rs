@@ -1,0 +1,99 @@
+//! The feed's metric families, labelled by the typed [`Path`] and [`Outcome`].
+
+use super::{Outcome, Path};
+use crate::metrics;
+use prometheus::{
+    exponential_buckets, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, Registry,
+};
+
+#[derive(Clone)]
+pub struct FeedMetrics {
+    events: IntCounterVec,
+    propagation: HistogramVec,
+    catchup_reads: IntCounterVec,
+    /// `veto_feed_connected`: 1 while connected to NATS.
+    pub connected: IntGauge,
+    /// `veto_feed_ready`: 1 once the stream has been replayed.
+    pub ready: IntGauge,
+    /// `veto_feed_last_sequence`.
+    pub last_sequence: IntGauge,
+    /// `veto_feed_consumer_restarts_total`.
+    pub restarts: IntCounter,
+    /// `veto_feed_consumer_stalls_total`.
+    pub stalls: IntCounter,
+    /// `veto_feed_replay_seconds`.
+    pub replay: Histogram,
+}
+
+impl FeedMetrics {
+    pub fn register(r: &Registry) -> FeedMetrics {
+        let lag_buckets = vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            30.0, 60.0, 300.0,
+        ];
+        FeedMetrics {
+            events: metrics::counter_vec(
+                r,
+                "veto_revocation_events_total",
+                "Revocation events received, by path (durable/fast) and result.",
+                &["path", "result"],
+            ),
+            propagation: metrics::histogram_vec(
+                r,
+                "veto_revocation_propagation_seconds",
+                "Revocation propagation lag: time applied here minus revoked_at at the origin.",
+                &["origin_region", "path"],
+                lag_buckets,
+            ),
+            catchup_reads: metrics::counter_vec(
+                r,
+                "veto_feed_catchup_reads_total",
+                "Times an origin's stream was read directly because its source lagged.",
+                &["origin_region"],
+            ),
+            connected: metrics::gauge(r, "veto_feed_connected", "1 while connected to NATS."),
+            ready: metrics::gauge(
+                r,
+                "veto_feed_ready",
+                "1 once the revocation stream has been replayed.",
+            ),
+            last_sequence: metrics::gauge(
+                r,
+                "veto_feed_last_sequence",
+                "Last stream sequence applied.",
+            ),
+            restarts: metrics::counter(
+                r,
+                "veto_feed_consumer_restarts_total",
+                "Times the stream consumer was recreated.",
+            ),
+            stalls: metrics::counter(
+                r,
+                "veto_feed_consumer_stalls_total",
+                "Times the stream consumer stopped delivering while the stream held more, and was recreated.",
+            ),
+            replay: metrics::histogram(
+                r,
+                "veto_feed_replay_seconds",
+                "Time from feed start to caught up.",
+                exponential_buckets(0.001, 4.0, 10).expect("static buckets"),
+            ),
+        }
+    }
+
+    /// `veto_revocation_events_total{path, result}`.
+    pub fn events(&self, path: Path, outcome: Outcome) -> IntCounter {
+        self.events
+            .with_label_values(&[path.label(), outcome.label()])
+    }
+
+    /// `veto_revocation_propagation_seconds{origin_region, path}`.
+    pub fn propagation(&self, origin: &str, path: Path) -> Histogram {
+        self.propagation.with_label_values(&[origin, path.label()])
+    }
+
+    /// `veto_feed_catchup_reads_total{origin_region}`.
+    pub fn catchup_reads(&self, origin: &str) -> IntCounter {
+        self.catchup_reads.with_label_values(&[origin])
+    }
+}
