@@ -1,6 +1,8 @@
 //! `veto`: parse the command line, load config, init telemetry, run, map errors to exit codes
 //! (64 = bad configuration or usage, 69 = a service it needs is unavailable, 1 = other).
 
+#![forbid(unsafe_code)]
+
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
