@@ -1,4 +1,4 @@
-//! Wires the sidecar: keys, decider, feed, transports and housekeeping, all under one
+//! Wires the sidecar: keys, decider, feed (and its upkeep), transports and health, all under one
 //! shutdown token, with readiness as the conjunction of every component's latch.
 
 use crate::admin::{self, Admin};
@@ -11,9 +11,8 @@ use crate::config::Settings;
 use crate::decision::{DeciderConfig, DecisionMetrics, IssuerHooks, KeyRefetch};
 use crate::feed::{self, Applied, Applier, Feed, FeedMetrics};
 use crate::jwks::{JwksMetrics, Refetcher, RefetcherConfig, Source};
-use crate::metrics;
 use crate::readiness::{Component, Latch, Readiness};
-use crate::revocation::{Freshness, Kind, RevokedSet};
+use crate::revocation::{Freshness, RevokedSet};
 use crate::source_repair::{RepairMetrics, SourceRepair};
 use crate::token::{IssuerPolicy, KeySet, KeyStore, Validator};
 use anyhow::Context as _;
@@ -52,7 +51,7 @@ pub struct Metrics {
     pub decision: DecisionMetrics,
     pub feed: FeedMetrics,
     pub jwks: JwksMetrics,
-    pub housekeeping: HousekeepingMetrics,
+    pub upkeep: feed::UpkeepMetrics,
     pub source_repair: RepairMetrics,
 }
 
@@ -63,59 +62,9 @@ impl Metrics {
             decision: DecisionMetrics::register(r),
             feed: FeedMetrics::register(r),
             jwks: JwksMetrics::register(r),
-            housekeeping: HousekeepingMetrics::register(r),
+            upkeep: feed::UpkeepMetrics::register(r),
             source_repair: RepairMetrics::register(r),
         }
-    }
-}
-
-/// What housekeeping reports: the revoked set's size and each origin's staleness.
-#[derive(Clone)]
-pub struct HousekeepingMetrics {
-    held: prometheus::IntGaugeVec,
-    /// `veto_revocations_table_bytes`.
-    pub table_bytes: prometheus::IntGauge,
-    /// `veto_revocations_over_capacity`.
-    pub over_capacity: prometheus::IntGauge,
-    staleness: prometheus::GaugeVec,
-}
-
-impl HousekeepingMetrics {
-    pub fn register(r: &prometheus::Registry) -> HousekeepingMetrics {
-        HousekeepingMetrics {
-            held: metrics::gauge_vec(
-                r,
-                "veto_revocations_held",
-                "Live revocations held, by kind.",
-                &["kind"],
-            ),
-            table_bytes: metrics::gauge(
-                r,
-                "veto_revocations_table_bytes",
-                "Bytes held by the revoked-set tables.",
-            ),
-            over_capacity: metrics::gauge(
-                r,
-                "veto_revocations_over_capacity",
-                "1 when revocations exceed revocation.max_entries (none are dropped).",
-            ),
-            staleness: metrics::float_gauge_vec(
-                r,
-                "veto_feed_staleness_seconds",
-                "Seconds since the feed from this origin was last known fresh.",
-                &["origin_region"],
-            ),
-        }
-    }
-
-    /// `veto_revocations_held{kind}`.
-    pub fn held(&self, kind: Kind) -> prometheus::IntGauge {
-        self.held.with_label_values(&[kind.label()])
-    }
-
-    /// `veto_feed_staleness_seconds{origin_region}`.
-    pub fn staleness(&self, origin: &str) -> prometheus::Gauge {
-        self.staleness.with_label_values(&[origin])
     }
 }
 
@@ -130,7 +79,8 @@ enum Task {
     FastPath,
     CatchUp,
     SourceRepair,
-    Housekeeping,
+    Upkeep,
+    Health,
 }
 
 impl Task {
@@ -143,7 +93,8 @@ impl Task {
             Task::FastPath => "fast_path",
             Task::CatchUp => "catchup",
             Task::SourceRepair => "source_repair",
-            Task::Housekeeping => "housekeeping",
+            Task::Upkeep => "upkeep",
+            Task::Health => "health",
         }
     }
 
@@ -421,27 +372,26 @@ impl Sidecar {
 
         let (health, health_svc) = tonic_health::server::health_reporter();
         let health_on_stop = health.clone();
-        {
-            let (me, sd, max_entries, prune_every) = (
-                Housekeeping {
-                    revoked: self.revoked.clone(),
-                    freshness: self.freshness.clone(),
-                    readiness: self.readiness.clone(),
-                    capacity: self
-                        .readiness
-                        .latch(Component::Revocations, "not counted yet"),
-                    metrics: self.metrics.housekeeping.clone(),
-                    health,
-                },
-                shutdown.clone(),
-                s.revocation.max_entries,
-                s.revocation.prune_interval,
-            );
-            tasks.spawn(async move {
-                me.run(max_entries, prune_every, sd).await;
-                Task::Housekeeping
-            });
-        }
+        let upkeep = feed::Upkeep {
+            revoked: self.revoked.clone(),
+            freshness: self.freshness.clone(),
+            capacity: self
+                .readiness
+                .latch(Component::Revocations, "not counted yet"),
+            metrics: self.metrics.upkeep.clone(),
+            max_entries: s.revocation.max_entries,
+            prune_every: s.revocation.prune_interval,
+        };
+        let sd = shutdown.clone();
+        tasks.spawn(async move {
+            upkeep.run(sd).await;
+            Task::Upkeep
+        });
+        let (readiness, sd) = (self.readiness.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            follow_health(readiness, health, sd).await;
+            Task::Health
+        });
 
         let authz = AuthzService::new(
             self.decider.clone(),
@@ -580,72 +530,30 @@ struct ShutdownParts {
     skip_drain: bool,
 }
 
-struct Housekeeping {
-    revoked: Arc<RevokedSet>,
-    freshness: Arc<Freshness>,
+/// gRPC health follows readiness (latches and live checks) within one tick; NOT_SERVING on
+/// shutdown comes from the ordered shutdown itself.
+async fn follow_health(
     readiness: Readiness,
-    /// The revoked set within `revocation.max_entries`.
-    capacity: Latch,
-    metrics: HousekeepingMetrics,
     health: tonic_health::server::HealthReporter,
-}
-
-impl Housekeeping {
-    async fn run(self, max_entries: usize, prune_every: Duration, shutdown: CancellationToken) {
-        const AUTHZ: &str = AUTHZ_SERVICE;
-        // Short, so readiness follows the feed within a quarter second.
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
-        let mut last_prune = tokio::time::Instant::now();
-        let mut was_ready = None;
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => {
-                    self.health.set_service_status(AUTHZ, tonic_health::ServingStatus::NotServing).await;
-                    return;
-                }
-                _ = tick.tick() => {}
-            }
-            let now = crate::now_ms();
-            if last_prune.elapsed() >= prune_every {
-                last_prune = tokio::time::Instant::now();
-                let removed = self.revoked.prune(now);
-                if removed > 0 {
-                    tracing::debug!(removed, "expired revocations pruned");
-                }
-            }
-            let st = self.revoked.stats();
-            let held = &self.metrics;
-            held.held(Kind::Session).set(st.sessions as i64);
-            held.held(Kind::Token).set(st.tokens as i64);
-            held.held(Kind::Subject).set(st.subjects as i64);
-            held.table_bytes.set(st.table_bytes as i64);
-            let over = st.total() > max_entries;
-            let was_over = self.metrics.over_capacity.get() == 1;
-            self.metrics.over_capacity.set(i64::from(over));
-            if over {
-                if !was_over {
-                    tracing::error!(held = st.total(), max_entries, "revocations over capacity; none are dropped, raise revocation.max_entries or memory");
-                }
-                self.capacity.unready("over capacity");
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut was_ready = None;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let ready = readiness.is_ready();
+        if was_ready != Some(ready) {
+            was_ready = Some(ready);
+            let status = if ready {
+                tonic_health::ServingStatus::Serving
             } else {
-                self.capacity.ready();
-            }
-            for (origin, stale) in self.freshness.staleness(now) {
-                let secs = stale.map_or(f64::INFINITY, |ms| ms as f64 / 1000.0);
-                self.metrics.staleness(&origin).set(secs);
-            }
-            // Freshness readiness is a live check (registered in `build`); gRPC health follows
-            // it here, within one tick.
-            let ready = self.readiness.is_ready();
-            if was_ready != Some(ready) {
-                was_ready = Some(ready);
-                let status = if ready {
-                    tonic_health::ServingStatus::Serving
-                } else {
-                    tonic_health::ServingStatus::NotServing
-                };
-                self.health.set_service_status(AUTHZ, status).await;
-                self.health.set_service_status("", status).await;
+                tonic_health::ServingStatus::NotServing
+            };
+            for service in [AUTHZ_SERVICE, ""] {
+                health.set_service_status(service, status).await;
             }
         }
     }
@@ -657,6 +565,8 @@ mod tests {
     use crate::authz::Transport;
     use crate::decision::Decision;
     use crate::feed::{Outcome, Path};
+    use crate::metrics;
+    use crate::revocation::Kind;
     use std::collections::BTreeMap;
 
     /// Every family the sidecar exports: name, type, help and label names (sorted), byte for
@@ -701,8 +611,8 @@ mod tests {
         m.decision.served_while_origin_stale("eu").inc();
         m.jwks.refresh("iss", crate::jwks::Load::Ok).inc();
         m.jwks.keys("iss").set(1);
-        m.housekeeping.held(Kind::Token).set(1);
-        m.housekeeping.staleness("eu").set(1.0);
+        m.upkeep.held(Kind::Token).set(1);
+        m.upkeep.staleness("eu").set(1.0);
         m.source_repair
             .repairs::<()>("eu", &Ok(crate::source_repair::Outcome::Healed))
             .inc();

@@ -19,6 +19,7 @@ mod fast;
 mod follow;
 mod metrics;
 pub mod replay;
+mod upkeep;
 
 pub use apply::{Applied, Applier, Outcome, Path, APPLIED_CAPACITY};
 pub use catchup::CatchUp;
@@ -26,3 +27,4 @@ pub use fast::run_fast_path;
 pub use follow::{Feed, FeedError, Restart};
 pub use metrics::FeedMetrics;
 pub use replay::{Progress, Through};
+pub use upkeep::{Upkeep, UpkeepMetrics};
