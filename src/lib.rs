@@ -24,6 +24,9 @@
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`source_repair`]: notices a region stream's source that stopped advancing while its
 //!   origin did not (the nats-server 2.9 duplicate-window wedge) and unsticks it.
+//! - [`metrics`]: the registry helper and rendering; each module registers its own families
+//!   with typed label methods (`feed::FeedMetrics`, `authz::CheckMetrics`, ...), and
+//!   `sidecar::Metrics` holds them all.
 //! - [`readiness`]: typed latches and live checks behind `/readyz` and gRPC health.
 //! - [`sidecar`]: wires the parts together: settings read once, typed tasks, the ordered and
 //!   bounded shutdown (`shutdown.drain`, `shutdown.grace`).
