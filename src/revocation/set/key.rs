@@ -1,0 +1,96 @@
+//! The digests entries are stored under, and the keyed hashes that make them.
+//!
+//! An entry's key is `H_id(id) XOR H_iss(issuer)`: two SipHash-1-3-128 functions under
+//! independent per-process random keys, so nobody can craft collisions (a collision could
+//! only ever deny, never allow) and a request hashes each claim once, whatever scope it is
+//! then looked up under. The any-issuer scope uses `H_iss("")` as its issuer half.
+
+use siphasher::sip128::{Hasher128, SipHasher13};
+use std::hash::Hasher;
+
+/// A 128-bit entry key, uniformly random. Its four words are spent on different jobs so they
+/// never correlate: word 0 picks the shard, words 1–2 feed the table's hasher, words 1–3 the
+/// Bloom filter's block and bits.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) struct Key([u32; 4]);
+
+impl Key {
+    /// The bits that choose the shard.
+    pub(super) fn shard_bits(&self) -> u32 {
+        self.0[0]
+    }
+
+    /// The 64 bits the table hashes by (not the shard bits).
+    pub(super) fn table_bits(&self) -> u64 {
+        u64::from(self.0[1]) << 32 | u64::from(self.0[2])
+    }
+
+    /// The filter's block selector and its two words of bit positions.
+    pub(super) fn bloom_bits(&self) -> (u32, u32, u32) {
+        (self.0[1], self.0[2], self.0[3])
+    }
+}
+
+/// One half of a key: the hash of an id or of an issuer.
+#[derive(Clone, Copy)]
+pub(super) struct Half([u64; 2]);
+
+impl Half {
+    /// The key of `self` (an id's half) under the issuer half `issuer`.
+    pub(super) fn key(self, issuer: Half) -> Key {
+        let (a, b) = (self.0[0] ^ issuer.0[0], self.0[1] ^ issuer.0[1]);
+        Key([a as u32, (a >> 32) as u32, b as u32, (b >> 32) as u32])
+    }
+}
+
+/// The per-process hash keys of one set.
+pub(super) struct Hashers {
+    id: (u64, u64),
+    issuer: (u64, u64),
+    /// `H_iss("")`, computed once: every lookup under "any issuer" uses it.
+    any_issuer: Half,
+}
+
+impl Hashers {
+    /// Fresh random keys.
+    pub(super) fn random() -> Hashers {
+        let issuer = random_keys();
+        Hashers {
+            id: random_keys(),
+            issuer,
+            any_issuer: sip(issuer, b""),
+        }
+    }
+
+    pub(super) fn id(&self, id: &str) -> Half {
+        sip(self.id, id.as_bytes())
+    }
+
+    /// The issuer half; `""` is the any-issuer scope.
+    pub(super) fn issuer(&self, issuer: &str) -> Half {
+        sip(self.issuer, issuer.as_bytes())
+    }
+
+    pub(super) fn any_issuer(&self) -> Half {
+        self.any_issuer
+    }
+}
+
+fn sip(keys: (u64, u64), bytes: &[u8]) -> Half {
+    let mut h = SipHasher13::new_with_keys(keys.0, keys.1);
+    h.write(bytes);
+    let d = h.finish128();
+    Half([d.h1, d.h2])
+}
+
+fn random_keys() -> (u64, u64) {
+    let mut k = [0u8; 16];
+    // A fixed key would still be correct, only collision-craftable; aws-lc's RNG does not
+    // fail in practice.
+    let _ = aws_lc_rs::rand::fill(&mut k);
+    let (a, b) = k.split_at(8);
+    (
+        u64::from_le_bytes(a.try_into().unwrap_or_default()),
+        u64::from_le_bytes(b.try_into().unwrap_or_default()),
+    )
+}

@@ -1,0 +1,408 @@
+//! The revoked set: a grow-only set of 128-bit digests with expiries.
+//!
+//! Why this shape: the set must hold millions of entries cheaply and never forget one before
+//! it expires (no size-based eviction, ever), so it is plain open-addressing tables of small
+//! fixed-size entries ([`table`]), each behind a blocked Bloom filter ([`bloom`]), split into
+//! shards so that pruning and writes never stall readers for long. moka would cost ~20x the
+//! memory and may evict; it is used only for the verified-token cache.
+//!
+//! Entries are keyed by a digest of (id, issuer) under per-process random keys ([`key`]).
+//! They live in one table per [`RevokedBy`] kind and [`Scope`] — "this issuer" or "any
+//! issuer" — with a count each, so a request skips every table that is empty (typically the
+//! token, subject and any-issuer ones) without touching memory.
+
+mod bloom;
+mod key;
+mod table;
+
+use super::event::{Kind, RevocationEvent};
+use key::{Hashers, Key};
+use parking_lot::RwLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use table::{Entry, Table, Upsert};
+
+const SHARDS: usize = 64;
+
+/// What applying an event did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// A new entry, or an existing one made stronger (later expiry / not-before).
+    New,
+    /// Nothing changed: the set already held this or a stronger revocation.
+    Duplicate,
+    /// The event had already expired when it arrived; nothing stored.
+    Expired,
+}
+
+/// Which kind of revocation matched; also the kinds the set keeps a table for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevokedBy {
+    Session,
+    Token,
+    Subject,
+}
+
+impl RevokedBy {
+    /// In the order a check looks them up.
+    const ALL: [RevokedBy; 3] = [RevokedBy::Session, RevokedBy::Token, RevokedBy::Subject];
+
+    /// The table an event of `kind` goes to; an unspecified kind counts as a session.
+    fn of(kind: Kind) -> RevokedBy {
+        match kind {
+            Kind::Session | Kind::Unspecified => RevokedBy::Session,
+            Kind::Token => RevokedBy::Token,
+            Kind::Subject => RevokedBy::Subject,
+        }
+    }
+}
+
+/// Whose tokens an entry applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    /// The event named an issuer: its tokens only.
+    Issuer,
+    /// The event's issuer was empty: every issuer's.
+    AnyIssuer,
+}
+
+impl Scope {
+    /// In the order a check looks them up.
+    const ALL: [Scope; 2] = [Scope::Issuer, Scope::AnyIssuer];
+
+    fn of(issuer: &str) -> Scope {
+        if issuer.is_empty() {
+            Scope::AnyIssuer
+        } else {
+            Scope::Issuer
+        }
+    }
+}
+
+/// One value per [`Scope`].
+#[derive(Default)]
+struct PerScope<T> {
+    issuer: T,
+    any_issuer: T,
+}
+
+impl<T> PerScope<T> {
+    fn get(&self, scope: Scope) -> &T {
+        match scope {
+            Scope::Issuer => &self.issuer,
+            Scope::AnyIssuer => &self.any_issuer,
+        }
+    }
+
+    fn get_mut(&mut self, scope: Scope) -> &mut T {
+        match scope {
+            Scope::Issuer => &mut self.issuer,
+            Scope::AnyIssuer => &mut self.any_issuer,
+        }
+    }
+
+    fn both(&self) -> [&T; 2] {
+        [&self.issuer, &self.any_issuer]
+    }
+}
+
+/// One value per kind of revocation.
+#[derive(Default)]
+struct PerKind<T> {
+    session: T,
+    token: T,
+    subject: T,
+}
+
+impl<T> PerKind<T> {
+    fn get(&self, kind: RevokedBy) -> &T {
+        match kind {
+            RevokedBy::Session => &self.session,
+            RevokedBy::Token => &self.token,
+            RevokedBy::Subject => &self.subject,
+        }
+    }
+
+    fn all(&self) -> [&T; 3] {
+        [&self.session, &self.token, &self.subject]
+    }
+}
+
+/// A session or token revocation: until when (seconds since the epoch, rounded up).
+#[derive(Clone, Copy)]
+struct Expiry(u32);
+
+impl Entry for Expiry {
+    fn merge(&mut self, other: Expiry) -> bool {
+        let changed = other.0 > self.0;
+        self.0 = self.0.max(other.0);
+        changed
+    }
+    fn live(&self, now_ms: i64) -> bool {
+        live(self.0, now_ms)
+    }
+    fn revokes(&self, _iat_secs: i64, now_ms: i64) -> bool {
+        self.live(now_ms)
+    }
+}
+
+/// A subject revocation: every token of the subject issued before `not_before`.
+#[derive(Clone, Copy)]
+struct SubjectEntry {
+    /// Tokens with `iat` (seconds) before this are dead: `ceil(revoked_at / 1000)`.
+    not_before: u32,
+    expires: u32,
+}
+
+impl Entry for SubjectEntry {
+    fn merge(&mut self, other: SubjectEntry) -> bool {
+        let changed = other.not_before > self.not_before || other.expires > self.expires;
+        self.not_before = self.not_before.max(other.not_before);
+        self.expires = self.expires.max(other.expires);
+        changed
+    }
+    fn live(&self, now_ms: i64) -> bool {
+        live(self.expires, now_ms)
+    }
+    fn revokes(&self, iat_secs: i64, now_ms: i64) -> bool {
+        self.live(now_ms) && iat_secs < i64::from(self.not_before)
+    }
+}
+
+/// One shard: a table per kind and scope.
+#[derive(Default)]
+struct Shard {
+    session: PerScope<Table<Expiry>>,
+    token: PerScope<Table<Expiry>>,
+    subject: PerScope<Table<SubjectEntry>>,
+}
+
+impl Shard {
+    /// Stores a revocation ending at `expires`; `not_before` matters to subjects only.
+    fn upsert(
+        &mut self,
+        kind: RevokedBy,
+        scope: Scope,
+        key: Key,
+        expires: u32,
+        not_before: u32,
+    ) -> Upsert {
+        match kind {
+            RevokedBy::Session => self.session.get_mut(scope).upsert(key, Expiry(expires)),
+            RevokedBy::Token => self.token.get_mut(scope).upsert(key, Expiry(expires)),
+            RevokedBy::Subject => self.subject.get_mut(scope).upsert(
+                key,
+                SubjectEntry {
+                    not_before,
+                    expires,
+                },
+            ),
+        }
+    }
+
+    fn revokes(
+        &self,
+        kind: RevokedBy,
+        scope: Scope,
+        key: &Key,
+        iat_secs: i64,
+        now_ms: i64,
+    ) -> bool {
+        match kind {
+            RevokedBy::Session => self.session.get(scope).revokes(key, iat_secs, now_ms),
+            RevokedBy::Token => self.token.get(scope).revokes(key, iat_secs, now_ms),
+            RevokedBy::Subject => self.subject.get(scope).revokes(key, iat_secs, now_ms),
+        }
+    }
+
+    /// Forgets what is not live at `now_ms`, adding what it removed to `removed`.
+    fn prune(&mut self, now_ms: i64, removed: &mut PerKind<PerScope<usize>>) {
+        for scope in Scope::ALL {
+            *removed.session.get_mut(scope) += self.session.get_mut(scope).prune(now_ms);
+            *removed.token.get_mut(scope) += self.token.get_mut(scope).prune(now_ms);
+            *removed.subject.get_mut(scope) += self.subject.get_mut(scope).prune(now_ms);
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        let exact = self.session.both().into_iter().chain(self.token.both());
+        exact.map(Table::bytes).sum::<usize>()
+            + self
+                .subject
+                .both()
+                .into_iter()
+                .map(Table::bytes)
+                .sum::<usize>()
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SetStats {
+    pub sessions: usize,
+    pub tokens: usize,
+    pub subjects: usize,
+    /// Bytes held by the tables (slots × slot size, not counting allocator slack).
+    pub table_bytes: usize,
+}
+
+impl SetStats {
+    pub fn total(&self) -> usize {
+        self.sessions + self.tokens + self.subjects
+    }
+}
+
+pub struct RevokedSet {
+    shards: Box<[RwLock<Shard>]>,
+    hashers: Hashers,
+    /// Live entries per kind and scope: a check skips the tables these say are empty.
+    counts: PerKind<PerScope<AtomicUsize>>,
+}
+
+impl Default for RevokedSet {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn secs_ceil(ms: i64) -> u32 {
+    let s = ms.div_euclid(1000) + i64::from(ms.rem_euclid(1000) != 0);
+    s.clamp(0, i64::from(u32::MAX)) as u32
+}
+
+/// An entry stored with expiry `exp` (seconds, rounded up) is live strictly before it.
+fn live(exp: u32, now_ms: i64) -> bool {
+    i64::from(exp) * 1000 > now_ms
+}
+
+impl RevokedSet {
+    pub fn new() -> RevokedSet {
+        RevokedSet {
+            shards: (0..SHARDS).map(|_| RwLock::new(Shard::default())).collect(),
+            hashers: Hashers::random(),
+            counts: PerKind::default(),
+        }
+    }
+
+    fn shard(&self, k: &Key) -> &RwLock<Shard> {
+        &self.shards[k.shard_bits() as usize % SHARDS]
+    }
+
+    fn count(&self, kind: RevokedBy, scope: Scope) -> usize {
+        self.counts.get(kind).get(scope).load(Ordering::Relaxed)
+    }
+
+    /// Entries of `kind` in both scopes.
+    fn count_kind(&self, kind: RevokedBy) -> usize {
+        self.count(kind, Scope::Issuer) + self.count(kind, Scope::AnyIssuer)
+    }
+
+    /// Applies a (validated) event at `now_ms`. Idempotent and order-independent: the set only
+    /// ever grows until entries expire.
+    pub fn apply(&self, ev: &RevocationEvent, now_ms: i64) -> Applied {
+        if ev.expires_at <= now_ms {
+            return Applied::Expired;
+        }
+        let kind = RevokedBy::of(Kind::try_from(ev.kind).unwrap_or(Kind::Unspecified));
+        let scope = Scope::of(&ev.issuer);
+        let key = self.hashers.id(&ev.id).key(self.hashers.issuer(&ev.issuer));
+        let (expires, not_before) = (secs_ceil(ev.expires_at), secs_ceil(ev.revoked_at));
+        let done = self
+            .shard(&key)
+            .write()
+            .upsert(kind, scope, key, expires, not_before);
+        match done {
+            Upsert::Inserted => {
+                self.counts
+                    .get(kind)
+                    .get(scope)
+                    .fetch_add(1, Ordering::Relaxed);
+                Applied::New
+            }
+            Upsert::Strengthened => Applied::New,
+            Upsert::Unchanged => Applied::Duplicate,
+        }
+    }
+
+    /// Is a token with these claims revoked at `now_ms`? Checks the session, the token and
+    /// the subject, each under the token's issuer and under "any issuer"; tables that hold
+    /// nothing are skipped.
+    pub fn check(
+        &self,
+        issuer: &str,
+        sid: &str,
+        jti: Option<&str>,
+        sub: Option<&str>,
+        iat_secs: i64,
+        now_ms: i64,
+    ) -> Option<RevokedBy> {
+        let mut issuer_half = None;
+        let claims = [
+            (RevokedBy::Session, Some(sid)),
+            (RevokedBy::Token, jti),
+            (RevokedBy::Subject, sub),
+        ];
+        for (kind, id) in claims {
+            let Some(id) = id else { continue };
+            if self.count_kind(kind) == 0 {
+                continue;
+            }
+            let id = self.hashers.id(id);
+            for scope in Scope::ALL {
+                if self.count(kind, scope) == 0 {
+                    continue;
+                }
+                let tweak = match scope {
+                    Scope::AnyIssuer => self.hashers.any_issuer(),
+                    Scope::Issuer => {
+                        *issuer_half.get_or_insert_with(|| self.hashers.issuer(issuer))
+                    }
+                };
+                let key = id.key(tweak);
+                if self
+                    .shard(&key)
+                    .read()
+                    .revokes(kind, scope, &key, iat_secs, now_ms)
+                {
+                    return Some(kind);
+                }
+            }
+        }
+        None
+    }
+
+    /// Forgets entries whose expiry has passed; returns how many. Never touches live ones.
+    pub fn prune(&self, now_ms: i64) -> usize {
+        let mut removed = PerKind::<PerScope<usize>>::default();
+        for shard in self.shards.iter() {
+            shard.write().prune(now_ms, &mut removed);
+        }
+        let mut total = 0;
+        for (counts, removed) in self.counts.all().into_iter().zip(removed.all()) {
+            for (c, &n) in counts.both().into_iter().zip(removed.both()) {
+                c.fetch_sub(n, Ordering::Relaxed);
+                total += n;
+            }
+        }
+        total
+    }
+
+    pub fn stats(&self) -> SetStats {
+        let table_bytes = self.shards.iter().map(|s| s.read().bytes()).sum();
+        SetStats {
+            sessions: self.count_kind(RevokedBy::Session),
+            tokens: self.count_kind(RevokedBy::Token),
+            subjects: self.count_kind(RevokedBy::Subject),
+            table_bytes,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        RevokedBy::ALL.into_iter().map(|k| self.count_kind(k)).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests;

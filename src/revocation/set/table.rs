@@ -1,0 +1,164 @@
+//! One table of the set: an open-addressing map from [`Key`] to a small entry, with its Bloom
+//! filter in front.
+//!
+//! Plain hashbrown (through `std::collections::HashMap`) keyed by the digest itself: the key
+//! is already uniformly random, so the hasher passes 64 of its bits through instead of hashing
+//! again. A session or token slot is `([u32; 4] digest, u32 expiry-seconds)` — 20 bytes plus
+//! one control byte.
+
+use super::bloom::Bloom;
+use super::key::Key;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
+
+/// What a table entry is: something that expires, can be made stronger by a later event for
+/// the same key, and decides whether it revokes a token.
+pub(super) trait Entry: Copy {
+    /// Folds `other` into `self`, keeping the stronger of each part; true if `self` changed.
+    fn merge(&mut self, other: Self) -> bool;
+    /// Live at `now_ms`?
+    fn live(&self, now_ms: i64) -> bool;
+    /// Does it revoke a token issued at `iat_secs`, at `now_ms`?
+    fn revokes(&self, iat_secs: i64, now_ms: i64) -> bool;
+}
+
+/// What [`Table::upsert`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Upsert {
+    /// A key the table did not hold.
+    Inserted,
+    /// An existing entry made stronger.
+    Strengthened,
+    /// The table already held this or a stronger entry.
+    Unchanged,
+}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // Already uniformly random: hand the table 64 bits that are not the shard bits.
+        state.write_u64(self.table_bits());
+    }
+}
+
+/// A hasher that passes the (already random) key through.
+#[derive(Default, Clone, Copy)]
+struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+#[derive(Default, Clone, Copy)]
+struct BuildPassThrough;
+
+impl BuildHasher for BuildPassThrough {
+    type Hasher = PassThrough;
+    fn build_hasher(&self) -> PassThrough {
+        PassThrough(0)
+    }
+}
+
+/// Entries the filter of a new or emptied table is sized for.
+const MIN_FILTER: usize = 64;
+
+pub(super) struct Table<V> {
+    map: HashMap<Key, V, BuildPassThrough>,
+    bloom: Bloom,
+}
+
+impl<V> Default for Table<V> {
+    fn default() -> Self {
+        Table {
+            map: HashMap::default(),
+            bloom: Bloom::with_capacity(MIN_FILTER),
+        }
+    }
+}
+
+impl<V: Entry> Table<V> {
+    /// The entry under `k`, asking the filter first; an empty table answers without
+    /// touching its filter.
+    fn get(&self, k: &Key) -> Option<&V> {
+        if self.map.is_empty() || !self.bloom.may_contain(k) {
+            return None;
+        }
+        self.map.get(k)
+    }
+
+    /// Does the entry under `k` (if any) revoke a token issued at `iat_secs`, at `now_ms`?
+    pub(super) fn revokes(&self, k: &Key, iat_secs: i64, now_ms: i64) -> bool {
+        self.get(k).is_some_and(|e| e.revokes(iat_secs, now_ms))
+    }
+
+    /// Stores `v` under `k`, or merges it into the entry already there.
+    pub(super) fn upsert(&mut self, k: Key, v: V) -> Upsert {
+        if let Some(e) = self.map.get_mut(&k) {
+            return if e.merge(v) {
+                Upsert::Strengthened
+            } else {
+                Upsert::Unchanged
+            };
+        }
+        self.map.insert(k, v);
+        if self.map.len() > self.bloom.capacity() {
+            self.rebuild_bloom(self.map.len() * 2);
+        } else {
+            self.bloom.insert(&k);
+        }
+        Upsert::Inserted
+    }
+
+    /// Forgets the entries not live at `now_ms`; returns how many. The filter is rebuilt so
+    /// forgotten keys stop costing table probes.
+    pub(super) fn prune(&mut self, now_ms: i64) -> usize {
+        let before = self.map.len();
+        self.map.retain(|_, e| e.live(now_ms));
+        let removed = before - self.map.len();
+        if removed > 0 {
+            if self.map.capacity() > 64 && self.map.len() < self.map.capacity() / 4 {
+                self.map.shrink_to_fit();
+            }
+            self.rebuild_bloom((self.map.len() * 2).max(MIN_FILTER));
+        }
+        removed
+    }
+
+    fn rebuild_bloom(&mut self, capacity: usize) {
+        let mut bloom = Bloom::with_capacity(capacity);
+        for k in self.map.keys() {
+            bloom.insert(k);
+        }
+        self.bloom = bloom;
+    }
+
+    /// Bytes held: slots × (slot + control byte), plus the filter; not allocator slack.
+    pub(super) fn bytes(&self) -> usize {
+        let slot = std::mem::size_of::<(Key, V)>() + 1;
+        buckets(self.map.capacity()) * slot + self.bloom.bytes()
+    }
+}
+
+/// hashbrown's bucket count for a given capacity (7/8 load factor, power of two).
+fn buckets(cap: usize) -> usize {
+    if cap == 0 {
+        0
+    } else if cap < 8 {
+        if cap < 4 {
+            4
+        } else {
+            8
+        }
+    } else {
+        (cap * 8 / 7).next_power_of_two()
+    }
+}
