@@ -66,3 +66,36 @@ impl Bloom {
         self.words.len() * 8
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::key::Hashers;
+    use super::*;
+
+    #[test]
+    fn sized_in_whole_power_of_two_blocks() {
+        let b = Bloom::with_capacity(64);
+        // 640 bits → 2 blocks → 102 entries
+        assert_eq!((b.bytes(), b.capacity()), (128, 102));
+        let b = Bloom::with_capacity(1_000_000);
+        assert_eq!(b.bytes(), 2 * 1024 * 1024);
+        assert!(b.capacity() >= 1_000_000);
+    }
+
+    #[test]
+    fn no_false_negatives_and_few_false_positives() {
+        let h = Hashers::random();
+        let any = h.any_issuer();
+        let n = 10_000;
+        let mut b = Bloom::with_capacity(n);
+        for i in 0..n {
+            b.insert(&h.id(&format!("in{i}")).key(any));
+        }
+        assert!((0..n).all(|i| b.may_contain(&h.id(&format!("in{i}")).key(any))));
+        let fp = (0..n)
+            .filter(|i| b.may_contain(&h.id(&format!("out{i}")).key(any)))
+            .count();
+        // ~1.6 % expected at ~10–13 bits per entry with 4 probes; 5 % leaves room for luck
+        assert!(fp < n / 20, "{fp} false positives in {n}");
+    }
+}

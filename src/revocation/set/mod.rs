@@ -35,7 +35,7 @@ pub enum Applied {
 }
 
 /// Which kind of revocation matched; also the kinds the set keeps a table for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RevokedBy {
     Session,
     Token,

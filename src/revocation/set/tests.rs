@@ -1,4 +1,5 @@
-//! The set's unit tests.
+//! The set's unit tests: the cases it was built against, then a model-based property test
+//! of convergence and pruning.
 
 use super::*;
 
@@ -157,4 +158,275 @@ fn expiry_rounds_up_never_down() {
     assert!(s.check("", "s", None, None, 0, T + 2_000).is_none());
     s.prune(T + 1_499);
     assert!(s.check("", "s", None, None, 0, T + 1_499).is_some());
+}
+
+// --- convergence and pruning, against a model -------------------------------------------
+
+use std::collections::HashMap;
+
+/// xorshift64: seeded, so a failing case is reproducible from its seed without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    /// Uniform in `lo..hi`.
+    fn range(&mut self, lo: i64, hi: i64) -> i64 {
+        lo + self.below((hi - lo) as u64) as i64
+    }
+    fn shuffle<X>(&mut self, xs: &mut [X]) {
+        for i in (1..xs.len()).rev() {
+            xs.swap(i, self.below(i as u64 + 1) as usize);
+        }
+    }
+}
+
+/// Issuers events name; `""` is "any issuer". Checks also ask for an issuer nobody revoked.
+const ISSUERS: [&str; 3] = ["", "iss-a", "iss-b"];
+const TOKEN_ISSUERS: [&str; 3] = ["iss-a", "iss-b", "iss-c"];
+/// Applications happen in `T..T + WINDOW`; every stored entry outlives the window, so each
+/// stored event is live whenever it is applied and order cannot matter; the rest expired
+/// before `T` and are refused whenever they arrive.
+const WINDOW: i64 = 10_000;
+/// Checks and prunes happen in `T + WINDOW..T + HORIZON`, across the entries' expiries.
+const HORIZON: i64 = 130_000;
+
+/// What the set must hold: per (kind, id, issuer), the strongest of the stored events, in
+/// whole seconds rounded up — written from the contract, not from the set's code.
+#[derive(Default)]
+struct Model(HashMap<(RevokedBy, String, String), (i64, i64)>);
+
+impl Model {
+    fn kind(ev: &RevocationEvent) -> RevokedBy {
+        match Kind::try_from(ev.kind) {
+            Ok(Kind::Token) => RevokedBy::Token,
+            Ok(Kind::Subject) => RevokedBy::Subject,
+            _ => RevokedBy::Session,
+        }
+    }
+
+    fn add(&mut self, ev: &RevocationEvent, now_ms: i64) {
+        if ev.expires_at <= now_ms {
+            return;
+        }
+        let ceil = |ms: i64| (ms + 999).div_euclid(1000);
+        let k = (Self::kind(ev), ev.id.clone(), ev.issuer.clone());
+        let e = self.0.entry(k).or_insert((i64::MIN, i64::MIN));
+        e.0 = e.0.max(ceil(ev.revoked_at));
+        e.1 = e.1.max(ceil(ev.expires_at));
+    }
+
+    fn revokes(&self, kind: RevokedBy, id: &str, issuer: &str, iat: i64, now: i64) -> bool {
+        [issuer, ""].iter().any(|iss| {
+            self.0
+                .get(&(kind, id.to_string(), iss.to_string()))
+                .is_some_and(|&(nb, exp)| {
+                    exp * 1000 > now && (kind != RevokedBy::Subject || iat < nb)
+                })
+        })
+    }
+
+    fn check(&self, q: &Query, now: i64) -> Option<RevokedBy> {
+        let claims = [
+            (RevokedBy::Session, Some(q.sid.as_str())),
+            (RevokedBy::Token, q.jti.as_deref()),
+            (RevokedBy::Subject, q.sub.as_deref()),
+        ];
+        claims.into_iter().find_map(|(kind, id)| {
+            id.filter(|id| self.revokes(kind, id, q.issuer, q.iat, now))
+                .map(|_| kind)
+        })
+    }
+
+    fn expired_by(&self, now: i64) -> usize {
+        self.0
+            .values()
+            .filter(|&&(_, exp)| exp * 1000 <= now)
+            .count()
+    }
+
+    fn live_at(&self, now: i64) -> usize {
+        self.0.len() - self.expired_by(now)
+    }
+
+    fn count(&self, kind: RevokedBy) -> usize {
+        self.0.keys().filter(|k| k.0 == kind).count()
+    }
+}
+
+struct Query {
+    issuer: &'static str,
+    sid: String,
+    jti: Option<String>,
+    sub: Option<String>,
+    iat: i64,
+}
+
+fn query(r: &mut Rng, ids: u64) -> Query {
+    let id = |r: &mut Rng| format!("id{}", r.below(ids));
+    let opt = |r: &mut Rng| (r.below(4) != 0).then(|| id(r));
+    Query {
+        issuer: TOKEN_ISSUERS[r.below(3) as usize],
+        sid: format!("id{}", r.below(ids)),
+        jti: opt(r),
+        sub: opt(r),
+        iat: T / 1000 + r.range(-120, 120),
+    }
+}
+
+fn ask(s: &RevokedSet, q: &Query, now: i64) -> Option<RevokedBy> {
+    s.check(
+        q.issuer,
+        &q.sid,
+        q.jti.as_deref(),
+        q.sub.as_deref(),
+        q.iat,
+        now,
+    )
+}
+
+/// A random event: kind (an unknown kind number counts as a session), id, issuer and times;
+/// one in four already expired before `T`.
+fn random_event(r: &mut Rng, ids: u64, n: usize) -> RevocationEvent {
+    let kind = [0, 1, 2, 3, 99][r.below(5) as usize];
+    let revoked_at = T + r.range(-100_000, 100_000);
+    let expires_at = if r.below(4) == 0 {
+        T - r.range(0, 50_000)
+    } else {
+        T + WINDOW + 1 + r.range(0, HORIZON - WINDOW)
+    };
+    RevocationEvent {
+        event_id: format!("e{n}"),
+        kind,
+        id: format!("id{}", r.below(ids)),
+        issuer: ISSUERS[r.below(3) as usize].into(),
+        revoked_at,
+        expires_at,
+        origin_region: ["us", "eu"][r.below(2) as usize].into(),
+        reason: String::new(),
+        urgent: false,
+    }
+}
+
+/// One case: `events` distinct events over `ids` ids, delivered with duplicates, shuffled and
+/// at increasing times, must leave the same set as applying each once, in order, at `T`; and
+/// a prune must remove exactly the expired entries.
+fn converges(seed: u64, events: usize, ids: u64, queries: usize) {
+    let r = &mut Rng::new(seed);
+    let evs: Vec<RevocationEvent> = (0..events).map(|n| random_event(r, ids, n)).collect();
+    let mut model = Model::default();
+    let once = RevokedSet::new();
+    for ev in &evs {
+        model.add(ev, T);
+        let expect_expired = ev.expires_at <= T;
+        assert_eq!(
+            once.apply(ev, T) == Applied::Expired,
+            expect_expired,
+            "seed {seed}"
+        );
+    }
+
+    // Every event one to three times, in any order, at increasing times within the window.
+    let mut deliveries: Vec<&RevocationEvent> = evs
+        .iter()
+        .flat_map(|ev| std::iter::repeat_n(ev, 1 + r.below(3) as usize))
+        .collect();
+    r.shuffle(&mut deliveries);
+    let mut times: Vec<i64> = deliveries.iter().map(|_| T + r.range(0, WINDOW)).collect();
+    times.sort_unstable();
+    let shuffled = RevokedSet::new();
+    let mut new = 0;
+    for (ev, &at) in deliveries.iter().zip(&times) {
+        match shuffled.apply(ev, at) {
+            Applied::Expired => assert!(ev.expires_at <= at, "seed {seed}: live event refused"),
+            Applied::New => new += 1,
+            Applied::Duplicate => {}
+        }
+    }
+    assert!(new >= model.0.len(), "seed {seed}: every entry is new once");
+
+    for s in [&once, &shuffled] {
+        assert_eq!(s.len(), model.0.len(), "seed {seed}");
+        let st = s.stats();
+        assert_eq!(
+            (st.sessions, st.tokens, st.subjects),
+            (
+                model.count(RevokedBy::Session),
+                model.count(RevokedBy::Token),
+                model.count(RevokedBy::Subject)
+            ),
+            "seed {seed}"
+        );
+    }
+    assert_eq!(
+        once.prune(T + WINDOW),
+        0,
+        "seed {seed}: nothing expires in the window"
+    );
+
+    let mut answers = [0usize; 2];
+    for _ in 0..queries {
+        let q = query(r, ids);
+        let now = T + r.range(WINDOW, HORIZON + 2_000);
+        let want = model.check(&q, now);
+        answers[usize::from(want.is_some())] += 1;
+        assert_eq!(ask(&once, &q, now), want, "seed {seed}: in order, once");
+        assert_eq!(ask(&shuffled, &q, now), want, "seed {seed}: shuffled");
+    }
+    if ids <= 8 && queries >= 100 {
+        assert!(
+            answers.iter().all(|&n| n > 0),
+            "seed {seed}: hits and misses both {answers:?}"
+        );
+    }
+
+    // Prune at a random time: exactly the expired entries go; answers from then on are those
+    // of the set that was never pruned.
+    let at = T + r.range(WINDOW, HORIZON + 2_000);
+    assert_eq!(shuffled.prune(at), model.expired_by(at), "seed {seed}");
+    assert_eq!(shuffled.len(), model.live_at(at), "seed {seed}");
+    assert_eq!(shuffled.prune(at), 0, "seed {seed}: prune is idempotent");
+    for _ in 0..queries {
+        let q = query(r, ids);
+        let now = at + r.range(0, HORIZON - WINDOW);
+        assert_eq!(
+            ask(&shuffled, &q, now),
+            ask(&once, &q, now),
+            "seed {seed}: pruned vs not"
+        );
+    }
+    // What survived is held whole: redelivering everything only finds duplicates.
+    for ev in &evs {
+        let got = shuffled.apply(ev, at);
+        let want = if ev.expires_at <= at {
+            Applied::Expired
+        } else {
+            Applied::Duplicate
+        };
+        assert_eq!(got, want, "seed {seed}: redelivered after prune");
+    }
+}
+
+#[test]
+fn any_delivery_order_converges_and_prune_removes_exactly_the_expired() {
+    for seed in 0..300 {
+        converges(seed, 1 + (seed as usize % 40), 6, 300);
+    }
+}
+
+#[test]
+fn convergence_holds_across_shards_and_filter_rebuilds() {
+    for seed in 1000..1004 {
+        converges(seed, 5_000, 2_000, 5_000);
+    }
 }
