@@ -16,7 +16,7 @@ pub struct ConfigError {
     pub message: String,
 }
 
-fn bad(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+pub(crate) fn bad(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError {
         key: key.into(),
         message: message.into(),
@@ -43,6 +43,8 @@ pub struct Settings {
     pub revocation: Revocation,
     #[serde(default)]
     pub shutdown: Shutdown,
+    /// `veto authority` only: sessions, refresh rotation, keys, back-channel logout.
+    pub authority: Option<crate::authority::config::Authority>,
 }
 
 /// The ordered shutdown on SIGTERM: readiness and gRPC health go NOT_SERVING at once, the
@@ -384,7 +386,12 @@ impl Settings {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.issuers.is_empty() {
+        if let Some(a) = &self.authority {
+            a.validate()?;
+            if self.nats.is_none() {
+                return Err(bad("nats", "the authority needs a [nats] section"));
+            }
+        } else if self.issuers.is_empty() {
             return Err(bad("issuers", "at least one [[issuers]] entry is required"));
         }
         for (i, iss) in self.issuers.iter().enumerate() {

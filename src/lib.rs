@@ -37,6 +37,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod authority;
 pub mod authz;
 pub mod bus;
 pub mod config;

@@ -9,6 +9,10 @@
 //! veto.revocations.*.ev.>                   every origin's events: the fast path
 //! <base>_<region>                           region's stream (base `VETO_REVOCATIONS`)
 //! $JS.<domain>.API                          a domain's JetStream API (cross-domain sources)
+//! veto.authority.<home>.refresh             refresh forwarded to the home's authorities (queue group)
+//! veto.authority.<home>.upstream_logout     back-channel logout fan-out to every home
+//! _VETO_AUTHORITY_INBOX.>                   authorities' reply inbox (sidecars may not read it)
+//! KV_VETO_SESSIONS / $KV.VETO_SESSIONS.>   a home's session bucket (authorities only)
 //! ```
 
 use crate::revocation::{valid_region, valid_token_name};
@@ -25,6 +29,32 @@ pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
 
 /// Longest event id, in bytes (one subject token of `[A-Za-z0-9_-]`).
 pub const MAX_EVENT_ID: usize = 128;
+
+/// Root of the authorities' request subjects.
+pub const AUTHORITY_ROOT: &str = "veto.authority";
+
+/// Every authority request subject: what only authority users may subscribe to.
+pub const AUTHORITY_SUBJECTS: &str = "veto.authority.>";
+
+/// The queue group of a region's authority replicas.
+pub const AUTHORITY_QUEUE: &str = "veto-authority";
+
+/// The inbox prefix of authority connections: replies carry refresh tokens, so they go to an
+/// inbox that sidecar users are not allowed to subscribe to (sidecars use `_INBOX`).
+pub const AUTHORITY_INBOX_PREFIX: &str = "_VETO_AUTHORITY_INBOX";
+
+/// The session bucket of a home region (one per JetStream domain).
+pub const SESSION_BUCKET: &str = "VETO_SESSIONS";
+
+/// A home's refresh endpoint.
+pub fn refresh_subject(home: &str) -> String {
+    format!("{AUTHORITY_ROOT}.{home}.refresh")
+}
+
+/// A home's upstream-logout endpoint (back-channel logout fan-out).
+pub fn upstream_logout_subject(home: &str) -> String {
+    format!("{AUTHORITY_ROOT}.{home}.upstream_logout")
+}
 
 /// The subject of one revocation event.
 pub fn event_subject(origin: &str, event_id: &str) -> String {

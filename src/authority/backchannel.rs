@@ -1,0 +1,1 @@
+//! OIDC Back-Channel Logout 1.0 receiver.

@@ -1,0 +1,1 @@
+//! Signing keys: the key directory, next/current/retired, the JWKS document.
