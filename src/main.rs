@@ -27,6 +27,12 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Run the regional authority: sessions, refresh rotation, logout and revocations,
+    /// signing keys and JWKS, back-channel logout, the region's heartbeat.
+    Authority {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Validate a config file; exit 0, or 64 naming the bad key.
     CheckConfig {
         #[arg(long, short)]
@@ -67,6 +73,7 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         match cli.command {
             Command::Sidecar { config } => cli::sidecar(&config).await,
+            Command::Authority { config } => cli::authority(&config).await,
             Command::CheckConfig { config } => cli::check_config(&config),
             Command::Revoke(args) => cli::revoke(*args).await,
             Command::Heartbeat(args) => cli::heartbeat(args).await,

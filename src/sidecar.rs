@@ -81,6 +81,9 @@ enum Task {
     SourceRepair,
     Upkeep,
     Health,
+    /// A server or task added by the embedding program (the authority's API, its loops).
+    ExtraServer(&'static str),
+    Extra(&'static str),
 }
 
 impl Task {
@@ -95,11 +98,12 @@ impl Task {
             Task::SourceRepair => "source_repair",
             Task::Upkeep => "upkeep",
             Task::Health => "health",
+            Task::ExtraServer(name) | Task::Extra(name) => name,
         }
     }
 
     fn is_server(self) -> bool {
-        matches!(self, Task::Grpc | Task::Http)
+        matches!(self, Task::Grpc | Task::Http | Task::ExtraServer(_))
     }
 
     /// Its readiness entry when it stops unexpectedly.
@@ -283,6 +287,20 @@ impl Sidecar {
         http: TcpListener,
         stop: CancellationToken,
     ) -> anyhow::Result<()> {
+        self.run_with(Some(grpc), http, Extra::default(), stop)
+            .await
+    }
+
+    /// [`Sidecar::run`] for a program that embeds the sidecar's feed (the authority):
+    /// without gRPC if `grpc` is `None`, and with `extra` servers and tasks under the same
+    /// readiness and ordered shutdown (extra servers drain and close with the others).
+    pub async fn run_with(
+        self,
+        grpc: Option<TcpListener>,
+        http: TcpListener,
+        extra: Extra,
+        stop: CancellationToken,
+    ) -> anyhow::Result<()> {
         let s = &self.settings;
         // Background work (keys, feed, housekeeping) stops on `shutdown`, the listeners on
         // `servers`: both are cancelled by the ordered shutdown below, the listeners first.
@@ -398,21 +416,42 @@ impl Sidecar {
             self.shape.clone(),
             self.metrics.checks.clone(),
         );
-        let sd = servers_stop.clone();
-        servers.spawn(async move {
-            let result = tonic::transport::Server::builder()
-                .add_service(health_svc)
-                .add_service(AuthorizationServer::new(authz))
-                .serve_with_incoming_shutdown(
-                    tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
-                    sd.cancelled_owned(),
-                )
-                .await;
-            if let Err(e) = result {
-                tracing::error!(error = %e, "gRPC server failed");
-            }
-            Task::Grpc
-        });
+        if let Some(grpc) = grpc {
+            let sd = servers_stop.clone();
+            servers.spawn(async move {
+                let result = tonic::transport::Server::builder()
+                    .add_service(health_svc)
+                    .add_service(AuthorizationServer::new(authz))
+                    .serve_with_incoming_shutdown(
+                        tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
+                        sd.cancelled_owned(),
+                    )
+                    .await;
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "gRPC server failed");
+                }
+                Task::Grpc
+            });
+        }
+        for (name, listener, router) in extra.servers {
+            let sd = servers_stop.clone();
+            servers.spawn(async move {
+                if let Err(e) = axum::serve(listener, router)
+                    .with_graceful_shutdown(sd.cancelled_owned())
+                    .await
+                {
+                    tracing::error!(error = %e, server = name, "HTTP server failed");
+                }
+                Task::ExtraServer(name)
+            });
+        }
+        for (name, task) in extra.tasks {
+            let sd = shutdown.clone();
+            tasks.spawn(async move {
+                task(sd).await;
+                Task::Extra(name)
+            });
+        }
 
         let router = admin::router(
             ForwardAuth {
@@ -515,6 +554,19 @@ impl Sidecar {
         }
         tracing::info!(took_ms = started.elapsed().as_millis() as u64, "shut down");
     }
+}
+
+/// Servers and background tasks an embedding program adds to [`Sidecar::run_with`].
+#[derive(Default)]
+pub struct Extra {
+    /// `(name, listener, router)`: served until the ordered shutdown closes the listeners.
+    pub servers: Vec<(&'static str, TcpListener, axum::Router)>,
+    /// `(name, task)`: each gets the background shutdown token.
+    #[allow(clippy::type_complexity)]
+    pub tasks: Vec<(
+        &'static str,
+        Box<dyn FnOnce(CancellationToken) -> futures::future::BoxFuture<'static, ()> + Send>,
+    )>,
 }
 
 /// The ext_authz service name in gRPC health.

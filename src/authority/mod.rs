@@ -3,7 +3,380 @@
 //! to the home), logout and admin revocations published to every region, signing keys with
 //! next/current/retired states and their JWKS, OIDC back-channel logout from upstream IdPs,
 //! and the region's heartbeat.
+//!
+//! It embeds the sidecar's feed ([`crate::sidecar::Sidecar::run_with`], no gRPC): the same
+//! durable + fast path, freshness per origin (a stale home is answered 503 at once) and the
+//! applied stream, which marks the records of sessions revoked anywhere. `/metrics`,
+//! `/healthz` and `/readyz` stay on `http.listen`; the public API is on `authority.listen`.
 
 pub mod backchannel;
 pub mod config;
+pub mod http;
+#[path = "keys_interim.rs"]
 pub mod keys;
+pub mod metrics;
+pub mod oauth;
+pub mod refresh;
+pub mod service;
+pub mod session;
+pub mod store;
+
+use crate::bus::{self, names};
+use crate::config::Settings;
+use crate::readiness::{Component, Latch};
+use crate::revocation::Freshness;
+use crate::sidecar::{Extra, Sidecar};
+use crate::token::{IssuerPolicy, KeyStore, Validator};
+use anyhow::Context as _;
+use futures::{FutureExt, StreamExt};
+use service::{HomeRequest, Service};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Requests from other regions served at once, per replica.
+const MAX_HOME_REQUESTS: usize = 512;
+
+/// A problem with the configuration or its files: `veto authority` exits 64 on it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SetupError(pub String);
+
+fn setup(key: &str, e: impl std::fmt::Display) -> SetupError {
+    SetupError(format!("invalid configuration: {key}: {e}"))
+}
+
+/// Reads a secret file (trailing newline trimmed) of at least 32 bytes.
+fn secret_file(path: &std::path::Path, key: &str) -> Result<Arc<[u8]>, SetupError> {
+    let raw = std::fs::read(path).map_err(|e| setup(key, format!("cannot read: {}", e.kind())))?;
+    let trimmed = raw.trim_ascii_end();
+    if trimmed.len() < 32 {
+        return Err(setup(key, "the secret must be at least 32 bytes"));
+    }
+    Ok(trimmed.into())
+}
+
+/// The sidecar settings of the embedded feed: this authority's own issuer, no key source.
+fn feed_settings(s: &Settings, a: &config::Authority) -> Result<Settings, SetupError> {
+    let issuer: crate::config::Issuer = serde_json::from_value(serde_json::json!({
+        "issuer": a.issuer,
+        "audiences": a.audiences,
+        "algorithms": config::SIGNING_ALGS.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        "leeway": humantime::format_duration(a.leeway).to_string(),
+        "max_token_lifetime": humantime::format_duration(a.max_token_lifetime).to_string(),
+    }))
+    .map_err(|e| setup("authority", e))?;
+    let mut ss = s.clone();
+    ss.issuers = vec![issuer];
+    ss.authority = None;
+    Ok(ss)
+}
+
+/// Everything `veto authority` runs, built from validated settings.
+pub struct Authority {
+    sidecar: Sidecar,
+    service: Arc<Service>,
+    api: http::Api,
+    keys: Arc<keys::Keyring>,
+    /// The KV bucket is open.
+    store_latch: Latch,
+    /// The home responder is subscribed.
+    responder_latch: Latch,
+    /// The client the service uses (also for heartbeats and the responder).
+    client: async_nats::Client,
+    settings: Settings,
+}
+
+impl Authority {
+    /// Reads every file (keys, MAC keys, admin secret) and connects to NATS (in the
+    /// background: the authority starts unready rather than failing when NATS is down).
+    pub async fn build(s: &Settings) -> Result<Authority, anyhow::Error> {
+        let a = s
+            .authority
+            .clone()
+            .ok_or_else(|| setup("authority", "the [authority] section is required"))?;
+        let n = s
+            .nats
+            .clone()
+            .ok_or_else(|| setup("nats", "the authority needs a [nats] section"))?;
+        let admin_token = secret_file(&a.admin_token_file, "authority.admin_token_file")?;
+        let mac = refresh::MacKeys::load(&a.refresh_key_file)
+            .map_err(|e| setup("authority.refresh_key_file", e))?;
+        let keys = Arc::new(
+            keys::Keyring::load(&a, crate::now_ms()).map_err(|e| setup("authority.keys_dir", e))?,
+        );
+        let sidecar = Sidecar::build(&feed_settings(s, &a)?)?;
+        let own_keys = Arc::new(KeyStore::new(Some(keys.public_keyset())));
+        keys.on_change(own_keys.clone());
+        let validator = Validator {
+            issuers: vec![IssuerPolicy {
+                issuer: a.issuer.clone(),
+                audiences: a.audiences.clone(),
+                algorithms: config::SIGNING_ALGS.to_vec(),
+                leeway: a.leeway.as_secs() as i64,
+                session_claim: "sid".into(),
+                max_token_lifetime: a.max_token_lifetime.as_secs() as i64,
+                required_claims: vec![],
+                home_claim: Some("veto_home".into()),
+                home_region: None,
+                keys: own_keys,
+            }],
+            max_token_bytes: service::MAX_ACCESS_TOKEN_BYTES,
+        };
+        let mut conn = bus::NatsConnection::from_settings(&n);
+        conn.inbox_prefix = Some(names::AUTHORITY_INBOX_PREFIX.to_string());
+        let (client, _events) = bus::connect(&conn, "veto-authority", bus::Initial::Retry)
+            .await
+            .context("nats")?;
+        let js = bus::jetstream(client.clone(), n.domain.as_deref());
+        let mut regions = n.regions.clone();
+        if !regions.contains(&n.region) {
+            regions.push(n.region.clone());
+        }
+        let metrics = metrics::AuthorityMetrics::register(&sidecar.registry);
+        let current = keys.clone();
+        let service = Arc::new(Service {
+            rules: session::Rules {
+                grace_ms: a.refresh_grace.as_millis() as i64,
+                max_replays: a.refresh_max_replays,
+                coalesce_ms: a.refresh_grace.as_millis().min(2_000) as i64,
+            },
+            region: n.region.clone(),
+            regions,
+            mac,
+            sessions: std::sync::OnceLock::new(),
+            key: Arc::new(move || current.current()),
+            validator,
+            js,
+            client: client.clone(),
+            freshness: sidecar.freshness.clone(),
+            metrics,
+            cfg: a.clone(),
+        });
+        let api = http::Api {
+            service: service.clone(),
+            admin_token,
+            cors_origins: a.cors_origins.clone().into(),
+        };
+        let store_latch = sidecar
+            .readiness
+            .latch(Component::Task("sessions"), "session bucket not open yet");
+        let responder_latch = sidecar
+            .readiness
+            .latch(Component::Task("home_responder"), "not subscribed yet");
+        Ok(Authority {
+            sidecar,
+            service,
+            api,
+            keys,
+            store_latch,
+            responder_latch,
+            client,
+            settings: s.clone(),
+        })
+    }
+
+    pub fn service(&self) -> &Arc<Service> {
+        &self.service
+    }
+
+    pub fn freshness(&self) -> &Arc<Freshness> {
+        &self.sidecar.freshness
+    }
+
+    /// Runs until `stop`: the public API on `public`, metrics and probes on `http`.
+    pub async fn run(
+        self,
+        http: TcpListener,
+        public: TcpListener,
+        stop: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let a = self
+            .settings
+            .authority
+            .clone()
+            .unwrap_or_else(|| unreachable!());
+        let n = self.settings.nats.clone().unwrap_or_else(|| unreachable!());
+        let mut extra = Extra::default();
+        let router = http::router(self.api.clone())
+            .merge(keys::routes(self.keys.clone(), keys::Discovery::of(&a)));
+        extra.servers.push(("api", public, router));
+
+        // open the bucket (retried: JetStream may come up later)
+        let (svc, latch) = (self.service.clone(), self.store_latch.clone());
+        let js = self.service.js.clone();
+        let (idle, timeout) = (a.session_idle_timeout, Duration::from_secs(5));
+        extra.tasks.push((
+            "sessions",
+            Box::new(move |stop: CancellationToken| {
+                async move {
+                    let mut wait = Duration::from_millis(200);
+                    loop {
+                        match store::Sessions::open(&js, idle, timeout).await {
+                            Ok(s) => {
+                                let _ = svc.sessions.set(s);
+                                latch.ready();
+                                break;
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "session bucket not open yet");
+                                latch.unready("session bucket not open yet");
+                            }
+                        }
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = tokio::time::sleep(wait) => {}
+                        }
+                        wait = (wait * 2).min(Duration::from_secs(5));
+                    }
+                    stop.cancelled().await;
+                }
+                .boxed()
+            }),
+        ));
+
+        // serve other regions' requests for sessions homed here
+        let (svc, latch, client) = (
+            self.service.clone(),
+            self.responder_latch.clone(),
+            self.client.clone(),
+        );
+        let region = n.region.clone();
+        extra.tasks.push((
+            "home_responder",
+            Box::new(move |stop| serve_home(client, svc, region, latch, stop).boxed()),
+        ));
+
+        // revocations made anywhere reach the records homed here
+        let (svc, mut applied) = (self.service.clone(), self.sidecar.applied());
+        extra.tasks.push((
+            "records",
+            Box::new(move |stop: CancellationToken| {
+                async move {
+                    loop {
+                        let a = tokio::select! {
+                            _ = stop.cancelled() => return,
+                            a = applied.recv() => a,
+                        };
+                        match a {
+                            Ok(a) => {
+                                let ok = follow_record(&svc, &a, &stop).await;
+                                svc.metrics.records(if ok { "ok" } else { "failed" }).inc();
+                            }
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                                svc.metrics.records("lagged").inc_by(n);
+                                tracing::error!(missed = n, "record follower lagged: some revocations were not marked on their records (their tokens stay revoked by the feed)");
+                            }
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                        }
+                    }
+                }
+                .boxed()
+            }),
+        ));
+
+        // this region's heartbeat
+        let (js, region, every) = (
+            self.service.js.clone(),
+            n.region.clone(),
+            a.heartbeat_interval,
+        );
+        extra.tasks.push((
+            "heartbeat",
+            Box::new(move |stop| bus::publish::heartbeats(js, region, every, stop).boxed()),
+        ));
+
+        // signing keys follow the directory and the clock
+        let keys = self.keys.clone();
+        extra
+            .tasks
+            .push(("keys", Box::new(move |stop| keys.run(stop).boxed())));
+
+        self.sidecar.run_with(None, http, extra, stop).await
+    }
+}
+
+/// Marks one applied revocation on the records homed here, retrying while the bucket is
+/// unavailable (bounded: the feed replays it at the next start anyway).
+async fn follow_record(svc: &Service, a: &crate::feed::Applied, stop: &CancellationToken) -> bool {
+    let mut wait = Duration::from_millis(100);
+    for _ in 0..8 {
+        match svc.apply_to_records(a).await {
+            Ok(()) => return true,
+            Err(e) => tracing::debug!(error = %e, "record not marked yet"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return false,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(Duration::from_secs(2));
+    }
+    tracing::warn!(
+        id_kind = a.kind.label(),
+        "revocation not marked on its record"
+    );
+    false
+}
+
+/// The home's request-reply endpoint: a queue group of this region's replicas.
+async fn serve_home(
+    client: async_nats::Client,
+    svc: Arc<Service>,
+    region: String,
+    latch: Latch,
+    stop: CancellationToken,
+) {
+    let subject = format!("{}.{region}.*", names::AUTHORITY_ROOT);
+    let mut sub = loop {
+        match client
+            .queue_subscribe(subject.clone(), names::AUTHORITY_QUEUE.to_string())
+            .await
+        {
+            Ok(s) => break s,
+            Err(e) => {
+                tracing::warn!(error = %e, "home responder: cannot subscribe yet");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    };
+    latch.ready();
+    let limit = Arc::new(tokio::sync::Semaphore::new(MAX_HOME_REQUESTS));
+    loop {
+        let msg = tokio::select! {
+            _ = stop.cancelled() => break,
+            m = sub.next() => match m { Some(m) => m, None => break },
+        };
+        let Some(reply) = msg.reply.clone() else {
+            continue;
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            // overloaded: no answer; the caller's budget turns it into a 503
+            tracing::warn!("home responder saturated; request dropped");
+            continue;
+        };
+        let (svc, client) = (svc.clone(), client.clone());
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let answer = match serde_json::from_slice::<HomeRequest>(&msg.payload) {
+                Ok(req) => svc.serve_home(req).await,
+                Err(_) => service::HomeReply::Error(
+                    oauth::OAuthError::invalid_request("request not understood").to_wire(),
+                ),
+            };
+            if let Ok(body) = serde_json::to_vec(&answer) {
+                if let Err(e) = client.publish(reply, body.into()).await {
+                    tracing::warn!(error = %e, "home reply not sent");
+                }
+            }
+            svc.metrics
+                .home_requests
+                .observe(started.elapsed().as_secs_f64());
+            drop(permit);
+        });
+    }
+    let _ = sub.unsubscribe().await;
+}

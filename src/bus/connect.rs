@@ -24,6 +24,9 @@ pub struct NatsConnection {
     pub tls_key_file: Option<PathBuf>,
     pub tls_required: bool,
     pub connect_timeout: Duration,
+    /// Inbox prefix of this connection's replies (`None`: `_INBOX`). The authority uses
+    /// its own, which sidecar users may not subscribe to.
+    pub inbox_prefix: Option<String>,
 }
 
 impl NatsConnection {
@@ -42,6 +45,7 @@ impl NatsConnection {
             tls_key_file: n.tls_key_file.clone(),
             tls_required: n.tls_required,
             connect_timeout: n.connect_timeout,
+            inbox_prefix: None,
         }
     }
 
@@ -106,6 +110,9 @@ pub async fn connect(
                 let _ = tx.send(ev);
             }
         });
+    if let Some(p) = &cfg.inbox_prefix {
+        opts = opts.custom_inbox_prefix(p.clone());
+    }
     if initial == Initial::Retry {
         opts = opts.retry_on_initial_connect();
     }

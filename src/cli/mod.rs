@@ -74,6 +74,46 @@ pub async fn sidecar(config: &Path) -> Result<(), Failure> {
         .map_err(|e| other(format!("{e:#}")))
 }
 
+pub async fn authority(config: &Path) -> Result<(), Failure> {
+    let s = load(config)?;
+    let Some(a) = s.authority.clone() else {
+        return Err(usage(format!(
+            "invalid configuration: authority: {} has no [authority] section",
+            config.display()
+        )));
+    };
+    veto::telemetry::init(&s.log);
+    let http = TcpListener::bind(s.http.listen)
+        .await
+        .map_err(|e| usage(format!("http.listen: cannot bind {}: {e}", s.http.listen)))?;
+    let public = TcpListener::bind(a.listen)
+        .await
+        .map_err(|e| usage(format!("authority.listen: cannot bind {}: {e}", a.listen)))?;
+    tracing::info!(
+        api = %public.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        http = %http.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        "veto authority starting"
+    );
+    let authority = veto::authority::Authority::build(&s).await.map_err(|e| {
+        if e.is::<veto::authority::SetupError>() {
+            usage(e.to_string())
+        } else {
+            other(format!("{e:#}"))
+        }
+    })?;
+    let shutdown = CancellationToken::new();
+    let sd = shutdown.clone();
+    tokio::spawn(async move {
+        veto::shutdown_signal().await;
+        tracing::info!("shutting down");
+        sd.cancel();
+    });
+    authority
+        .run(http, public, shutdown)
+        .await
+        .map_err(|e| other(format!("{e:#}")))
+}
+
 #[derive(Args)]
 #[command(group(clap::ArgGroup::new("what").required(true).args(["session", "token", "subject"])))]
 pub struct RevokeArgs {

@@ -72,6 +72,10 @@ pub struct Applied {
     pub issuer: String,
     /// The region the revocation was published at.
     pub origin: String,
+    /// When it was revoked, Unix ms (for a subject: tokens issued before it are revoked).
+    pub revoked_at: i64,
+    /// Why (`logout`, `admin`, `refresh_reuse`, `upstream_logout`, ... or empty).
+    pub reason: String,
     /// The path that delivered it first.
     pub path: Path,
     /// When it was applied, Unix ms (comparable with the event's `revoked_at`).
@@ -179,6 +183,8 @@ impl Applier {
                         id: ev.id,
                         issuer: ev.issuer,
                         origin: ev.origin_region,
+                        revoked_at: ev.revoked_at,
+                        reason: ev.reason,
                         path,
                         at: now,
                         instant: Instant::now(),

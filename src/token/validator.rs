@@ -70,6 +70,22 @@ impl IssuerPolicy {
 impl Validator {
     /// Validates `token` at `now` (seconds since the epoch).
     pub fn validate(&self, token: &str, now: i64) -> Result<VerifiedToken, TokenError> {
+        self.validate_as(token, now, true)
+    }
+
+    /// Like [`Validator::validate`], but an expired token passes: what logout accepts (a
+    /// user whose token just expired must still be able to end the session). Everything
+    /// else — signature, issuer, audience, lifetime bound, canonical claims — is checked.
+    pub fn validate_expired_too(&self, token: &str, now: i64) -> Result<VerifiedToken, TokenError> {
+        self.validate_as(token, now, false)
+    }
+
+    fn validate_as(
+        &self,
+        token: &str,
+        now: i64,
+        enforce_exp: bool,
+    ) -> Result<VerifiedToken, TokenError> {
         let parsed = jws::parse(token, self.max_token_bytes)?;
         let (idx, policy) = self.issuer(&parsed.claims)?;
         let alg = parsed.header.alg;
@@ -102,7 +118,7 @@ impl Validator {
         if !ok {
             return Err(TokenError::BadSignature);
         }
-        let claims = check_claims(policy, parsed.claims, now)?;
+        let claims = check_claims(policy, parsed.claims, now, enforce_exp)?;
         Ok(VerifiedToken {
             issuer: idx,
             alg,
@@ -156,6 +172,7 @@ fn check_claims(
     policy: &IssuerPolicy,
     all: serde_json::Map<String, Value>,
     now: i64,
+    enforce_exp: bool,
 ) -> Result<Claims, TokenError> {
     let exp = match all.get("exp") {
         None => return Err(TokenError::MissingClaim("exp")),
@@ -165,7 +182,7 @@ fn check_claims(
         None => return Err(TokenError::MissingClaim("iat")),
         Some(v) => numeric_date(v).ok_or(TokenError::Malformed("iat is not a NumericDate"))?,
     };
-    if now >= exp + policy.leeway {
+    if enforce_exp && now >= exp + policy.leeway {
         return Err(TokenError::Expired);
     }
     if let Some(v) = all.get("nbf") {

@@ -52,7 +52,7 @@ pub fn nats_server_bin() -> PathBuf {
 
 /// A child process that is killed and reaped when killed or dropped.
 #[derive(Default)]
-pub struct Proc(Option<Child>);
+pub struct Proc(pub Option<Child>);
 
 impl Proc {
     pub fn kill(&mut self) {

@@ -1,0 +1,96 @@
+//! The authority's metric families (sessions, refreshes, revocations, homes).
+
+use crate::metrics;
+use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, Registry};
+
+#[derive(Clone)]
+pub struct AuthorityMetrics {
+    /// `veto_authority_sessions_created_total`.
+    pub sessions_created: IntCounter,
+    refreshes: IntCounterVec,
+    refresh_seconds: HistogramVec,
+    home_unavailable: IntCounterVec,
+    revocations: IntCounterVec,
+    logouts: IntCounterVec,
+    records: IntCounterVec,
+    /// `veto_authority_home_request_seconds`: serving another region's request.
+    pub home_requests: Histogram,
+}
+
+const LATENCY: [f64; 14] = [
+    0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+impl AuthorityMetrics {
+    pub fn register(r: &Registry) -> AuthorityMetrics {
+        AuthorityMetrics {
+            sessions_created: metrics::counter(
+                r,
+                "veto_authority_sessions_created_total",
+                "Sessions created (homed in this region).",
+            ),
+            refreshes: metrics::counter_vec(
+                r,
+                "veto_authority_refreshes_total",
+                "Refresh requests by result: rotated, coalesced, grace_replay, reuse, revoked, expired, unknown, garbled, inconsistent, unknown_home.",
+                &["result"],
+            ),
+            refresh_seconds: metrics::histogram_vec(
+                r,
+                "veto_authority_refresh_seconds",
+                "Refresh latency at this authority, by path (local home or forwarded).",
+                &["path"],
+                LATENCY.to_vec(),
+            ),
+            home_unavailable: metrics::counter_vec(
+                r,
+                "veto_authority_home_unavailable_total",
+                "Requests answered 503 because the home region could not be reached, by home and why (stale heartbeat, timeout, error).",
+                &["home_region", "why"],
+            ),
+            revocations: metrics::counter_vec(
+                r,
+                "veto_authority_revocations_published_total",
+                "Revocation events published, by kind and reason.",
+                &["kind", "reason"],
+            ),
+            logouts: metrics::counter_vec(
+                r,
+                "veto_authority_logouts_total",
+                "Logout requests by result (revoked, unknown).",
+                &["result"],
+            ),
+            records: metrics::counter_vec(
+                r,
+                "veto_authority_feed_records_total",
+                "Revocations from the feed applied to this home's records, by result (ok, failed, lagged).",
+                &["result"],
+            ),
+            home_requests: metrics::histogram(
+                r,
+                "veto_authority_home_request_seconds",
+                "Time to serve a request forwarded by another region's authority.",
+                LATENCY.to_vec(),
+            ),
+        }
+    }
+
+    pub fn refresh(&self, result: &str) -> IntCounter {
+        self.refreshes.with_label_values(&[result])
+    }
+    pub fn refresh_seconds(&self, path: &str) -> Histogram {
+        self.refresh_seconds.with_label_values(&[path])
+    }
+    pub fn home_unavailable(&self, home: &str, why: &str) -> IntCounter {
+        self.home_unavailable.with_label_values(&[home, why])
+    }
+    pub fn revocations(&self, kind: &str, reason: &str) -> IntCounter {
+        self.revocations.with_label_values(&[kind, reason])
+    }
+    pub fn logouts(&self, result: &str) -> IntCounter {
+        self.logouts.with_label_values(&[result])
+    }
+    pub fn records(&self, result: &str) -> IntCounter {
+        self.records.with_label_values(&[result])
+    }
+}
