@@ -233,7 +233,8 @@ mod tests {
             (r#"{"alg":"ES256","typ":7}"#, Some(Value::from(7))),
             (r#"{"alg":"ES256"}"#, None),
         ] {
-            let p = parse(&tok(h, "{}"), 8192).unwrap();
+            let t = tok(h, "{}");
+            let p = parse(&t, 8192).unwrap();
             assert_eq!(p.header.typ, want, "{h}");
         }
     }
