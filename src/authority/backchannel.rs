@@ -19,8 +19,10 @@ use crate::authority::config::Upstream;
 use crate::jwks::{JwksMetrics, Refetcher, RefetcherConfig, Source};
 use crate::metrics;
 use crate::readiness::{Component, Readiness};
-use crate::token::{audiences, id_claim, numeric_date, verify_jws, Alg, KeyStore, TokenError};
-use crate::token::{Header, VerifiedJws};
+use crate::token::{
+    audiences, fingerprint, id_claim, numeric_date, verify_jws, Alg, Header, KeyStore, TokenError,
+    VerifiedJws,
+};
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
@@ -555,18 +557,10 @@ fn check_events(c: &Map<String, Value>) -> Result<(), Refusal> {
     }
 }
 
-/// SHA-256 (truncated) over the length-prefixed `iss` and `jti`: a fixed-size key, so the
+/// A fixed-size key (the token module's truncated SHA-256 over length-prefixed parts), so the
 /// replay memory's size does not depend on what the IdP puts in `jti`.
 fn replay_key(iss: &str, jti: &str) -> u128 {
-    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-    for p in [iss.as_bytes(), jti.as_bytes()] {
-        ctx.update(&(p.len() as u64).to_be_bytes());
-        ctx.update(p);
-    }
-    let d = ctx.finish();
-    let mut b = [0u8; 16];
-    b.copy_from_slice(&d.as_ref()[..16]);
-    u128::from_be_bytes(b)
+    fingerprint(&[iss.as_bytes(), jti.as_bytes()])
 }
 
 // ---- HTTP -----------------------------------------------------------------------------------
@@ -1335,6 +1329,18 @@ mod tests {
         }
     }
 
+    /// One well-formed delivery of `token` to upstream `kc`.
+    async fn deliver(app: &Router, token: &str) -> Answer {
+        let body = form(&[("logout_token", token)]);
+        post(app, "/v1/backchannel-logout/kc", FORM, body).await
+    }
+
+    fn assert_unavailable(a: &Answer, token: &str) {
+        let status = StatusCode::SERVICE_UNAVAILABLE;
+        assert_refused(a, status, "temporarily_unavailable", token);
+        assert_eq!(a.headers[header::RETRY_AFTER], "5");
+    }
+
     #[tokio::test]
     async fn http_success_and_every_refusal_applies_nothing() {
         let k = kit().await;
@@ -1362,7 +1368,9 @@ mod tests {
         let big = "a".repeat(MAX_BODY_BYTES + 1);
         let fresh = sign(&k.rsa, &claims(now, "http-3"));
         let json_body = json!({ "logout_token": fresh }).to_string().into_bytes();
-        let cases: Vec<(&str, Option<&str>, Vec<u8>, StatusCode, &str)> = vec![
+        // (what, content type, body, status, error)
+        type Case<'a> = (&'a str, Option<&'a str>, Vec<u8>, StatusCode, &'a str);
+        let cases: Vec<Case> = vec![
             (
                 "replay",
                 FORM,
@@ -1461,29 +1469,11 @@ mod tests {
         effect.fail.store(true, Ordering::SeqCst);
         let app = routes(k.receiver.clone(), effect.clone());
         let t = sign(&k.rsa, &claims(real_now(), "retry-me"));
-        let a = post(
-            &app,
-            "/v1/backchannel-logout/kc",
-            FORM,
-            form(&[("logout_token", &t)]),
-        )
-        .await;
-        assert_refused(
-            &a,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "temporarily_unavailable",
-            &t,
-        );
-        assert_eq!(a.headers[header::RETRY_AFTER], "5");
+        let a = deliver(&app, &t).await;
+        assert_unavailable(&a, &t);
         assert!(effect.orders.lock().is_empty());
         effect.fail.store(false, Ordering::SeqCst);
-        let a = post(
-            &app,
-            "/v1/backchannel-logout/kc",
-            FORM,
-            form(&[("logout_token", &t)]),
-        )
-        .await;
+        let a = deliver(&app, &t).await;
         assert_eq!(a.status, StatusCode::OK, "the IdP's retry is not a replay");
         assert_eq!(effect.orders.lock().len(), 1);
         assert_eq!(
@@ -1501,20 +1491,8 @@ mod tests {
         let effect = Arc::new(Recorder::default());
         let app = routes(k.receiver.clone(), effect.clone());
         let t = sign(&k.rsa, &claims(real_now(), "j"));
-        let a = post(
-            &app,
-            "/v1/backchannel-logout/kc",
-            FORM,
-            form(&[("logout_token", &t)]),
-        )
-        .await;
-        assert_refused(
-            &a,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "temporarily_unavailable",
-            &t,
-        );
-        assert_eq!(a.headers[header::RETRY_AFTER], "5");
+        let a = deliver(&app, &t).await;
+        assert_unavailable(&a, &t);
         assert_eq!(effect.calls.load(Ordering::SeqCst), 0);
     }
 

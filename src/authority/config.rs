@@ -251,9 +251,9 @@ impl Authority {
         for (i, u) in self.upstreams.iter().enumerate() {
             let k = |f: &str| format!("authority.upstreams[{i}].{f}");
             let name_ok = !u.name.is_empty()
-                && u.name
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+                && u.name.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
+                });
             if !name_ok {
                 return Err(bad(k("name"), "must match [a-z0-9_-]+"));
             }
