@@ -556,7 +556,7 @@ impl Service {
         }
         let v = self
             .validator
-            .validate_expired_too(token, Self::now() / 1000)
+            .validate_for_logout(token, Self::now() / 1000)
             .ok()?;
         Some(v.claims.sid)
     }

@@ -30,8 +30,9 @@ pub struct Jwk {
     verifiers: Vec<(Alg, ParsedPublicKey)>,
 }
 
-/// A truncated SHA-256 over length-prefixed parts: equality of keys, not a secret.
-fn fingerprint(parts: &[&[u8]]) -> u128 {
+/// A truncated SHA-256 over length-prefixed parts: equality of keys (and of the
+/// back-channel receiver's `(iss, jti)`), not a secret.
+pub(crate) fn fingerprint(parts: &[&[u8]]) -> u128 {
     let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     for p in parts {
         ctx.update(&(p.len() as u64).to_be_bytes());

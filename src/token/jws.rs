@@ -18,6 +18,10 @@ pub fn b64() -> &'static base64::engine::GeneralPurpose {
 pub struct Header {
     pub alg: Alg,
     pub kid: Option<String>,
+    /// `typ` (RFC 7515 §4.1.9) as sent, any JSON type: only the back-channel logout receiver
+    /// acts on it (explicit typing, RFC 8725 §3.11); access-token validation ignores it, as
+    /// it always did, so a token with an odd `typ` is not newly refused there.
+    pub typ: Option<Value>,
 }
 
 /// A compact token split into its parts, with the header and claims decoded but nothing
@@ -85,7 +89,8 @@ fn parse_header(h: &Map<String, Value>) -> Result<Header, TokenError> {
         Some(Value::String(s)) if s.len() <= 256 => Some(s.clone()),
         Some(_) => return Err(TokenError::Malformed("kid is not a short string")),
     };
-    Ok(Header { alg, kid })
+    let typ = h.get("typ").cloned();
+    Ok(Header { alg, kid, typ })
 }
 
 /// Parses a JSON object, refusing duplicate top-level member names (two parsers that pick
@@ -215,5 +220,22 @@ mod tests {
         assert_eq!(p.signing_input, &t.as_bytes()[..dot2]);
         assert_eq!(p.header.kid.as_deref(), Some("k1"));
         assert_eq!(p.signature, b"sig");
+        assert_eq!(p.header.typ, None);
+    }
+
+    #[test]
+    fn typ_is_carried_as_sent_and_never_refused_here() {
+        for (h, want) in [
+            (
+                r#"{"alg":"ES256","typ":"logout+jwt"}"#,
+                Some(Value::from("logout+jwt")),
+            ),
+            (r#"{"alg":"ES256","typ":7}"#, Some(Value::from(7))),
+            (r#"{"alg":"ES256"}"#, None),
+        ] {
+            let t = tok(h, "{}");
+            let p = parse(&t, 8192).unwrap();
+            assert_eq!(p.header.typ, want, "{h}");
+        }
     }
 }

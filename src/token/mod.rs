@@ -14,7 +14,10 @@ mod validator;
 
 pub use alg::Alg;
 pub use claims::{header_value, Claims, MAX_HEADER_VALUE_BYTES};
+// Canonical claim forms, shared with the back-channel logout receiver.
+pub(crate) use claims::{audiences, id_claim, numeric_date};
 pub use error::TokenError;
+pub(crate) use jwk::fingerprint;
 pub use jwk::{Jwk, JwkError, KeySet, KeyStore};
 pub use jws::{b64, Header};
-pub use validator::{IssuerPolicy, Validator, VerifiedToken};
+pub use validator::{verify_jws, IssuerPolicy, Validator, VerifiedJws, VerifiedToken};

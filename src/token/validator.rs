@@ -4,7 +4,7 @@
 use super::claims::{audiences, home_claim, id_claim, numeric_date};
 use super::jwk::KeyStore;
 use super::jws;
-use super::{Alg, Claims, TokenError};
+use super::{Alg, Claims, Header, TokenError};
 use serde_json::Value;
 use std::sync::Arc;
 
@@ -42,6 +42,13 @@ pub struct VerifiedToken {
     pub key_generation: u64,
 }
 
+/// Which checks apply (see [`Validator::validate_for_logout`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Access,
+    Logout,
+}
+
 pub struct Validator {
     pub issuers: Vec<IssuerPolicy>,
     pub max_token_bytes: usize,
@@ -70,62 +77,30 @@ impl IssuerPolicy {
 impl Validator {
     /// Validates `token` at `now` (seconds since the epoch).
     pub fn validate(&self, token: &str, now: i64) -> Result<VerifiedToken, TokenError> {
-        self.validate_as(token, now, true)
+        self.validate_as(token, now, Mode::Access)
     }
 
-    /// Like [`Validator::validate`], but an expired token passes: what logout accepts (a
-    /// user whose token just expired must still be able to end the session). Everything
-    /// else — signature, issuer, audience, lifetime bound, canonical claims — is checked.
-    pub fn validate_expired_too(&self, token: &str, now: i64) -> Result<VerifiedToken, TokenError> {
-        self.validate_as(token, now, false)
+    /// What logout accepts of the issuer's own tokens: like [`Validator::validate`], but an
+    /// expired token passes (a user whose token just expired must still be able to end the
+    /// session) and any audience does (the issuer minted it for whichever). Signature,
+    /// issuer, `iat`/`nbf`, the lifetime bound and canonical claims are checked.
+    pub fn validate_for_logout(&self, token: &str, now: i64) -> Result<VerifiedToken, TokenError> {
+        self.validate_as(token, now, Mode::Logout)
     }
 
-    fn validate_as(
-        &self,
-        token: &str,
-        now: i64,
-        enforce_exp: bool,
-    ) -> Result<VerifiedToken, TokenError> {
+    fn validate_as(&self, token: &str, now: i64, mode: Mode) -> Result<VerifiedToken, TokenError> {
         let parsed = jws::parse(token, self.max_token_bytes)?;
         let (idx, policy) = self.issuer(&parsed.claims)?;
         let alg = parsed.header.alg;
-        if !policy.algorithms.contains(&alg) {
-            return Err(TokenError::UnsupportedAlg);
-        }
-        // Read before the key set: a replacement racing this validation bumps it past what
-        // the token records, so the next cache hit re-checks the key.
-        let key_generation = policy.keys.generation();
-        let keys = policy.keys.get().ok_or(TokenError::KeysUnavailable)?;
-        let key_fingerprint;
-        let ok = if alg.is_hmac() {
-            let secret = keys.hmac_secret().ok_or(TokenError::UnsupportedAlg)?;
-            let algo = alg.hmac().ok_or(TokenError::UnsupportedAlg)?;
-            key_fingerprint = keys.hmac_fingerprint().unwrap_or_default();
-            let key = aws_lc_rs::hmac::Key::new(algo, secret);
-            aws_lc_rs::hmac::verify(&key, parsed.signing_input, &parsed.signature).is_ok()
-        } else {
-            let jwk = keys
-                .find(parsed.header.kid.as_deref(), alg)
-                .ok_or(TokenError::UnknownKid)?;
-            // The key must be bound to this very algorithm: an RSA or EC key is never fed to
-            // another family's verifier, and a key pinned to RS256 never verifies PS256.
-            let verifier = jwk.verifier(alg).ok_or(TokenError::UnsupportedAlg)?;
-            key_fingerprint = jwk.fingerprint;
-            verifier
-                .verify_sig(parsed.signing_input, &parsed.signature)
-                .is_ok()
-        };
-        if !ok {
-            return Err(TokenError::BadSignature);
-        }
-        let claims = check_claims(policy, parsed.claims, now, enforce_exp)?;
+        let key = verify_signature(&parsed, &policy.algorithms, &policy.keys)?;
+        let claims = check_claims(policy, parsed.claims, now, mode)?;
         Ok(VerifiedToken {
             issuer: idx,
             alg,
             claims,
             kid: parsed.header.kid,
-            key_fingerprint,
-            key_generation,
+            key_fingerprint: key.fingerprint,
+            key_generation: key.generation,
         })
     }
 
@@ -168,11 +143,87 @@ impl Validator {
     }
 }
 
+/// The key a signature verified with: its fingerprint, and the key-store generation it was
+/// found in.
+pub(crate) struct KeyUsed {
+    pub fingerprint: u128,
+    pub generation: u64,
+}
+
+/// The signature half of validation, shared by access tokens ([`Validator::validate`]) and
+/// back-channel logout tokens ([`verify_jws`]): `alg` in `algorithms`; the key only from
+/// `keys`, by `kid` (embedded `jwk`/`jku`/`x5u`/`x5c` are never read), bound to that very
+/// algorithm; HS* only with a configured secret; then the signature.
+pub(crate) fn verify_signature(
+    parsed: &jws::Parsed<'_>,
+    algorithms: &[Alg],
+    keys: &KeyStore,
+) -> Result<KeyUsed, TokenError> {
+    let alg = parsed.header.alg;
+    if !algorithms.contains(&alg) {
+        return Err(TokenError::UnsupportedAlg);
+    }
+    // Read before the key set: a replacement racing this validation bumps it past what
+    // the token records, so the next cache hit re-checks the key.
+    let generation = keys.generation();
+    let keys = keys.get().ok_or(TokenError::KeysUnavailable)?;
+    let fingerprint;
+    let ok = if alg.is_hmac() {
+        let secret = keys.hmac_secret().ok_or(TokenError::UnsupportedAlg)?;
+        let algo = alg.hmac().ok_or(TokenError::UnsupportedAlg)?;
+        fingerprint = keys.hmac_fingerprint().unwrap_or_default();
+        let key = aws_lc_rs::hmac::Key::new(algo, secret);
+        aws_lc_rs::hmac::verify(&key, parsed.signing_input, &parsed.signature).is_ok()
+    } else {
+        let jwk = keys
+            .find(parsed.header.kid.as_deref(), alg)
+            .ok_or(TokenError::UnknownKid)?;
+        // The key must be bound to this very algorithm: an RSA or EC key is never fed to
+        // another family's verifier, and a key pinned to RS256 never verifies PS256.
+        let verifier = jwk.verifier(alg).ok_or(TokenError::UnsupportedAlg)?;
+        fingerprint = jwk.fingerprint;
+        verifier
+            .verify_sig(parsed.signing_input, &parsed.signature)
+            .is_ok()
+    };
+    if !ok {
+        return Err(TokenError::BadSignature);
+    }
+    Ok(KeyUsed {
+        fingerprint,
+        generation,
+    })
+}
+
+/// A compact JWS whose signature verified; its claims are not checked yet (that is the
+/// caller's: a logout token's rules are not an access token's).
+#[derive(Debug, Clone)]
+pub struct VerifiedJws {
+    pub header: Header,
+    pub claims: serde_json::Map<String, Value>,
+}
+
+/// Strict compact-JWS parsing ([`jws`]: bounded, duplicate members refused, `crit` refused)
+/// and [`verify_signature`], for tokens whose issuer the caller already knows.
+pub fn verify_jws(
+    token: &str,
+    max_len: usize,
+    algorithms: &[Alg],
+    keys: &KeyStore,
+) -> Result<VerifiedJws, TokenError> {
+    let parsed = jws::parse(token, max_len)?;
+    verify_signature(&parsed, algorithms, keys)?;
+    Ok(VerifiedJws {
+        header: parsed.header,
+        claims: parsed.claims,
+    })
+}
+
 fn check_claims(
     policy: &IssuerPolicy,
     all: serde_json::Map<String, Value>,
     now: i64,
-    enforce_exp: bool,
+    mode: Mode,
 ) -> Result<Claims, TokenError> {
     let exp = match all.get("exp") {
         None => return Err(TokenError::MissingClaim("exp")),
@@ -182,7 +233,7 @@ fn check_claims(
         None => return Err(TokenError::MissingClaim("iat")),
         Some(v) => numeric_date(v).ok_or(TokenError::Malformed("iat is not a NumericDate"))?,
     };
-    if enforce_exp && now >= exp + policy.leeway {
+    if mode == Mode::Access && now >= exp + policy.leeway {
         return Err(TokenError::Expired);
     }
     if let Some(v) = all.get("nbf") {
@@ -204,7 +255,7 @@ fn check_claims(
             .into_iter()
             .any(|a| policy.audiences.iter().any(|x| x == a)),
     };
-    if !aud_ok {
+    if !aud_ok && mode == Mode::Access {
         return Err(TokenError::WrongAudience);
     }
     // Every claim the revoked set keys on is checked for its canonical form before use: a
