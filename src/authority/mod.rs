@@ -79,6 +79,7 @@ pub struct Authority {
     service: Arc<Service>,
     api: http::Api,
     keys: Arc<keys::Keyring>,
+    backchannel: Arc<backchannel::Receiver>,
     /// The KV bucket is open.
     store_latch: Latch,
     /// The home responder is subscribed.
@@ -135,6 +136,14 @@ impl Authority {
             regions.push(n.region.clone());
         }
         let metrics = metrics::AuthorityMetrics::register(&sidecar.registry);
+        let backchannel = Arc::new(
+            backchannel::Receiver::new(
+                &a.upstreams,
+                sidecar.metrics.jwks.clone(),
+                backchannel::BackchannelMetrics::register(&sidecar.registry),
+            )
+            .map_err(|e| setup("authority.upstreams", e))?,
+        );
         let current = keys.clone();
         let service = Arc::new(Service {
             rules: session::Rules {
@@ -170,6 +179,7 @@ impl Authority {
             service,
             api,
             keys,
+            backchannel,
             store_latch,
             responder_latch,
             client,
@@ -292,6 +302,13 @@ impl Authority {
         extra
             .tasks
             .push(("keys", Box::new(move |stop| keys.run(stop).boxed())));
+
+        // upstream IdPs' keys
+        let (bcl, readiness) = (self.backchannel.clone(), self.sidecar.readiness.clone());
+        extra.tasks.push((
+            "backchannel_jwks",
+            Box::new(move |stop| bcl.run_refreshers(&readiness, stop).boxed()),
+        ));
 
         self.sidecar.run_with(None, http, extra, stop).await
     }

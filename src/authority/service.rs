@@ -748,3 +748,34 @@ impl Service {
         result.unwrap_or_else(|e| HomeReply::Error(e.to_wire()))
     }
 }
+
+/// What a validated back-channel logout token does: `sid` → every session created under that
+/// upstream session, in every region; `sub` only → a subject revocation whose not-before is
+/// the logout token's `iat` (never its receipt time: a replayed token cannot end sessions
+/// created after it).
+impl super::backchannel::LogoutEffect for Service {
+    fn apply(
+        &self,
+        order: super::backchannel::LogoutOrder,
+    ) -> futures::future::BoxFuture<'_, Result<(), super::backchannel::EffectError>> {
+        use super::backchannel::EffectError;
+        Box::pin(async move {
+            let result = match (&order.sid, &order.sub) {
+                (Some(sid), _) => self
+                    .upstream_logout_everywhere(&order.issuer, sid)
+                    .await
+                    .map(|n| {
+                        tracing::info!(idp = %order.idp, sessions = n, "back-channel logout applied");
+                    }),
+                (None, Some(sub)) => {
+                    let at = order.iat.saturating_mul(1000);
+                    self.publish(Kind::Subject, sub, EndReason::UpstreamLogout.label(), true, at)
+                        .await
+                        .map(|_| ())
+                }
+                (None, None) => Ok(()),
+            };
+            result.map_err(|_| EffectError::Unavailable)
+        })
+    }
+}
