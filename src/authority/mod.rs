@@ -307,7 +307,14 @@ impl Authority {
         let (bcl, readiness) = (self.backchannel.clone(), self.sidecar.readiness.clone());
         extra.tasks.push((
             "backchannel_jwks",
-            Box::new(move |stop| bcl.run_refreshers(&readiness, stop).boxed()),
+            Box::new(move |stop: CancellationToken| {
+                async move {
+                    // returns at once when no upstream is configured: wait for shutdown
+                    bcl.run_refreshers(&readiness, stop.clone()).await;
+                    stop.cancelled().await;
+                }
+                .boxed()
+            }),
         ));
 
         self.sidecar.run_with(None, http, extra, stop).await
