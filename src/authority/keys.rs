@@ -599,7 +599,8 @@ pub struct KeyInfo {
 // Metrics
 // ---------------------------------------------------------------------------------------------
 
-/// The key ring's metric families.
+/// The key ring's metric families. The gauges are set at start and at every reload (every
+/// `keys_reload` and at each state change), so ages move in `keys_reload` steps.
 #[derive(Clone)]
 pub struct KeyMetrics {
     keys: IntGaugeVec,
@@ -692,9 +693,8 @@ pub struct Keyring {
     jwks_max_age: Duration,
     /// What is served; replaced whole, so a reader sees one consistent derivation.
     snap: RwLock<Arc<Snapshot>>,
-    /// When each kid was first seen by this process (for [`check_lead`]); also serialises
-    /// reloads.
-    first_seen: Mutex<HashMap<String, i64>>,
+    /// What reloads remember; the lock also serialises them.
+    reloads: Mutex<Reloads>,
     metrics: KeyMetrics,
     /// The authority's own validator's keys, replaced after every change so it verifies
     /// exactly what the JWKS publishes.
@@ -723,18 +723,21 @@ impl Keyring {
             })
             .collect();
         warn_leads(&check_lead(&leads, cfg.jwks_max_age));
-        let first_seen = snap
-            .material
-            .iter()
-            .map(|k| (k.kid.clone(), now_ms))
-            .collect();
+        let reloads = Reloads {
+            first_seen: snap
+                .material
+                .iter()
+                .map(|k| (k.kid.clone(), now_ms))
+                .collect(),
+            last_error: None,
+        };
         let ring = Keyring {
             dir: cfg.keys_dir.clone(),
             reload: cfg.keys_reload,
             retire_after,
             jwks_max_age: cfg.jwks_max_age,
             snap: RwLock::new(Arc::new(snap)),
-            first_seen: Mutex::new(first_seen),
+            reloads: Mutex::new(reloads),
             metrics: KeyMetrics::register(&Registry::new()),
             store: None,
             generation: AtomicU64::new(0),
@@ -758,7 +761,8 @@ impl Keyring {
         self
     }
 
-    /// The key that signs now. Cheap: one uncontended read lock and an `Arc` clone.
+    /// The key that signs now: as of the last reload, which [`Keyring::run`] performs at
+    /// every activation instant. Cheap: one uncontended read lock and an `Arc` clone.
     pub fn current(&self) -> Arc<SigningKey> {
         self.snap.read().current_key().key.clone()
     }
@@ -823,19 +827,31 @@ impl Keyring {
     /// and retirements still happen; the error is counted, logged and returned. Returns
     /// whether anything served changed.
     pub fn reload(&self, now_ms: i64) -> Result<bool, KeyError> {
-        let mut first_seen = self.first_seen.lock();
+        let mut reloads = self.reloads.lock();
+        let Reloads {
+            first_seen,
+            last_error,
+        } = &mut *reloads;
         let old = self.snap.read().clone();
         let fresh = read_dir(&self.dir, &old.material)
             .and_then(|m| Snapshot::build(Arc::new(m), now_ms, self.retire_after, &self.dir));
         let (snap, result) = match fresh {
             Ok(s) => {
                 self.metrics.last_load_ok.set(1);
+                if last_error.take().is_some() {
+                    tracing::info!(dir = %self.dir.display(), "signing keys: the key directory loads again");
+                }
                 (s, Ok(()))
             }
             Err(e) => {
                 self.metrics.load_errors.inc();
                 self.metrics.last_load_ok.set(0);
-                tracing::warn!(error = %e, "signing keys: cannot load the key directory; the last good keys stay in use");
+                // Warned once per distinct error, not every `keys_reload`.
+                let text = e.to_string();
+                if last_error.as_deref() != Some(text.as_str()) {
+                    tracing::warn!(error = %text, "signing keys: cannot load the key directory; the last good keys stay in use");
+                    *last_error = Some(text);
+                }
                 // A clock stepped back before every activation leaves no current key: keep
                 // serving the old derivation then.
                 let again =
@@ -874,7 +890,7 @@ impl Keyring {
             }
             self.log_states("signing keys changed");
         }
-        drop(first_seen);
+        drop(reloads);
         result.map(|()| changed)
     }
 
@@ -933,6 +949,14 @@ impl Keyring {
             }
         }
     }
+}
+
+/// What [`Keyring::reload`] carries from one reload to the next.
+struct Reloads {
+    /// When each kid was first seen by this process (for [`check_lead`]).
+    first_seen: HashMap<String, i64>,
+    /// The last reload's error, so a lasting problem is logged once, not every reload.
+    last_error: Option<String>,
 }
 
 /// `max_token_lifetime + leeway + jwks_max_age`: a token signed by a key just before its
