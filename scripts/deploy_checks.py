@@ -38,13 +38,14 @@ ALERTS = REPO / "deploy/prometheus/alerts.yaml"
 PROMETHEUS_RULE = REPO / "k8s/prometheusrule.yaml"
 SIDECAR_TEMPLATE = REPO / "deploy/envoy/envoy-sidecar.yaml.tmpl"
 
-# The metrics the sidecar exports (DESIGN.md §6). Dashboards and alerts may use only these, so
+# The metrics the sidecar and the authority export (DESIGN.md §6). Dashboards and alerts may use only these, so
 # a typo in a query is an error here instead of an empty panel or an alert that never fires.
 COUNTERS = {
     "veto_checks_total",
     "veto_revocation_events_total",
     "veto_jwks_refresh_total",
     "veto_stale_decisions_total",
+    "veto_authority_key_load_errors_total",
 }
 GAUGES = {
     "veto_feed_staleness_seconds",
@@ -53,6 +54,10 @@ GAUGES = {
     "veto_revocations_held",
     "veto_revocations_over_capacity",
     "veto_jwks_keys",
+    "veto_authority_signing_keys",
+    "veto_authority_next_key_activates_in_seconds",
+    "veto_authority_current_key_age_seconds",
+    "veto_authority_keys_last_load_ok",
 }
 HISTOGRAMS = {"veto_check_duration_seconds", "veto_revocation_propagation_seconds"}
 KNOWN_SERIES = COUNTERS | GAUGES | {h + s for h in HISTOGRAMS for s in ("_bucket", "_sum", "_count")}

@@ -146,6 +146,89 @@ fn keys_generate_and_jwks_round_trip() {
     assert_eq!(code, 64);
 }
 
+#[test]
+fn keys_generate_activate_at_writes_what_the_authority_loads() {
+    use veto::authority::keys::{KeyState, Keyring};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let gen = |args: &[&str]| {
+        let (code, jwk, err) = veto(&[&["keys", "generate"], args].concat());
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str::<serde_json::Value>(&jwk).unwrap()
+    };
+    // into the directory: <kid>.<alg>.der + <kid>.json
+    let cur = gen(&["--kid", "cur", "--out", d, "--activate-at", "now"]);
+    let next = gen(&[
+        "--alg",
+        "EdDSA",
+        "--kid",
+        "next",
+        "--out",
+        d,
+        "--activate-at",
+        "+1h",
+    ]);
+    // a file named <kid>.<alg>.der: the kid comes from the name
+    let old_file = dir.path().join("old.RS256.der");
+    let old = gen(&[
+        "--alg",
+        "RS256",
+        "--out",
+        old_file.to_str().unwrap(),
+        "--activate-at",
+        "2026-01-01T00:00:00Z",
+    ]);
+    assert_eq!(old["kid"], "old");
+    assert!(dir.path().join("cur.ES256.der").is_file());
+    assert!(dir.path().join("next.json").is_file());
+
+    let cfg: veto::authority::config::Authority = serde_json::from_value(serde_json::json!({
+        "issuer": "https://auth.test",
+        "audiences": ["api"],
+        "keys_dir": d,
+        "admin_token_file": "/dev/null",
+        "refresh_key_file": "/dev/null",
+    }))
+    .unwrap();
+    let ring = Keyring::load(&cfg, veto::now_ms()).unwrap();
+    assert_eq!(ring.current().kid, "cur");
+    let states: Vec<(String, KeyState)> =
+        ring.keys().into_iter().map(|k| (k.kid, k.state)).collect();
+    assert_eq!(
+        states,
+        vec![
+            ("cur".into(), KeyState::Current),
+            ("next".into(), KeyState::Next),
+            ("old".into(), KeyState::Retired),
+        ],
+        "old is published until cur's activation + retire_after"
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&ring.jwks_json()).unwrap();
+    assert_eq!(doc["keys"], serde_json::json!([cur, next, old]));
+
+    // refused: an unusable activation time, a file name the directory cannot pair, a kid
+    // that is not a file name, an existing key
+    for args in [
+        vec!["--out", d, "--activate-at", "tomorrow"],
+        vec!["--out", d, "--activate-at", "2026-12-02T10:00:00+01:00"],
+        vec![
+            "--kid",
+            "x",
+            "--out",
+            &format!("{d}/y.ES256.der"),
+            "--activate-at",
+            "+1h",
+        ],
+        vec!["--kid", "../x", "--out", d],
+        vec!["--kid", "cur", "--out", d, "--activate-at", "+2h"],
+    ] {
+        let (code, _, err) = veto(&[&["keys", "generate"], &args[..]].concat());
+        assert_eq!(code, 64, "{args:?}: {err}");
+    }
+    let ring2 = Keyring::load(&cfg, veto::now_ms()).unwrap();
+    assert_eq!(ring2.jwks_json(), ring.jwks_json(), "nothing half-written");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_pass_promtool_check_metrics() {
     let nats = NatsServer::start();

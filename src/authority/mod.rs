@@ -12,7 +12,6 @@
 pub mod backchannel;
 pub mod config;
 pub mod http;
-#[path = "keys_interim.rs"]
 pub mod keys;
 pub mod metrics;
 pub mod oauth;
@@ -104,12 +103,14 @@ impl Authority {
         let admin_token = secret_file(&a.admin_token_file, "authority.admin_token_file")?;
         let mac = refresh::MacKeys::load(&a.refresh_key_file)
             .map_err(|e| setup("authority.refresh_key_file", e))?;
-        let keys = Arc::new(
-            keys::Keyring::load(&a, crate::now_ms()).map_err(|e| setup("authority.keys_dir", e))?,
-        );
         let sidecar = Sidecar::build(&feed_settings(s, &a)?)?;
-        let own_keys = Arc::new(KeyStore::new(Some(keys.public_keyset())));
-        keys.on_change(own_keys.clone());
+        let own_keys = Arc::new(KeyStore::new(None));
+        let keys = Arc::new(
+            keys::Keyring::load(&a, crate::now_ms())
+                .map_err(|e| setup("authority.keys_dir", e))?
+                .with_metrics(keys::KeyMetrics::register(&sidecar.registry))
+                .with_store(own_keys.clone()),
+        );
         let validator = Validator {
             issuers: vec![IssuerPolicy {
                 issuer: a.issuer.clone(),
@@ -209,8 +210,10 @@ impl Authority {
             .unwrap_or_else(|| unreachable!());
         let n = self.settings.nats.clone().unwrap_or_else(|| unreachable!());
         let mut extra = Extra::default();
-        let router = http::router(self.api.clone())
-            .merge(keys::routes(self.keys.clone(), keys::Discovery::of(&a)));
+        let router = http::router(self.api.clone()).merge(keys::routes(
+            self.keys.clone(),
+            keys::Discovery::from_config(&a),
+        ));
         extra.servers.push(("api", public, router));
 
         // open the bucket (retried: JetStream may come up later)

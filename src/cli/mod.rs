@@ -308,10 +308,17 @@ pub enum KeysCommand {
     Generate {
         #[arg(long, default_value = "ES256")]
         alg: String,
+        /// Default: from a file --out named <kid>.<alg>.der, else random.
         #[arg(long)]
         kid: Option<String>,
+        /// A key directory (writes <kid>.<alg>.der there) or a file.
         #[arg(long)]
         out: PathBuf,
+        /// When the key starts signing: RFC 3339 UTC (2026-12-02T10:00:00Z), `now`, or
+        /// `+<duration>` from now (`+1h`). Written as <kid>.json next to the key, which must
+        /// then be named <kid>.<alg>.der. Without it the key counts as active since the epoch.
+        #[arg(long)]
+        activate_at: Option<String>,
     },
     /// Print the public JWKS of private keys (PKCS#8 DER files named <kid>.<alg>.der).
     Jwks { files: Vec<PathBuf> },
@@ -352,16 +359,12 @@ fn load_key(f: &Path) -> Result<SigningKey, Failure> {
 
 pub fn keys(k: KeysCommand) -> Result<(), Failure> {
     match k {
-        KeysCommand::Generate { alg, kid, out } => {
-            let alg = Alg::parse(&alg).filter(|a| !a.is_hmac()).ok_or_else(|| {
-                usage("--alg: one of ES256 ES384 RS256 RS384 RS512 PS256 PS384 PS512 EdDSA")
-            })?;
-            let kid = kid.unwrap_or_else(|| random_id()[..16].to_string());
-            let key = SigningKey::generate(alg, &kid).map_err(|e| other(e.to_string()))?;
-            write_private(&out, key.pkcs8_der())?;
-            println!("{}", key.public_jwk());
-            Ok(())
-        }
+        KeysCommand::Generate {
+            alg,
+            kid,
+            out,
+            activate_at,
+        } => generate(&alg, kid, &out, activate_at.as_deref()),
         KeysCommand::Jwks { files } => {
             let keys = files
                 .iter()
@@ -398,18 +401,95 @@ pub fn keys(k: KeysCommand) -> Result<(), Failure> {
     }
 }
 
+/// `veto keys generate`: the key directory format is `veto::authority::keys`'.
+fn generate(
+    alg: &str,
+    kid: Option<String>,
+    out: &Path,
+    activate_at: Option<&str>,
+) -> Result<(), Failure> {
+    use veto::authority::keys::{
+        activation_file_name, activation_json, key_file_name, parse_activate_at,
+        split_key_file_name, valid_name,
+    };
+    let alg = Alg::parse(alg).filter(|a| !a.is_hmac()).ok_or_else(|| {
+        usage("--alg: one of ES256 ES384 RS256 RS384 RS512 PS256 PS384 PS512 EdDSA")
+    })?;
+    let activate_at = activate_at
+        .map(|s| {
+            parse_activate_at(s, veto::now_ms()).map_err(|e| usage(format!("--activate-at {e}")))
+        })
+        .transpose()?;
+    let into_dir = out.is_dir();
+    // A file named <kid>.<alg>.der names its kid (so the JWK and the key directory agree).
+    let named = (!into_dir)
+        .then(|| out.file_name().and_then(|n| n.to_str()))
+        .flatten()
+        .and_then(split_key_file_name)
+        .filter(|(_, a)| *a == alg.as_str())
+        .map(|(k, _)| k.to_string());
+    let kid = kid
+        .or_else(|| named.clone())
+        .unwrap_or_else(|| random_id()[..16].to_string());
+    if (into_dir || activate_at.is_some()) && !valid_name(&kid) {
+        return Err(usage("--kid: [-._a-zA-Z0-9]+, not starting with a dot"));
+    }
+    let key_path = if into_dir {
+        out.join(key_file_name(&kid, alg))
+    } else {
+        if activate_at.is_some() && named.as_deref() != Some(kid.as_str()) {
+            return Err(usage(format!(
+                "--out {}: with --activate-at, name the file {} (or give a directory)",
+                out.display(),
+                key_file_name(&kid, alg)
+            )));
+        }
+        out.to_path_buf()
+    };
+    let key = SigningKey::generate(alg, &kid).map_err(|e| other(e.to_string()))?;
+    // The activation file first: a key seen without it would count as active since the epoch.
+    let activation = match activate_at {
+        Some(at) => {
+            let dir = key_path.parent().unwrap_or(Path::new("."));
+            let path = dir.join(activation_file_name(&kid));
+            write_new(&path, activation_json(at).as_bytes(), 0o644)?;
+            eprintln!(
+                "veto: {kid} activates at {}",
+                veto::authority::keys::format_ms(at)
+            );
+            Some(path)
+        }
+        None => None,
+    };
+    if let Err(f) = write_private(&key_path, key.pkcs8_der()) {
+        if let Some(p) = activation {
+            let _ = std::fs::remove_file(p);
+        }
+        return Err(f);
+    }
+    println!("{}", key.public_jwk());
+    Ok(())
+}
+
 fn write_private(path: &Path, der: &[u8]) -> Result<(), Failure> {
+    write_new(path, der, 0o600)
+}
+
+/// Creates `path` (never overwrites) with `mode` and writes `bytes`.
+fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Failure> {
     use std::io::Write;
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
+        opts.mode(mode);
     }
+    #[cfg(not(unix))]
+    let _ = mode;
     let mut f = opts
         .open(path)
         .map_err(|e| usage(format!("--out {}: {e}", path.display())))?;
-    f.write_all(der)
+    f.write_all(bytes)
         .map_err(|e| other(format!("--out {}: {e}", path.display())))
 }
