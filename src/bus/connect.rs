@@ -24,6 +24,11 @@ pub struct NatsConnection {
     pub tls_key_file: Option<PathBuf>,
     pub tls_required: bool,
     pub connect_timeout: Duration,
+    /// Prefix of every inbox the client makes (request replies and JetStream consumers'
+    /// deliveries alike; async-nats `custom_inbox_prefix`). `None`: async-nats's `_INBOX`. The
+    /// authority sets [`crate::bus::names::AUTHORITY_INBOX_PREFIX`], which sidecar users may
+    /// not subscribe to; not a `[nats]` key of the sidecar.
+    pub inbox_prefix: Option<String>,
 }
 
 impl NatsConnection {
@@ -42,6 +47,7 @@ impl NatsConnection {
             tls_key_file: n.tls_key_file.clone(),
             tls_required: n.tls_required,
             connect_timeout: n.connect_timeout,
+            inbox_prefix: None,
         }
     }
 
@@ -108,6 +114,9 @@ pub async fn connect(
         });
     if initial == Initial::Retry {
         opts = opts.retry_on_initial_connect();
+    }
+    if let Some(prefix) = &cfg.inbox_prefix {
+        opts = opts.custom_inbox_prefix(prefix);
     }
     if let Some(p) = &cfg.credentials_file {
         opts = opts
