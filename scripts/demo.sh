@@ -51,7 +51,12 @@ start() { # name, log, command...
 }
 
 BASE=$(free_base)
-"$VETO" nats topology --regions us,eu,ap --base-port "$BASE" --store "$WORK/js" --out "$WORK/nats" >/dev/null
+# Sidecars log in as the feed-only user `sidecar`; the demo's CLI commands (provision, heartbeat,
+# revoke) come in without credentials as `operator` (--no-auth-user: development only).
+SIDECAR_PASSWORD="demo-sidecar-$RANDOM$RANDOM"
+printf '%s' "$SIDECAR_PASSWORD" >"$WORK/sidecar.password"
+"$VETO" nats topology --regions us,eu,ap --base-port "$BASE" --store "$WORK/js" --out "$WORK/nats" \
+    --sidecar-password "$SIDECAR_PASSWORD" --no-auth-user operator >/dev/null
 # shellcheck disable=SC1091
 source "$WORK/nats/ports.env"
 url_of() { local v="VETO_NATS_${1^^}_URL"; echo "${!v}"; }
@@ -109,6 +114,8 @@ url = "$(url_of "$r")"
 region = "$r"
 regions = ["us", "eu", "ap"]
 catchup_after = "1500ms"
+user = "sidecar"
+password_file = "$WORK/sidecar.password"
 [revocation]
 retention = "1h"
 max_staleness = "${MAX_STALENESS}s"

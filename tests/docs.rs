@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use support::*;
 use topology_support::LocalTopology;
+use veto::bus::topology::NatsUser;
 use veto::token::Alg;
 
 fn repo() -> PathBuf {
@@ -190,7 +191,7 @@ async fn the_deploy_snippet_starts_a_ready_sidecar_against_the_topology() {
         .collect();
 
     let issuer = Issuer::new(Alg::ES256);
-    let mut replaced = (0, 0, 0);
+    let mut replaced = (0, 0, 0, 0);
     let config: String = snippet
         .lines()
         .map(|l| {
@@ -208,6 +209,13 @@ async fn the_deploy_snippet_starts_a_ready_sidecar_against_the_topology() {
                     replaced.2 += 1;
                     format!("issuer = \"{}\"", issuer.iss)
                 }
+                "password_file" => {
+                    replaced.3 += 1;
+                    format!(
+                        "password_file = \"{}\"",
+                        topo.password_file(NatsUser::Sidecar).display()
+                    )
+                }
                 _ => l.to_string(),
             }
         })
@@ -215,7 +223,7 @@ async fn the_deploy_snippet_starts_a_ready_sidecar_against_the_topology() {
         .collect();
     assert_eq!(
         replaced,
-        (1, 1, 1),
+        (1, 1, 1, 1),
         "the snippet's shape changed:\n{snippet}"
     );
     let sidecar = Sidecar::start(&config);

@@ -24,8 +24,10 @@ pub struct NatsConnection {
     pub tls_key_file: Option<PathBuf>,
     pub tls_required: bool,
     pub connect_timeout: Duration,
-    /// Inbox prefix of this connection's replies (`None`: `_INBOX`). The authority uses
-    /// its own, which sidecar users may not subscribe to.
+    /// Prefix of every inbox the client makes (request replies and JetStream consumers'
+    /// deliveries alike; async-nats `custom_inbox_prefix`). `None`: async-nats's `_INBOX`. The
+    /// authority sets [`crate::bus::names::AUTHORITY_INBOX_PREFIX`], which sidecar users may
+    /// not subscribe to; not a `[nats]` key of the sidecar.
     pub inbox_prefix: Option<String>,
 }
 
@@ -110,11 +112,11 @@ pub async fn connect(
                 let _ = tx.send(ev);
             }
         });
-    if let Some(p) = &cfg.inbox_prefix {
-        opts = opts.custom_inbox_prefix(p.clone());
-    }
     if initial == Initial::Retry {
         opts = opts.retry_on_initial_connect();
+    }
+    if let Some(prefix) = &cfg.inbox_prefix {
+        opts = opts.custom_inbox_prefix(prefix);
     }
     if let Some(p) = &cfg.credentials_file {
         opts = opts

@@ -4,8 +4,8 @@
 //! - a core-NATS **hub** (`<region>-hub`, no JetStream): a gateway to every other region's hub
 //!   (together, the super-cluster) and a leaf-node listener;
 //! - a **JetStream server** (`<region>-js`) with `jetstream { domain: <region> }`, attached to
-//!   its hub as a leaf node. Sidecars, `veto revoke` and `veto nats provision` of that region
-//!   connect here, without credentials (`no_auth_user`).
+//!   its hub as a leaf node. Sidecars, authorities, `veto revoke` and `veto nats provision` of
+//!   that region connect here, each as its own user (see [`NatsUser`] for what each may do).
 //!
 //! Regions share no JetStream meta group: each domain keeps working when cut off, and streams
 //! source each other across domains through `$JS.<domain>.API` (see [`crate::bus::stream`]).
@@ -14,7 +14,15 @@
 //! server has the accounts in its config: `SYS` (explicit system account, which 2.9 requires
 //! on a server with both gateways and leaf nodes) and `VETO` (the application account, the only
 //! one bridged over the leaf connection). Only keys nats-server 2.9 accepts are emitted.
+//!
+//! Account `VETO` has three users with passwords ([`Secrets`]) and subject permissions
+//! ([`sidecar_permissions`], [`authority_permissions`]; `operator` may do anything). A sidecar's
+//! credentials therefore cannot read or answer the authorities' refresh traffic
+//! (`veto.authority.>`, replies on `_VETO_AUTHORITY_INBOX.>`) nor touch the session bucket
+//! (`KV_VETO_SESSIONS`). The generated configs have no `no_auth_user` unless asked for
+//! ([`Topology::no_auth_user`], local development and tests only).
 
+use crate::bus::names::{AUTHORITY_INBOX_PREFIX, AUTHORITY_SUBJECTS, SESSION_BUCKET, SUBJECT_ROOT};
 use crate::revocation::valid_region;
 use std::collections::{BTreeSet, HashSet};
 use std::fmt::Write as _;
@@ -63,14 +71,22 @@ pub struct Region {
     pub ports: RegionPorts,
 }
 
-/// Passwords of the two accounts' users. They appear in clear in the generated files (a leaf
-/// remote carries its password in its URL), so they are limited to URL-safe characters.
+/// Passwords of the topology's users. They appear in clear in the generated files (a leaf
+/// remote carries its password in its URL), so they are limited to URL-safe characters, and
+/// they must differ from each other (a shared password would let one user log in as another).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Secrets {
-    /// Password of user `leaf` (account `VETO`) on the hubs' leaf-node listeners.
+    /// Password of user `leaf` (account `VETO`) on the hubs' leaf-node listeners. Whoever has it
+    /// can attach a leaf node with no permissions at all: never give it to a sidecar.
     pub leaf_password: String,
     /// Password of user `sys` (account `SYS`) on every server, for `$SYS` monitoring.
     pub system_password: String,
+    /// Password of user `sidecar` (account `VETO`): follows the revocation feed, nothing else.
+    pub sidecar_password: String,
+    /// Password of user `authority` (account `VETO`): refresh traffic, session bucket, publishes.
+    pub authority_password: String,
+    /// Password of user `operator` (account `VETO`): no restriction (CLI, provisioning).
+    pub operator_password: String,
 }
 
 impl Default for Secrets {
@@ -79,6 +95,201 @@ impl Default for Secrets {
         Secrets {
             leaf_password: "veto-local-leaf".into(),
             system_password: "veto-local-sys".into(),
+            sidecar_password: "veto-local-sidecar".into(),
+            authority_password: "veto-local-authority".into(),
+            operator_password: "veto-local-operator".into(),
+        }
+    }
+}
+
+impl Secrets {
+    /// The password of an application user.
+    pub fn password(&self, user: NatsUser) -> &str {
+        match user {
+            NatsUser::Sidecar => &self.sidecar_password,
+            NatsUser::Authority => &self.authority_password,
+            NatsUser::Operator => &self.operator_password,
+        }
+    }
+
+    /// Every password with the name [`TopologyError::BadSecret`] gives it.
+    fn all(&self) -> [(&'static str, &str); 5] {
+        [
+            ("leaf password", &self.leaf_password),
+            ("system password", &self.system_password),
+            ("sidecar password", &self.sidecar_password),
+            ("authority password", &self.authority_password),
+            ("operator password", &self.operator_password),
+        ]
+    }
+}
+
+/// The application users of account `VETO`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NatsUser {
+    /// `sidecar`: the revocation feed (JetStream API of every domain, its own inboxes, the
+    /// revocation subjects); no publishing of revocations, no authority subjects or replies, no
+    /// session bucket.
+    Sidecar,
+    /// `authority`: serves and sends refresh requests, publishes revocations and heartbeats,
+    /// owns the session bucket; its inbox prefix is `_VETO_AUTHORITY_INBOX`.
+    Authority,
+    /// `operator`: unrestricted (`veto revoke`, `veto heartbeat`, `veto nats provision`).
+    Operator,
+}
+
+impl NatsUser {
+    pub const ALL: [NatsUser; 3] = [NatsUser::Sidecar, NatsUser::Authority, NatsUser::Operator];
+
+    /// The user name in the configs (`sidecar`, `authority`, `operator`).
+    pub fn name(self) -> &'static str {
+        match self {
+            NatsUser::Sidecar => "sidecar",
+            NatsUser::Authority => "authority",
+            NatsUser::Operator => "operator",
+        }
+    }
+
+    /// The user's `permissions` block, `None` for an unrestricted user.
+    pub fn permissions(self) -> Option<Permissions> {
+        match self {
+            NatsUser::Sidecar => Some(sidecar_permissions()),
+            NatsUser::Authority => Some(authority_permissions()),
+            NatsUser::Operator => None,
+        }
+    }
+}
+
+impl std::fmt::Display for NatsUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for NatsUser {
+    type Err = TopologyError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        NatsUser::ALL
+            .into_iter()
+            .find(|u| u.name() == s)
+            .ok_or_else(|| TopologyError::UnknownUser(s.to_string()))
+    }
+}
+
+/// One user's subject permissions, as nats-server 2.9 reads them: a deny wins over an allow;
+/// with an allow list, whatever it does not name is refused.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Permissions {
+    pub publish_allow: Vec<String>,
+    pub publish_deny: Vec<String>,
+    pub subscribe_allow: Vec<String>,
+    pub subscribe_deny: Vec<String>,
+    /// `allow_responses: true`: may also publish one reply to each request it received.
+    pub allow_responses: bool,
+}
+
+/// Every JetStream API subject that names the session bucket's stream (`KV_VETO_SESSIONS`),
+/// under the API prefix `api` (`$JS.API` or `$JS.*.API`). The stream name is the third or
+/// fourth token after the prefix: `STREAM.<op>.S`, `CONSUMER.<op>.S[.<consumer>...]`,
+/// `DIRECT.GET.S[.<subject>]`, `STREAM.MSG.GET.S`, `CONSUMER.DURABLE.CREATE.S.<durable>`,
+/// `CONSUMER.MSG.NEXT.S.<consumer>`.
+fn session_stream_api(api: &str) -> [String; 4] {
+    let stream = format!("KV_{SESSION_BUCKET}");
+    [
+        format!("{api}.*.*.{stream}"),
+        format!("{api}.*.*.{stream}.>"),
+        format!("{api}.*.*.*.{stream}"),
+        format!("{api}.*.*.*.{stream}.>"),
+    ]
+}
+
+/// What user `sidecar` may do: JetStream API requests in its own and other domains (stream
+/// info, create/update of its region's stream with `nats.ensure_stream`, source repair, pull
+/// consumers, catch-up reads of other regions' streams), replies on its `_INBOX`, the
+/// revocation subjects (fast path). It publishes nothing else: no revocation events or
+/// heartbeats (`veto revoke` and `veto heartbeat` run as `operator`), no refresh requests. It
+/// can neither subscribe to the authorities' subjects and inbox nor address the session
+/// bucket in any way (`$KV.>`, every API subject naming `KV_VETO_SESSIONS`, in any domain).
+pub fn sidecar_permissions() -> Permissions {
+    let mut publish_deny = vec![
+        "$KV.>".to_string(),
+        AUTHORITY_SUBJECTS.to_string(),
+        format!("{AUTHORITY_INBOX_PREFIX}.>"),
+        format!("{SUBJECT_ROOT}.>"),
+    ];
+    publish_deny.extend(session_stream_api("$JS.API"));
+    publish_deny.extend(session_stream_api("$JS.*.API"));
+    Permissions {
+        publish_allow: vec!["$JS.API.>".into(), "$JS.*.API.>".into()],
+        publish_deny,
+        subscribe_allow: vec![format!("{SUBJECT_ROOT}.>"), "_INBOX.>".into()],
+        subscribe_deny: vec![
+            AUTHORITY_SUBJECTS.to_string(),
+            format!("{AUTHORITY_INBOX_PREFIX}.>"),
+            "$KV.>".into(),
+        ],
+        allow_responses: false,
+    }
+}
+
+/// What user `authority` may do: serve (`veto.authority.>`, replies with `allow_responses`) and
+/// send refresh requests, with replies on its own inbox prefix `_VETO_AUTHORITY_INBOX` (set by
+/// `NatsConnection::inbox_prefix`; async-nats uses it for every inbox, JetStream consumers'
+/// included, so no `_INBOX` subscription is allowed), publish revocations and heartbeats, use
+/// the JetStream API of every domain and the session bucket (`$KV.VETO_SESSIONS.>`, acks and
+/// flow control of its consumers).
+pub fn authority_permissions() -> Permissions {
+    let inbox = format!("{AUTHORITY_INBOX_PREFIX}.>");
+    Permissions {
+        publish_allow: vec![
+            format!("{SUBJECT_ROOT}.>"),
+            AUTHORITY_SUBJECTS.to_string(),
+            "$JS.API.>".into(),
+            "$JS.*.API.>".into(),
+            "$JS.ACK.>".into(),
+            "$JS.FC.>".into(),
+            format!("$KV.{SESSION_BUCKET}.>"),
+            inbox.clone(),
+        ],
+        publish_deny: vec![],
+        subscribe_allow: vec![
+            AUTHORITY_SUBJECTS.to_string(),
+            format!("{SUBJECT_ROOT}.>"),
+            inbox,
+        ],
+        subscribe_deny: vec![],
+        allow_responses: true,
+    }
+}
+
+impl Permissions {
+    /// The `permissions: { ... }` value, indented for a user entry of the accounts block.
+    fn render(&self, out: &mut String) {
+        fn list(out: &mut String, key: &str, subjects: &[String]) {
+            if subjects.is_empty() {
+                return;
+            }
+            let _ = writeln!(out, "            {key}: [");
+            for s in subjects {
+                // Quoted: an unquoted `$JS...` would be read as a variable reference.
+                let _ = writeln!(out, "              \"{s}\"");
+            }
+            let _ = writeln!(out, "            ]");
+        }
+        for (what, allow, deny) in [
+            ("publish", &self.publish_allow, &self.publish_deny),
+            ("subscribe", &self.subscribe_allow, &self.subscribe_deny),
+        ] {
+            if allow.is_empty() && deny.is_empty() {
+                continue;
+            }
+            let _ = writeln!(out, "          {what}: {{");
+            list(out, "allow", allow);
+            list(out, "deny", deny);
+            let _ = writeln!(out, "          }}");
+        }
+        if self.allow_responses {
+            let _ = writeln!(out, "          allow_responses: true");
         }
     }
 }
@@ -92,6 +303,10 @@ pub struct Topology {
     /// Address every server listens on and dials (one host for a local topology).
     pub host: String,
     pub secrets: Secrets,
+    /// The user a client without credentials is taken to be (`no_auth_user`). `None` (the
+    /// default, and the shipped `deploy/nats/`): anonymous connections are refused. Local
+    /// development and tests only.
+    pub no_auth_user: Option<NatsUser>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -114,6 +329,10 @@ pub enum TopologyError {
     },
     #[error("{0}: use only [A-Za-z0-9._~-], 1-128 characters")]
     BadSecret(&'static str),
+    #[error("{0} and {1} are the same: every user needs its own password")]
+    SharedSecret(&'static str, &'static str),
+    #[error("unknown NATS user {0:?} (sidecar, authority or operator)")]
+    UnknownUser(String),
     #[error("host {0:?} is not a plain host name or address")]
     BadHost(String),
     #[error("store directory {0:?} contains a quote, backslash or control character")]
@@ -175,6 +394,7 @@ impl Topology {
             store_dir: store_dir.into(),
             host: "127.0.0.1".into(),
             secrets: Secrets::default(),
+            no_auth_user: None,
         };
         t.validate()?;
         Ok(t)
@@ -241,11 +461,14 @@ impl Topology {
         if !host_ok {
             return Err(TopologyError::BadHost(self.host.clone()));
         }
-        if !valid_secret(&self.secrets.leaf_password) {
-            return Err(TopologyError::BadSecret("leaf password"));
-        }
-        if !valid_secret(&self.secrets.system_password) {
-            return Err(TopologyError::BadSecret("system password"));
+        let secrets = self.secrets.all();
+        for (i, (what, secret)) in secrets.iter().enumerate() {
+            if !valid_secret(secret) {
+                return Err(TopologyError::BadSecret(what));
+            }
+            if let Some((other, _)) = secrets[..i].iter().find(|(_, s)| s == secret) {
+                return Err(TopologyError::SharedSecret(other, what));
+            }
         }
         let store = self.store_dir.to_string_lossy();
         if store.is_empty()
@@ -299,21 +522,47 @@ impl Topology {
         self.store_dir.join(region)
     }
 
-    /// The accounts block shared by every server: SYS (system) and VETO (application). The
-    /// application user is the `no_auth_user`, so clients connect without credentials.
+    /// The accounts block shared by every server: SYS (system) and VETO (application, users
+    /// `sidecar`, `authority`, `operator` with their permissions), and the `no_auth_user` if
+    /// one is configured.
     fn accounts(&self, out: &mut String, jetstream: bool) {
-        let js = if jetstream {
-            "jetstream: enabled, "
-        } else {
-            ""
-        };
         let _ = write!(
             out,
             "accounts {{\n  SYS {{ users: [ {{ user: \"sys\", password: \"{sys}\" }} ] }}\n  \
-             VETO {{ {js}users: [ {{ user: \"veto\" }} ] }}\n}}\n\
-             system_account: SYS\nno_auth_user: \"veto\"\n",
+             VETO {{\n",
             sys = self.secrets.system_password,
         );
+        if jetstream {
+            out.push_str("    jetstream: enabled\n");
+        }
+        out.push_str("    users: [\n");
+        for user in NatsUser::ALL {
+            let _ = write!(
+                out,
+                "      {{\n        user: \"{}\"\n        password: \"{}\"\n",
+                user.name(),
+                self.secrets.password(user)
+            );
+            if let Some(p) = user.permissions() {
+                out.push_str("        permissions: {\n");
+                p.render(out);
+                out.push_str("        }\n");
+            }
+            out.push_str("      }\n");
+        }
+        out.push_str("    ]\n  }\n}\nsystem_account: SYS\n");
+        match self.no_auth_user {
+            Some(u) => {
+                let _ = writeln!(
+                    out,
+                    "# Clients without credentials are user {u}: local development only.\n\
+                     no_auth_user: \"{u}\""
+                );
+            }
+            None => {
+                out.push_str("# Anonymous clients are refused (no no_auth_user): each logs in as a user above.\n")
+            }
+        }
     }
 
     fn header(out: &mut String, what: &str, region: &str) {
@@ -526,7 +775,10 @@ mod tests {
         assert!(js.contains("domain: \"ap\""));
         assert!(js.contains("store_dir: \"/tmp/veto-nats/ap\""));
         assert!(js.contains("url: \"nats://leaf:veto-local-leaf@127.0.0.1:14022\""));
-        assert!(js.contains("no_auth_user: \"veto\""));
+        assert!(
+            !js.contains("\nno_auth_user:"),
+            "the shipped shape has no anonymous user"
+        );
         assert!(js.contains("jetstream: enabled"));
         for key in ["compression", "pool_size", "sync_interval"] {
             assert!(!js.contains(key), "2.10+ key {key}");
@@ -576,8 +828,136 @@ mod tests {
         t.secrets.leaf_password = "a@b".into();
         assert_eq!(t.validate(), Err(TopologyError::BadSecret("leaf password")));
         let mut t = three();
+        t.secrets.sidecar_password = "a b".into();
+        assert_eq!(
+            t.validate(),
+            Err(TopologyError::BadSecret("sidecar password"))
+        );
+        let mut t = three();
+        t.secrets.operator_password = t.secrets.sidecar_password.clone();
+        assert_eq!(
+            t.validate(),
+            Err(TopologyError::SharedSecret(
+                "sidecar password",
+                "operator password"
+            ))
+        );
+        assert_eq!(
+            "root".parse::<NatsUser>(),
+            Err(TopologyError::UnknownUser("root".into()))
+        );
+        let mut t = three();
         t.store_dir = PathBuf::from("/tmp/a\"b");
         assert!(matches!(t.validate(), Err(TopologyError::BadStoreDir(_))));
         assert!(t.hub_config("sa").is_err());
+    }
+
+    #[test]
+    fn three_users_with_permissions_and_no_anonymous_user_unless_asked() {
+        let mut t = three();
+        for text in [t.hub_config("us").unwrap(), t.js_config("us").unwrap()] {
+            for u in NatsUser::ALL {
+                let entry = format!(
+                    "user: \"{u}\"\n        password: \"{}\"\n",
+                    t.secrets.password(u)
+                );
+                assert!(text.contains(&entry), "{u}:\n{text}");
+            }
+            assert!(!text.contains("\nno_auth_user:"));
+            assert_eq!(
+                text.matches("permissions: {").count(),
+                2,
+                "operator has none"
+            );
+            assert_eq!(text.matches("allow_responses: true").count(), 1);
+        }
+        t.no_auth_user = Some(NatsUser::Operator);
+        assert!(t
+            .js_config("eu")
+            .unwrap()
+            .contains("\nno_auth_user: \"operator\"\n"));
+        assert_eq!("sidecar".parse::<NatsUser>(), Ok(NatsUser::Sidecar));
+    }
+
+    #[test]
+    fn a_sidecar_cannot_address_the_session_bucket_or_the_authorities() {
+        let p = sidecar_permissions();
+        assert_eq!(p.publish_allow, ["$JS.API.>", "$JS.*.API.>"]);
+        assert!(!p.allow_responses);
+        for denied in [
+            "$KV.>",
+            "veto.authority.>",
+            "_VETO_AUTHORITY_INBOX.>",
+            "veto.revocations.>",
+            "$JS.API.*.*.KV_VETO_SESSIONS",
+            "$JS.API.*.*.KV_VETO_SESSIONS.>",
+            "$JS.API.*.*.*.KV_VETO_SESSIONS",
+            "$JS.API.*.*.*.KV_VETO_SESSIONS.>",
+            "$JS.*.API.*.*.KV_VETO_SESSIONS",
+            "$JS.*.API.*.*.*.KV_VETO_SESSIONS.>",
+        ] {
+            assert!(p.publish_deny.iter().any(|d| d == denied), "{denied}");
+        }
+        assert_eq!(p.subscribe_allow, ["veto.revocations.>", "_INBOX.>"]);
+        assert_eq!(
+            p.subscribe_deny,
+            ["veto.authority.>", "_VETO_AUTHORITY_INBOX.>", "$KV.>"]
+        );
+        // Every API subject naming the bucket's stream falls under one of the deny patterns
+        // (token-wise match, as nats-server does).
+        fn matches(pattern: &str, subject: &str) -> bool {
+            let (mut p, mut s) = (pattern.split('.'), subject.split('.'));
+            loop {
+                match (p.next(), s.next()) {
+                    (Some(">"), Some(_)) => return true,
+                    (Some("*"), Some(_)) => {}
+                    (Some(a), Some(b)) if a == b => {}
+                    (None, None) => return true,
+                    _ => return false,
+                }
+            }
+        }
+        for api in ["$JS.API", "$JS.eu.API"] {
+            for op in [
+                "STREAM.INFO.KV_VETO_SESSIONS",
+                "STREAM.UPDATE.KV_VETO_SESSIONS",
+                "STREAM.DELETE.KV_VETO_SESSIONS",
+                "STREAM.PURGE.KV_VETO_SESSIONS",
+                "STREAM.MSG.GET.KV_VETO_SESSIONS",
+                "STREAM.MSG.DELETE.KV_VETO_SESSIONS",
+                "DIRECT.GET.KV_VETO_SESSIONS",
+                "DIRECT.GET.KV_VETO_SESSIONS.$KV.VETO_SESSIONS.s1",
+                "CONSUMER.CREATE.KV_VETO_SESSIONS",
+                "CONSUMER.CREATE.KV_VETO_SESSIONS.c.$KV.VETO_SESSIONS.>",
+                "CONSUMER.DURABLE.CREATE.KV_VETO_SESSIONS.c",
+                "CONSUMER.MSG.NEXT.KV_VETO_SESSIONS.c",
+                "CONSUMER.INFO.KV_VETO_SESSIONS.c",
+                "CONSUMER.NAMES.KV_VETO_SESSIONS",
+            ] {
+                let subject = format!("{api}.{op}");
+                assert!(
+                    p.publish_deny.iter().any(|d| matches(d, &subject)),
+                    "{subject} is not denied"
+                );
+            }
+        }
+        // ... and none of what the feed needs is.
+        for needed in [
+            "$JS.API.STREAM.INFO.VETO_REVOCATIONS_us",
+            "$JS.API.STREAM.UPDATE.VETO_REVOCATIONS_us",
+            "$JS.API.CONSUMER.CREATE.VETO_REVOCATIONS_us",
+            "$JS.API.CONSUMER.MSG.NEXT.VETO_REVOCATIONS_us.c",
+            "$JS.eu.API.STREAM.MSG.GET.VETO_REVOCATIONS_eu",
+            "$JS.eu.API.CONSUMER.CREATE.VETO_REVOCATIONS_eu",
+        ] {
+            assert!(
+                p.publish_allow.iter().any(|a| matches(a, needed)),
+                "{needed}"
+            );
+            assert!(
+                !p.publish_deny.iter().any(|d| matches(d, needed)),
+                "{needed}"
+            );
+        }
     }
 }

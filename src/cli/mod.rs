@@ -248,6 +248,16 @@ pub struct NatsArgs {
     pub(crate) domain: Option<String>,
     #[arg(long)]
     pub(crate) credentials_file: Option<PathBuf>,
+    /// NATS user name (with --nats-password-file), e.g. `operator` of `veto nats topology`.
+    #[arg(long = "nats-user", env = "VETO_NATS_USER")]
+    pub(crate) user: Option<String>,
+    /// File holding the password of --nats-user.
+    #[arg(
+        long = "nats-password-file",
+        env = "VETO_NATS_PASSWORD_FILE",
+        requires = "user"
+    )]
+    pub(crate) password_file: Option<PathBuf>,
 }
 
 impl NatsArgs {
@@ -264,6 +274,8 @@ impl NatsArgs {
         NatsConnection {
             domain: self.domain.clone(),
             credentials_file: self.credentials_file.clone(),
+            user: self.user.clone(),
+            password_file: self.password_file.clone(),
             ..NatsConnection::plain(self.nats.clone(), connect_timeout)
         }
     }

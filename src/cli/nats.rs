@@ -6,7 +6,7 @@ use clap::{Args, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
 use veto::bus::stream::{Outcome, Plan, ProvisionError};
-use veto::bus::topology::{parse_regions, write_files, Secrets, Topology};
+use veto::bus::topology::{parse_regions, write_files, NatsUser, Secrets, Topology};
 use veto::bus::{self, Initial};
 
 #[derive(Subcommand)]
@@ -43,6 +43,24 @@ pub struct TopologyArgs {
     /// Password of the system-account user ([A-Za-z0-9._~-]).
     #[arg(long, env = "VETO_NATS_SYSTEM_PASSWORD", hide_env_values = true)]
     system_password: Option<String>,
+    /// Password of user `sidecar` (the revocation feed only) ([A-Za-z0-9._~-]).
+    #[arg(long, env = "VETO_NATS_SIDECAR_PASSWORD", hide_env_values = true)]
+    sidecar_password: Option<String>,
+    /// Password of user `authority` (refresh traffic, session bucket) ([A-Za-z0-9._~-]).
+    #[arg(long, env = "VETO_NATS_AUTHORITY_PASSWORD", hide_env_values = true)]
+    authority_password: Option<String>,
+    /// Password of user `operator` (unrestricted: CLI, provisioning) ([A-Za-z0-9._~-]).
+    #[arg(long, env = "VETO_NATS_OPERATOR_PASSWORD", hide_env_values = true)]
+    operator_password: Option<String>,
+    /// Let clients without credentials in as this user (sidecar, authority or operator):
+    /// local development and tests only. Without it, anonymous connections are refused.
+    #[arg(long, value_name = "USER", value_parser = parse_user)]
+    no_auth_user: Option<NatsUser>,
+}
+
+fn parse_user(s: &str) -> Result<NatsUser, String> {
+    s.parse()
+        .map_err(|e: veto::bus::topology::TopologyError| e.to_string())
 }
 
 #[derive(Args)]
@@ -75,6 +93,16 @@ pub struct ProvisionArgs {
     repair_sources: Option<Duration>,
     #[arg(long)]
     credentials_file: Option<PathBuf>,
+    /// NATS user name (with --nats-password-file), e.g. `operator` of `veto nats topology`.
+    #[arg(long = "nats-user", env = "VETO_NATS_USER")]
+    user: Option<String>,
+    /// File holding the password of --nats-user.
+    #[arg(
+        long = "nats-password-file",
+        env = "VETO_NATS_PASSWORD_FILE",
+        requires = "user"
+    )]
+    password_file: Option<PathBuf>,
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     timeout: Duration,
 }
@@ -95,7 +123,11 @@ fn topology(a: TopologyArgs) -> Result<(), Failure> {
     t.secrets = Secrets {
         leaf_password: a.leaf_password.unwrap_or(defaults.leaf_password),
         system_password: a.system_password.unwrap_or(defaults.system_password),
+        sidecar_password: a.sidecar_password.unwrap_or(defaults.sidecar_password),
+        authority_password: a.authority_password.unwrap_or(defaults.authority_password),
+        operator_password: a.operator_password.unwrap_or(defaults.operator_password),
     };
+    t.no_auth_user = a.no_auth_user;
     t.validate().map_err(|e| usage(e.to_string()))?;
     let written =
         write_files(&t, &a.out).map_err(|e| usage(format!("--out {}: {e}", a.out.display())))?;
@@ -137,6 +169,8 @@ async fn provision(a: ProvisionArgs) -> Result<(), Failure> {
         region: a.region.clone(),
         domain: Some(a.region.clone()),
         credentials_file: a.credentials_file,
+        user: a.user,
+        password_file: a.password_file,
     }
     .connection(a.timeout);
     let (client, _events) = bus::connect(&cfg, "veto-nats-provision", Initial::Fail)

@@ -100,9 +100,15 @@ impl Drop for Proc {
 /// `veto heartbeat` for `region` against the JetStream server at `url`, every 250 ms: what
 /// keeps that origin fresh for the sidecars that expect it.
 pub fn heartbeat(url: &str, region: &str) -> Proc {
+    heartbeat_with(url, region, &[])
+}
+
+/// [`heartbeat`] with more arguments (e.g. `--nats-user`, `--nats-password-file`).
+pub fn heartbeat_with(url: &str, region: &str, extra: &[String]) -> Proc {
     let child = Command::new(env!("CARGO_BIN_EXE_veto"))
         .args(["heartbeat", "--nats", url, "--region", region])
         .args(["--interval", "250ms"])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -18,7 +18,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use veto::bus::stream::{Outcome, Plan};
-use veto::bus::topology::{hub_server_name, js_server_name, Region, RegionPorts, Topology};
+use veto::bus::topology::{
+    hub_server_name, js_server_name, NatsUser, Region, RegionPorts, Topology,
+};
 
 /// Base of the stream names: region R's stream is `VETO_REVOCATIONS_R`.
 pub const STREAM_BASE: &str = "VETO_REVOCATIONS";
@@ -40,8 +42,15 @@ pub struct LocalTopology {
 impl LocalTopology {
     /// Renders the topology for `regions` on free ports and starts every server: hubs first,
     /// then the JetStream servers. Returns once every server listens (links may still be
-    /// forming: see [`LocalTopology::wait_linked`]).
+    /// forming: see [`LocalTopology::wait_linked`]). Clients without credentials are user
+    /// `operator` (`veto nats topology --no-auth-user operator`).
     pub fn start(regions: &[&str]) -> LocalTopology {
+        Self::start_with(regions, Some(NatsUser::Operator))
+    }
+
+    /// [`LocalTopology::start`] with another `no_auth_user`; `None` is the shipped shape:
+    /// every client must log in.
+    pub fn start_with(regions: &[&str], no_auth_user: Option<NatsUser>) -> LocalTopology {
         let dir = tempfile::tempdir().expect("tempdir");
         let regions = regions
             .iter()
@@ -57,10 +66,19 @@ impl LocalTopology {
                 },
             })
             .collect();
-        let topology = Topology::new(regions, dir.path().join("store")).expect("topology");
+        let mut topology = Topology::new(regions, dir.path().join("store")).expect("topology");
+        topology.no_auth_user = no_auth_user;
         veto::bus::topology::write_files(&topology, &dir.path().join("conf"))
             .expect("write configs");
         std::fs::create_dir_all(dir.path().join("logs")).expect("logs dir");
+        std::fs::create_dir_all(dir.path().join("secrets")).expect("secrets dir");
+        for u in NatsUser::ALL {
+            std::fs::write(
+                dir.path().join("secrets").join(u.name()),
+                topology.secrets.password(u),
+            )
+            .expect("password file");
+        }
         let mut t = LocalTopology {
             topology,
             dir,
@@ -151,12 +169,57 @@ impl LocalTopology {
         self.topology.js_url(region).expect("region")
     }
 
+    /// A file holding `user`'s password (for `nats.password_file`, `--nats-password-file`).
+    pub fn password_file(&self, user: NatsUser) -> PathBuf {
+        self.dir.path().join("secrets").join(user.name())
+    }
+
+    /// How `user` connects to `region`'s JetStream server (user + password file), for
+    /// `veto::bus::connect`.
+    pub fn connection_as(&self, region: &str, user: NatsUser) -> veto::bus::NatsConnection {
+        veto::bus::NatsConnection {
+            user: Some(user.name().to_string()),
+            password_file: Some(self.password_file(user)),
+            ..veto::bus::NatsConnection::plain(self.js_url(region), Duration::from_secs(5))
+        }
+    }
+
+    /// `[nats]` lines that make a sidecar log in as `user`.
+    pub fn nats_login(&self, user: NatsUser) -> String {
+        format!(
+            "user = \"{}\"\npassword_file = \"{}\"\n",
+            user.name(),
+            self.password_file(user).display()
+        )
+    }
+
+    /// A client of `region`'s JetStream server logged in as `user` (password login).
+    pub async fn client_as(&self, region: &str, user: NatsUser) -> async_nats::Client {
+        async_nats::ConnectOptions::with_user_and_password(
+            user.name().to_string(),
+            self.topology.secrets.password(user).to_string(),
+        )
+        .name(format!("test-{region}-{user}"))
+        .connect(self.js_url(region))
+        .await
+        .unwrap_or_else(|e| panic!("connect to {region} as {user}: {e}"))
+    }
+
+    /// A client of `region`'s JetStream server, logged in as `operator` (works with or
+    /// without a `no_auth_user`).
     pub async fn client(&self, region: &str) -> async_nats::Client {
-        async_nats::ConnectOptions::new()
-            .name(format!("test-{region}"))
-            .connect(self.js_url(region))
-            .await
-            .expect("connect to the region's JetStream server")
+        self.client_as(region, NatsUser::Operator).await
+    }
+
+    /// `--nats-user operator --nats-password-file <file>`: what `veto revoke`, `veto heartbeat`
+    /// and `veto nats provision` need without a `no_auth_user`.
+    pub fn operator_args(&self) -> Vec<String> {
+        vec![
+            "--nats-user".into(),
+            "operator".into(),
+            "--nats-password-file".into(),
+            self.password_file(NatsUser::Operator).display().to_string(),
+        ]
     }
 
     /// JetStream of `region`, addressed by domain like `veto nats provision` does.
