@@ -222,8 +222,8 @@ impl Authority {
         if self.refresh_max_replays > 10 {
             return Err(bad(k("refresh_max_replays"), "at most 10"));
         }
-        if self.session_idle_timeout < Duration::from_secs(60) {
-            return Err(bad(k("session_idle_timeout"), "at least 1m"));
+        if self.session_idle_timeout < Duration::from_secs(1) {
+            return Err(bad(k("session_idle_timeout"), "at least 1s"));
         }
         if self.session_lifetime < self.access_token_ttl {
             return Err(bad(
