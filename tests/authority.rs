@@ -409,7 +409,9 @@ async fn the_token_endpoint_answers_rfc6749_errors_and_touches_nothing() {
     parts[6] = &forged_tag;
     let forged = parts.join(".");
     let next_gen = rt.replacen(".0.", ".1.", 1);
-    let cases: Vec<(&str, Option<&str>, Vec<u8>, u16, &str)> = vec![
+    // (what, content type, body, status, error)
+    type Case<'a> = (&'a str, Option<&'a str>, Vec<u8>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "JSON body",
             Some("application/json"),
