@@ -2,12 +2,14 @@
 # The Veto demo: three regions (us, eu, ap) for real, on this machine.
 #
 #   per region: a core-NATS hub (gateways between all hubs) + a JetStream server in its own
-#               domain (leaf of the hub), a heartbeat publisher, a veto sidecar, Envoy, and a
-#               tiny upstream
+#               domain (leaf of the hub), a veto authority (sessions, refresh, JWKS, the
+#               region's heartbeat), a veto sidecar, Envoy, and a tiny upstream
 #
 # It mints a token, shows 200 in every region, revokes the session in us, shows 401 everywhere
 # with the measured lag per region, cuts eu off (kills its hub), shows staleness and the deny
-# policy at work, heals it, shows the catch-up, prints a summary, and tears everything down.
+# policy at work, heals it, shows the catch-up; then logs in through the authority in us,
+# refreshes in eu, calls in ap, logs out in ap and shows every region refusing the session;
+# prints a summary, and tears everything down.
 # Everything listens on 127.0.0.1; nothing is left running.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -55,8 +57,11 @@ BASE=$(free_base)
 # revoke) come in without credentials as `operator` (--no-auth-user: development only).
 SIDECAR_PASSWORD="demo-sidecar-$RANDOM$RANDOM"
 printf '%s' "$SIDECAR_PASSWORD" >"$WORK/sidecar.password"
+AUTHORITY_PASSWORD="demo-authority-$RANDOM$RANDOM"
+printf '%s' "$AUTHORITY_PASSWORD" >"$WORK/authority.password"
 "$VETO" nats topology --regions us,eu,ap --base-port "$BASE" --store "$WORK/js" --out "$WORK/nats" \
-    --sidecar-password "$SIDECAR_PASSWORD" --no-auth-user operator >/dev/null
+    --sidecar-password "$SIDECAR_PASSWORD" --authority-password "$AUTHORITY_PASSWORD" \
+    --no-auth-user operator >/dev/null
 # shellcheck disable=SC1091
 source "$WORK/nats/ports.env"
 url_of() { local v="VETO_NATS_${1^^}_URL"; echo "${!v}"; }
@@ -78,8 +83,44 @@ for r in "${REGIONS[@]}"; do
         sleep 0.2
     done
 done
+
+echo "== authorities in us, eu, ap (one issuer, one key set, one refresh MAC key; each hosts its region's heartbeat)"
+AUTH_ISS=https://auth.veto.demo
+mkdir -p "$WORK/authkeys"
+"$VETO" keys generate --alg ES256 --kid auth-1 --out "$WORK/authkeys" >/dev/null
+python3 -c 'import base64,secrets; print("r1=" + base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("="))' >"$WORK/refresh.keys"
+python3 -c 'import secrets; print(secrets.token_urlsafe(32))' >"$WORK/admin.token"
+ADMIN=$(cat "$WORK/admin.token")
+declare -A AUTH AUTH_HTTP
 for r in "${REGIONS[@]}"; do
-    start "$r-hb" "$WORK/$r-hb.log" "$VETO" heartbeat --nats "$(url_of "$r")" --region "$r" --interval 500ms
+    AUTH[$r]=$(free_port); AUTH_HTTP[$r]=$(free_port)
+    cat >"$WORK/$r-authority.toml" <<TOML
+[http]
+listen = "127.0.0.1:${AUTH_HTTP[$r]}"
+[nats]
+url = "$(url_of "$r")"
+region = "$r"
+regions = ["us", "eu", "ap"]
+user = "authority"
+password_file = "$WORK/authority.password"
+[revocation]
+retention = "1h"
+[shutdown]
+drain = "200ms"
+[authority]
+listen = "127.0.0.1:${AUTH[$r]}"
+issuer = "$AUTH_ISS"
+audiences = ["api"]
+keys_dir = "$WORK/authkeys"
+admin_token_file = "$WORK/admin.token"
+refresh_key_file = "$WORK/refresh.keys"
+heartbeat_interval = "500ms"
+TOML
+    start "$r-authority" "$WORK/$r-authority.log" "$VETO" authority --config "$WORK/$r-authority.toml"
+done
+for r in "${REGIONS[@]}"; do
+    for _ in $(seq 1 600); do curl -fs "http://127.0.0.1:${AUTH_HTTP[$r]}/readyz" >/dev/null && break; sleep 0.05; done
+    curl -fs "http://127.0.0.1:${AUTH_HTTP[$r]}/readyz" >/dev/null || { echo "authority $r not ready: $(curl -s "http://127.0.0.1:${AUTH_HTTP[$r]}/readyz")"; exit 1; }
 done
 
 echo "== signing key, JWKS, token for alice (session sess-1)"
@@ -109,6 +150,11 @@ issuer = "https://auth.demo"
 audiences = ["api"]
 algorithms = ["ES256"]
 jwks_file = "$WORK/jwks.json"
+[[issuers]]
+issuer = "$AUTH_ISS"
+audiences = ["api"]
+algorithms = ["ES256"]
+jwks_url = "http://127.0.0.1:${AUTH[$r]}/.well-known/jwks.json"
 [nats]
 url = "$(url_of "$r")"
 region = "$r"
@@ -212,6 +258,35 @@ done
 CATCHUP=$(( $(now_ms) - healed ))
 echo "   converged ${CATCHUP} ms after the hub restarted: bob in eu -> $(code eu "$T2") $(reason); erin in us -> $(code us "$T_EU") $(reason)"
 echo "   alice in eu -> $(code eu "$T1") $(reason); a new session in eu -> $(code eu "$(mint carol sess-3 eu)") $(reason)"
+
+echo
+echo "5) the authority: log in in us, refresh in eu, call in ap, log out in ap"
+json() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get(sys.argv[2], ""))' "$WORK/resp" "$1" 2>/dev/null; }
+post_form() { curl -s -o "$WORK/resp" -w '%{http_code}' -H 'content-type: application/x-www-form-urlencoded' --data-urlencode "$2" ${3:+--data-urlencode "$3"} "http://127.0.0.1:${AUTH[$1]}$4"; }
+st=$(curl -s -o "$WORK/resp" -w '%{http_code}' -H "authorization: Bearer $ADMIN" -H 'content-type: application/json' \
+    -d '{"sub":"frank"}' "http://127.0.0.1:${AUTH[us]}/v1/sessions")
+AT=$(json access_token); RT0=$(json refresh_token); SID=$(json session_id)
+echo "   POST /v1/sessions in us -> $st (session $SID, home $(json home_region))"
+echo "   frank in us -> $(code us "$AT") $(reason)"
+st=$(post_form eu grant_type=refresh_token "refresh_token=$RT0" /v1/token)
+AT=$(json access_token); RT1=$(json refresh_token)
+echo "   POST /v1/token in eu (forwarded to the home, us) -> $st, a new refresh token: $([ "$RT1" != "$RT0" ] && echo yes || echo no)"
+echo "   frank in ap with the refreshed token -> $(code ap "$AT") $(reason)"
+t0=$(now_ms)
+st=$(post_form ap "token=$RT1" "" /v1/logout)
+echo "   POST /v1/logout in ap -> $st"
+declare -A OUT
+left=${#REGIONS[@]}
+while (( left > 0 )) && (( $(now_ms) - t0 < 5000 )); do
+    for r in "${REGIONS[@]}"; do
+        [ -n "${OUT[$r]:-}" ] && continue
+        if [ "$(code "$r" "$AT")" = 401 ]; then OUT[$r]=$(( $(now_ms) - t0 )); left=$((left - 1)); fi
+    done
+done
+for r in "${REGIONS[@]}"; do
+    st=$(post_form "$r" grant_type=refresh_token "refresh_token=$RT1" /v1/token)
+    echo "   $r: frank's access token -> $(code "$r" "$AT") $(reason) after ${OUT[$r]:-more than 5000} ms; newest refresh token -> $st $(json error)"
+done
 
 echo
 echo "== summary"

@@ -280,6 +280,10 @@ pub struct Nats {
     /// Create/update the stream at start (off when an operator provisions streams).
     #[serde(default = "yes")]
     pub ensure_stream: bool,
+    /// Not a configuration key: the authority sets its own inbox prefix on the feed it embeds
+    /// (its NATS user may not subscribe to `_INBOX`).
+    #[serde(skip)]
+    pub inbox_prefix: Option<String>,
 }
 
 fn default_stream() -> String {

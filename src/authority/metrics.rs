@@ -13,6 +13,7 @@ pub struct AuthorityMetrics {
     revocations: IntCounterVec,
     logouts: IntCounterVec,
     records: IntCounterVec,
+    copies_failed: IntCounterVec,
     /// `veto_authority_home_request_seconds`: serving another region's request.
     pub home_requests: Histogram,
 }
@@ -66,6 +67,12 @@ impl AuthorityMetrics {
                 "Revocations from the feed applied to this home's records, by result (ok, failed, lagged).",
                 &["result"],
             ),
+            copies_failed: metrics::counter_vec(
+                r,
+                "veto_authority_revocation_copies_failed_total",
+                "Revocation copies at another origin (the session's home, every region) not acknowledged; the own-origin copy still reaches it by sourcing.",
+                &["origin_region"],
+            ),
             home_requests: metrics::histogram(
                 r,
                 "veto_authority_home_request_seconds",
@@ -89,6 +96,9 @@ impl AuthorityMetrics {
     }
     pub fn logouts(&self, result: &str) -> IntCounter {
         self.logouts.with_label_values(&[result])
+    }
+    pub fn copies_failed(&self, origin: &str) -> IntCounter {
+        self.copies_failed.with_label_values(&[origin])
     }
     pub fn records(&self, result: &str) -> IntCounter {
         self.records.with_label_values(&[result])

@@ -69,6 +69,9 @@ fn feed_settings(s: &Settings, a: &config::Authority) -> Result<Settings, SetupE
     let mut ss = s.clone();
     ss.issuers = vec![issuer];
     ss.authority = None;
+    if let Some(n) = ss.nats.as_mut() {
+        n.inbox_prefix = Some(names::AUTHORITY_INBOX_PREFIX.to_string());
+    }
     Ok(ss)
 }
 

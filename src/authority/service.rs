@@ -95,6 +95,27 @@ pub struct Published {
     pub origin_region: String,
 }
 
+/// Where a revocation is published besides this authority's own origin.
+#[derive(Debug, Clone, Copy)]
+pub enum Also<'a> {
+    Nowhere,
+    /// The session's home region.
+    Home(&'a str),
+    /// Every region (a session or token whose home is unknown, a subject).
+    Everywhere,
+}
+
+/// The reason label of the metric: the known reasons, else `other` (admin input is free).
+fn reason_label(reason: &str) -> &'static str {
+    match reason {
+        "logout" => "logout",
+        "admin" => "admin",
+        "refresh_reuse" => "refresh_reuse",
+        "upstream_logout" => "upstream_logout",
+        _ => "other",
+    }
+}
+
 /// A request from one authority to the home of a session, over NATS.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -451,6 +472,7 @@ impl Service {
                         EndReason::RefreshReuse.label(),
                         true,
                         now,
+                        Also::Nowhere,
                     )
                     .await?;
                     match self.store()?.update(&p.sid, &record, rev).await {
@@ -483,9 +505,12 @@ impl Service {
         ))
     }
 
-    /// Publishes a revocation at this origin and waits for the stream's ack. Session and
-    /// token ids get deterministic event ids (retries dedupe); subject revocations are keyed
-    /// by their not-before too.
+    /// Publishes a revocation at this origin and waits for the stream's ack (else 503); then,
+    /// best effort, at the origins `also` names (through the gateways): with
+    /// `revocation.isolation = home` a session's tokens depend on their home's origin, so a
+    /// region that hears the home but not this one still learns of it. The other copies carry
+    /// the same event id. Session and token ids get deterministic event ids (retries dedupe);
+    /// subject revocations are keyed by their not-before too.
     pub async fn publish(
         &self,
         kind: Kind,
@@ -493,34 +518,61 @@ impl Service {
         reason: &str,
         urgent: bool,
         revoked_at: i64,
+        also: Also<'_>,
     ) -> Result<RevocationEvent, OAuthError> {
         let extra = match kind {
             Kind::Subject => revoked_at.to_string(),
             _ => String::new(),
         };
-        let mut ev = RevocationEvent::new(
-            event_id(kind.label(), &self.cfg.issuer, id, &extra),
-            kind,
-            id,
-            &self.region,
-            revoked_at,
-            self.cfg.revocation_ttl(),
-        );
-        ev.issuer = self.cfg.issuer.clone();
-        ev.reason = reason.to_string();
-        ev.urgent = urgent;
-        match bus::publish::publish_event(&self.js, &ev, Duration::from_secs(2)).await {
-            Ok(_) => {
-                self.metrics.revocations(kind.label(), reason).inc();
-                Ok(ev)
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, kind = kind.label(), "revocation publish failed");
-                Err(OAuthError::unavailable(
-                    "the revocation could not be published; retry",
-                ))
+        let event = |origin: &str| {
+            let mut ev = RevocationEvent::new(
+                event_id(kind.label(), &self.cfg.issuer, id, &extra),
+                kind,
+                id,
+                origin,
+                revoked_at,
+                self.cfg.revocation_ttl(),
+            );
+            ev.issuer = self.cfg.issuer.clone();
+            ev.reason = reason.to_string();
+            ev.urgent = urgent;
+            ev
+        };
+        let ev = event(&self.region);
+        if let Err(e) = bus::publish::publish_event(&self.js, &ev, Duration::from_secs(2)).await {
+            tracing::warn!(error = %e, kind = kind.label(), "revocation publish failed");
+            return Err(OAuthError::unavailable(
+                "the revocation could not be published; retry",
+            ));
+        }
+        self.metrics
+            .revocations(kind.label(), reason_label(reason))
+            .inc();
+        let others: Vec<&String> = match also {
+            Also::Nowhere => vec![],
+            Also::Home(h) => self.regions.iter().filter(|r| *r == h).collect(),
+            Also::Everywhere => self.regions.iter().collect(),
+        };
+        let copies = others
+            .into_iter()
+            .filter(|r| **r != self.region)
+            .map(|origin| {
+                let copy = event(origin);
+                async move {
+                    let r =
+                        bus::publish::publish_event(&self.js, &copy, Duration::from_millis(500))
+                            .await;
+                    (origin, r)
+                }
+            });
+        for (origin, r) in futures::future::join_all(copies).await {
+            if let Err(e) = r {
+                // this origin's copy reaches that region by sourcing once it is linked again
+                self.metrics.copies_failed(origin).inc();
+                tracing::warn!(origin = %origin, error = %e, "revocation copy at another origin not acknowledged");
             }
         }
+        Ok(ev)
     }
 
     /// Marks a session homed here revoked (idempotent). `false`: not homed here.
@@ -550,27 +602,38 @@ impl Service {
     /// The session a logout token names: a refresh token (tag checked) or an access token
     /// of this issuer (signature checked, expiry not: a user whose token just expired can
     /// still log out).
-    fn logout_session(&self, token: &str) -> Option<String> {
+    fn logout_session(&self, token: &str) -> Option<(String, Option<String>)> {
         if let Ok(p) = refresh::parse(&self.mac, token) {
-            return Some(p.sid);
+            return Some((p.sid, Some(p.home)));
         }
         let v = self
             .validator
             .validate_for_logout(token, Self::now() / 1000)
             .ok()?;
-        Some(v.claims.sid)
+        Some((v.claims.sid, v.claims.home))
     }
 
     /// `POST /v1/logout`: revokes the token's session everywhere. Unknown or invalid tokens
     /// are not an error (RFC 7009 §2.2).
     pub async fn logout(&self, token: &str) -> Result<bool, OAuthError> {
-        let Some(sid) = self.logout_session(token) else {
+        let Some((sid, home)) = self.logout_session(token) else {
             self.metrics.logouts("unknown").inc();
             return Ok(false);
         };
         let now = Self::now();
-        self.publish(Kind::Session, &sid, EndReason::Logout.label(), true, now)
-            .await?;
+        let also = match &home {
+            Some(h) => Also::Home(h),
+            None => Also::Everywhere,
+        };
+        self.publish(
+            Kind::Session,
+            &sid,
+            EndReason::Logout.label(),
+            true,
+            now,
+            also,
+        )
+        .await?;
         // the home marks its record from the feed; here at once when homed here
         if let Err(e) = self.end_session(&sid, EndReason::Logout, now).await {
             tracing::warn!(error = %e, "session record not marked yet (the feed will)");
@@ -601,7 +664,7 @@ impl Service {
         };
         let now = Self::now();
         let ev = self
-            .publish(kind, &req.id, &reason, req.urgent, now)
+            .publish(kind, &req.id, &reason, req.urgent, now, Also::Everywhere)
             .await?;
         match kind {
             Kind::Session => {
@@ -669,6 +732,7 @@ impl Service {
                 EndReason::UpstreamLogout.label(),
                 true,
                 now,
+                Also::Nowhere,
             )
             .await?;
             if let Err(e) = self.end_session(s, EndReason::UpstreamLogout, now).await {
@@ -769,7 +833,14 @@ impl super::backchannel::LogoutEffect for Service {
                     }),
                 (None, Some(sub)) => {
                     let at = order.iat.saturating_mul(1000);
-                    self.publish(Kind::Subject, sub, EndReason::UpstreamLogout.label(), true, at)
+                    self.publish(
+                        Kind::Subject,
+                        sub,
+                        EndReason::UpstreamLogout.label(),
+                        true,
+                        at,
+                        Also::Everywhere,
+                    )
                         .await
                         .map(|_| ())
                 }

@@ -47,7 +47,7 @@ impl NatsConnection {
             tls_key_file: n.tls_key_file.clone(),
             tls_required: n.tls_required,
             connect_timeout: n.connect_timeout,
-            inbox_prefix: None,
+            inbox_prefix: n.inbox_prefix.clone(),
         }
     }
 
