@@ -30,8 +30,11 @@
 //! - [`readiness`]: typed latches and live checks behind `/readyz` and gRPC health.
 //! - [`sidecar`]: wires the parts together: settings read once, typed tasks, the ordered and
 //!   bounded shutdown (`shutdown.drain`, `shutdown.grace`).
-//! - `authority` (not built yet): sessions, refresh rotation, keys, back-channel logout; it
-//!   will reuse [`bus`], [`token`] and the feed's applied stream, not the sidecar.
+//! - [`authority`]: sessions homed in a region's JetStream KV, refresh rotation with grace and
+//!   reuse detection (forwarded to the home over request-reply), logout and admin
+//!   revocations, signing keys and JWKS, OIDC back-channel logout, the region's heartbeat.
+//!   It reuses [`bus`] and [`token`], and embeds the sidecar's feed
+//!   ([`sidecar::Sidecar::run_with`]) for freshness and the applied stream.
 //! - [`config`]: layered settings (defaults → TOML file → `VETO__SECTION__KEY`), validated.
 
 #![forbid(unsafe_code)]
