@@ -1017,3 +1017,153 @@ fn bad_configuration_exits_64_naming_the_key() {
         assert!(err.contains(key), "{key} not named: {err}");
     }
 }
+
+/// An upstream IdP: its RS256 key, JWKS file and logout tokens.
+struct Idp {
+    idp: Issuer,
+}
+
+impl Idp {
+    fn new() -> Idp {
+        Idp {
+            idp: Issuer::new(veto::token::Alg::RS256),
+        }
+    }
+
+    fn section(&self, jwks: &str) -> String {
+        format!(
+            "[[authority.upstreams]]\nname = \"idp\"\nissuer = \"{}\"\nclient_id = \"veto\"\n{jwks}\nalgorithms = [\"RS256\"]\n",
+            self.idp.iss
+        )
+    }
+
+    fn logout_token(&self, sid: Option<&str>, sub: Option<&str>, iat: i64) -> String {
+        let mut c = json!({
+            "iss": self.idp.iss, "aud": "veto", "iat": iat, "exp": iat + 120,
+            "jti": format!("lt-{}-{}", veto::now_ms(), rand_suffix()),
+            "events": {"http://schemas.openid.net/event/backchannel-logout": {}},
+        });
+        if let Some(s) = sid {
+            c["sid"] = json!(s);
+        }
+        if let Some(s) = sub {
+            c["sub"] = json!(s);
+        }
+        self.idp
+            .key
+            .sign_with_header(
+                &json!({"alg": "RS256", "kid": "k1", "typ": "logout+jwt"}),
+                &c,
+            )
+            .unwrap()
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+#[tokio::test]
+async fn back_channel_logout_revokes_the_upstream_sessions_for_real() {
+    let idp = Idp::new();
+    let jwks = format!("jwks_file = \"{}\"", idp.idp.jwks_path().display());
+    let r = region_with(&idp.section(&jwks)).await;
+    let up = json!({"iss": idp.idp.iss, "sid": "up-1"});
+    let (_, a) = r.a.login(json!({"sub": "alice", "upstream": up})).await;
+    let (_, b) = r.a.login(json!({"sub": "alice", "upstream": up})).await;
+    let (_, other) =
+        r.a.login(json!({"sub": "alice", "upstream": {"iss": idp.idp.iss, "sid": "up-2"}}))
+            .await;
+    let url = r.a.url("/v1/backchannel-logout/idp");
+    let now = veto::now_ms() / 1000;
+
+    let lt = idp.logout_token(Some("up-1"), None, now);
+    let (st, body) = form(&url, &[("logout_token", &lt)]).await;
+    assert_eq!(st, 200, "{body}\n{}", r.a.log());
+    for t in [&a, &b] {
+        assert_eq!(
+            r.a.refresh(&s(t, "refresh_token")).await.0,
+            400,
+            "an upstream-logged-out session refreshed"
+        );
+        assert!(r
+            .events()
+            .iter()
+            .any(|e| e["id"] == t["session_id"] && e["reason"] == "upstream_logout"));
+    }
+    assert_eq!(
+        r.a.refresh(&s(&other, "refresh_token")).await.0,
+        200,
+        "another upstream session was logged out"
+    );
+    // a replay of the same logout token is refused
+    let (st, b) = form(&url, &[("logout_token", &lt)]).await;
+    assert_eq!(st, 400, "{b}");
+    // sub only: a subject revocation from the logout token's iat, not its receipt
+    let (_, c) = r.a.login(json!({"sub": "carol"})).await;
+    let lt = idp.logout_token(None, Some("carol"), now + 1);
+    assert_eq!(form(&url, &[("logout_token", &lt)]).await.0, 200);
+    let ev = r.events();
+    let subj = ev
+        .iter()
+        .find(|e| e["id"] == "carol")
+        .expect("subject revocation");
+    assert_eq!(subj["revoked_at"], (now + 1) * 1000);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            r.a.refresh(&s(&c, "refresh_token")).await.0 == 400
+        })
+        .await
+        .is_some(),
+        "a session of the logged-out subject still refreshes"
+    );
+    // unknown IdP, forged token: refused, nothing revoked
+    r.nothing_written("unknown idp", || async {
+        assert_eq!(
+            form(
+                &r.a.url("/v1/backchannel-logout/nope"),
+                &[("logout_token", &lt)]
+            )
+            .await
+            .0,
+            404
+        );
+    })
+    .await;
+    let forged = Idp::new().logout_token(Some("up-2"), None, now);
+    r.nothing_written("forged", || async {
+        assert_eq!(form(&url, &[("logout_token", &forged)]).await.0, 400);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn back_channel_logout_answers_503_while_the_idps_keys_are_unreachable() {
+    let idp = Idp::new();
+    let dead = format!("jwks_url = \"http://127.0.0.1:{}/jwks\"", free_port());
+    let nats = NatsServer::start();
+    let kit = Kit::new();
+    let a = Authority::start(&Authority::config(
+        &kit,
+        &nats.url(),
+        "us",
+        &["us"],
+        &idp.section(&dead),
+    ));
+    // an IdP whose keys are unreachable does not make the authority unready (refresh must
+    // keep working); its logout tokens get 503
+    a.wait_ready(Duration::from_secs(20)).await;
+    let lt = idp.logout_token(Some("up-1"), None, veto::now_ms() / 1000);
+    let r = reqwest::Client::new()
+        .post(a.url("/v1/backchannel-logout/idp"))
+        .header("content-type", FORM)
+        .body(serde_urlencoded::to_string([("logout_token", lt.as_str())]).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503, "{}", a.log());
+    assert!(r.headers().get("retry-after").is_some());
+    assert_eq!(r.headers()["cache-control"], "no-store");
+}

@@ -213,10 +213,15 @@ impl Authority {
             .unwrap_or_else(|| unreachable!());
         let n = self.settings.nats.clone().unwrap_or_else(|| unreachable!());
         let mut extra = Extra::default();
-        let router = http::router(self.api.clone()).merge(keys::routes(
-            self.keys.clone(),
-            keys::Discovery::from_config(&a),
-        ));
+        let router = http::router(self.api.clone())
+            .merge(keys::routes(
+                self.keys.clone(),
+                keys::Discovery::from_config(&a),
+            ))
+            .merge(backchannel::routes(
+                self.backchannel.clone(),
+                self.service.clone() as Arc<dyn backchannel::LogoutEffect>,
+            ));
         extra.servers.push(("api", public, router));
 
         // open the bucket (retried: JetStream may come up later)
@@ -309,8 +314,13 @@ impl Authority {
             .tasks
             .push(("keys", Box::new(move |stop| keys.run(stop).boxed())));
 
-        // upstream IdPs' keys
-        let (bcl, readiness) = (self.backchannel.clone(), self.sidecar.readiness.clone());
+        // upstream IdPs' keys: their own readiness, not the authority's — an IdP whose JWKS is
+        // down must not take refresh out of service (its logout tokens get 503 meanwhile;
+        // `veto_jwks_*` metrics show it)
+        let (bcl, readiness) = (
+            self.backchannel.clone(),
+            crate::readiness::Readiness::default(),
+        );
         extra.tasks.push((
             "backchannel_jwks",
             Box::new(move |stop: CancellationToken| {
