@@ -5,6 +5,8 @@
 //! logins in different regions talk request-reply on `_VETO_AUTHORITY_INBOX`; anonymous
 //! connections are refused.
 
+#[path = "support/authority.rs"]
+mod authority_support;
 mod support;
 #[path = "support/topology.rs"]
 mod topology_support;
@@ -397,4 +399,62 @@ async fn sidecar_users_follow_the_feed_but_never_see_authority_traffic_or_sessio
         sidecar.log()
     );
     println!("whole test: {:?}", test_start.elapsed());
+}
+
+/// The real `veto authority` in the shipped shape: each logs in as `authority` (its feed too,
+/// with its own inbox prefix), serves a login in us, a refresh of that session in eu (forwarded
+/// to us over request-reply), a logout in eu — and the servers report no permission violation
+/// for any of it.
+#[tokio::test]
+async fn real_authorities_work_as_the_authority_user() {
+    use authority_support::{Authority, Kit};
+    let topo = LocalTopology::start_with(&["us", "eu"], None);
+    topo.wait_linked(Duration::from_secs(20)).await;
+    let kit = Kit::new();
+    let start = |region: &str| {
+        let cfg = Authority::config(&kit, &topo.js_url(region), region, &["us", "eu"], "")
+            .replacen(
+                "[authority]\n",
+                &format!("{}[authority]\n", topo.nats_login(NatsUser::Authority)),
+                1,
+            );
+        Authority::start(&cfg)
+    };
+    let (us, eu) = (start("us"), start("eu"));
+    us.wait_ready(Duration::from_secs(40)).await;
+    eu.wait_ready(Duration::from_secs(40)).await;
+    let (st, t) = us.login(serde_json::json!({"sub": "alice"})).await;
+    assert_eq!(st, 201, "{t}");
+    let rt = t["refresh_token"].as_str().unwrap().to_string();
+    let (st, t1) = eu.refresh(&rt).await;
+    assert_eq!(
+        st,
+        200,
+        "cross-region refresh as the authority user: {t1}\n{}",
+        eu.log()
+    );
+    let rt1 = t1["refresh_token"].as_str().unwrap().to_string();
+    assert_eq!(eu.logout(&rt1).await.0, 200);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            us.refresh(&rt1).await.0 == 400
+        })
+        .await
+        .is_some(),
+        "the logout in eu did not end the session at its home"
+    );
+    for (name, a) in [("us", &us), ("eu", &eu)] {
+        let log = a.log().to_lowercase();
+        assert!(
+            !log.contains("permissions violation"),
+            "authority {name}:\n{}",
+            a.log()
+        );
+    }
+    let logs = topo.logs().to_lowercase();
+    assert!(
+        !logs.contains("violation"),
+        "a server reported a violation:\n{}",
+        topo.logs()
+    );
 }

@@ -2,7 +2,7 @@
 //! refresh MAC key, the admin token) and one process per authority replica.
 #![allow(dead_code)]
 
-use super::{free_port, wait_port, Proc};
+use crate::support::{free_port, wait_port, Proc};
 use base64::Engine;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
