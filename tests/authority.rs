@@ -1167,3 +1167,53 @@ async fn back_channel_logout_answers_503_while_the_idps_keys_are_unreachable() {
     assert!(r.headers().get("retry-after").is_some());
     assert_eq!(r.headers()["cache-control"], "no-store");
 }
+
+#[tokio::test]
+async fn browsers_of_listed_origins_only_get_cors_answers() {
+    let r = region_with("cors_origins = [\"https://app.example\"]").await;
+    let c = reqwest::Client::new();
+    for path in ["/v1/token", "/v1/logout"] {
+        let pre = |origin: &'static str| {
+            c.request(reqwest::Method::OPTIONS, r.a.url(path))
+                .header("origin", origin)
+                .header("access-control-request-method", "POST")
+                .send()
+        };
+        let ok = pre("https://app.example").await.unwrap();
+        assert_eq!(ok.status(), 204, "{path}");
+        assert_eq!(
+            ok.headers()["access-control-allow-origin"],
+            "https://app.example"
+        );
+        assert!(ok.headers()["access-control-allow-methods"]
+            .to_str()
+            .unwrap()
+            .contains("POST"));
+        let evil = pre("https://evil.example").await.unwrap();
+        assert!(
+            evil.headers().get("access-control-allow-origin").is_none(),
+            "{path}: CORS for an unlisted origin"
+        );
+    }
+    let t = r.login("alice").await;
+    let answer = c
+        .post(r.a.url("/v1/token"))
+        .header("origin", "https://app.example")
+        .header("content-type", FORM)
+        .body(
+            serde_urlencoded::to_string([
+                ("grant_type", "refresh_token"),
+                ("refresh_token", &s(&t, "refresh_token")),
+            ])
+            .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(
+        answer.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    assert_eq!(answer.headers()["vary"], "Origin");
+}
