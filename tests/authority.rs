@@ -93,6 +93,17 @@ impl Region {
         self.events.lock().unwrap().clone()
     }
 
+    /// A ready sidecar of this region trusting the authority.
+    async fn sidecar(&self) -> Sidecar {
+        let sc = Sidecar::start(&format!(
+            "[log]\nlevel = \"info\"\n{}\n{}",
+            sidecar_issuer(&self.a.jwks_url()),
+            nats_section(&self.nats.url(), "us", &["us"], "")
+        ));
+        sc.wait_ready(Duration::from_secs(20)).await;
+        sc
+    }
+
     async fn login(&self, sub: &str) -> Value {
         let (st, t) = self.a.login(json!({ "sub": sub })).await;
         assert_eq!(st, 201, "{t}\n{}", self.a.log());
@@ -169,12 +180,7 @@ fn assert_oauth_error(
 #[tokio::test]
 async fn login_refresh_rotate_and_logout_with_a_real_sidecar() {
     let r = region().await;
-    let sc = Sidecar::start(&format!(
-        "[log]\nlevel = \"info\"\n{}\n{}",
-        sidecar_issuer(&r.a.jwks_url()),
-        nats_section(&r.nats.url(), "us", &["us"], "")
-    ));
-    sc.wait_ready(Duration::from_secs(20)).await;
+    let sc = r.sidecar().await;
 
     let t0 = r.login("alice").await;
     assert_eq!(t0["token_type"], "Bearer");
@@ -578,12 +584,7 @@ async fn the_token_endpoint_answers_rfc6749_errors_and_touches_nothing() {
 #[tokio::test]
 async fn reuse_of_a_rotated_token_revokes_the_session_everywhere() {
     let r = region().await;
-    let sc = Sidecar::start(&format!(
-        "[log]\nlevel = \"info\"\n{}\n{}",
-        sidecar_issuer(&r.a.jwks_url()),
-        nats_section(&r.nats.url(), "us", &["us"], "")
-    ));
-    sc.wait_ready(Duration::from_secs(20)).await;
+    let sc = r.sidecar().await;
     let t0 = r.login("alice").await;
     let sid = s(&t0, "session_id");
     let (_, t1) = r.a.refresh(&s(&t0, "refresh_token")).await;

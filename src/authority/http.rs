@@ -247,47 +247,49 @@ async fn sessions(State(api): State<Api>, req: Request) -> Response {
     )
 }
 
-async fn token(State(api): State<Api>, req: Request) -> Response {
+/// A browser-facing form endpoint: preflight answered here, CORS headers for listed
+/// origins, the form parsed, `f` given the parameters.
+async fn browser_form<F, Fut>(api: Api, req: Request, f: F) -> Response
+where
+    F: FnOnce(Api, Vec<(String, String)>) -> Fut,
+    Fut: std::future::Future<Output = Result<Response, OAuthError>>,
+{
     if req.method() == Method::OPTIONS {
         return preflight(&api, req.headers());
     }
     let headers = req.headers().clone();
-    let r = answer(
-        async {
-            let (h, b) = body(req, MAX_FORM_BYTES).await?;
-            let f = form(&h, &b)?;
-            match param(&f, "grant_type") {
-                None => return Err(OAuthError::invalid_request("grant_type is missing")),
-                Some("refresh_token") => {}
-                Some(_) => return Err(OAuthError::unsupported_grant_type()),
-            }
-            let rt = param(&f, "refresh_token")
-                .ok_or_else(|| OAuthError::invalid_request("refresh_token is missing"))?;
-            let t = api.service.refresh(rt).await?;
-            Ok(json_ok(StatusCode::OK, &t))
+    let r = async {
+        let (h, b) = body(req, MAX_FORM_BYTES).await?;
+        let params = form(&h, &b)?;
+        f(api.clone(), params).await
+    }
+    .await;
+    cors(&api, &headers, answer(r))
+}
+
+async fn token(State(api): State<Api>, req: Request) -> Response {
+    browser_form(api, req, |api, f| async move {
+        match param(&f, "grant_type") {
+            None => return Err(OAuthError::invalid_request("grant_type is missing")),
+            Some("refresh_token") => {}
+            Some(_) => return Err(OAuthError::unsupported_grant_type()),
         }
-        .await,
-    );
-    cors(&api, &headers, r)
+        let rt = param(&f, "refresh_token")
+            .ok_or_else(|| OAuthError::invalid_request("refresh_token is missing"))?;
+        let t = api.service.refresh(rt).await?;
+        Ok(json_ok(StatusCode::OK, &t))
+    })
+    .await
 }
 
 async fn logout(State(api): State<Api>, req: Request) -> Response {
-    if req.method() == Method::OPTIONS {
-        return preflight(&api, req.headers());
-    }
-    let headers = req.headers().clone();
-    let r = answer(
-        async {
-            let (h, b) = body(req, MAX_FORM_BYTES).await?;
-            let f = form(&h, &b)?;
-            let t = param(&f, "token")
-                .ok_or_else(|| OAuthError::invalid_request("token is missing"))?;
-            api.service.logout(t).await?;
-            Ok(no_store(StatusCode::OK.into_response()))
-        }
-        .await,
-    );
-    cors(&api, &headers, r)
+    browser_form(api, req, |api, f| async move {
+        let t =
+            param(&f, "token").ok_or_else(|| OAuthError::invalid_request("token is missing"))?;
+        api.service.logout(t).await?;
+        Ok(no_store(StatusCode::OK.into_response()))
+    })
+    .await
 }
 
 async fn revocations(State(api): State<Api>, req: Request) -> Response {

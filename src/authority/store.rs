@@ -13,7 +13,7 @@
 use super::session::Record;
 use crate::bus::names::SESSION_BUCKET;
 use crate::token::b64;
-use async_nats::jetstream::context::{CreateStreamErrorKind, GetStreamErrorKind};
+use async_nats::jetstream::context::CreateStreamErrorKind;
 use async_nats::jetstream::{self, kv, stream};
 use aws_lc_rs::digest;
 use base64::Engine;
@@ -108,13 +108,7 @@ impl Sessions {
                         .map_err(unavailable)?;
                 }
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    GetStreamErrorKind::JetStream(ref j)
-                        if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
-                ) =>
-            {
+            Err(e) if crate::bus::stream::is_not_found(&e) => {
                 match tokio::time::timeout(timeout, js.create_stream(want))
                     .await
                     .map_err(limit)?

@@ -294,6 +294,16 @@ impl Plan {
 /// Creates or updates the stream of `plan.region` through `js`, which must reach domain
 /// `plan.region` (e.g. `jetstream::with_domain(client, region)`). Returns what it did and
 /// the stream's configuration afterwards.
+/// Whether `get_stream` failed because the stream does not exist (as opposed to JetStream
+/// being unreachable or refusing).
+pub fn is_not_found(e: &async_nats::jetstream::context::GetStreamError) -> bool {
+    matches!(
+        e.kind(),
+        GetStreamErrorKind::JetStream(ref j)
+            if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+    )
+}
+
 pub async fn provision(
     js: &jetstream::Context,
     plan: &Plan,
@@ -323,13 +333,7 @@ pub async fn provision(
             let info = js.update_stream(&cfg).await.map_err(write_err)?;
             Ok((Outcome::Updated(changes), info.config))
         }
-        Err(e)
-            if matches!(
-                e.kind(),
-                GetStreamErrorKind::JetStream(ref j)
-                    if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
-            ) =>
-        {
+        Err(e) if is_not_found(&e) => {
             let s = js
                 .create_stream(plan.create_config())
                 .await

@@ -61,6 +61,15 @@ pub async fn sidecar(config: &Path) -> Result<(), Failure> {
         "veto sidecar starting"
     );
     let sidecar = veto::sidecar::Sidecar::build(&s).map_err(|e| usage(format!("{e:#}")))?;
+    let shutdown = cancel_on_signal();
+    sidecar
+        .run(grpc, http, shutdown)
+        .await
+        .map_err(|e| other(format!("{e:#}")))
+}
+
+/// A token cancelled on SIGTERM or Ctrl-C: what a long-running command shuts down on.
+fn cancel_on_signal() -> CancellationToken {
     let shutdown = CancellationToken::new();
     let sd = shutdown.clone();
     tokio::spawn(async move {
@@ -68,10 +77,7 @@ pub async fn sidecar(config: &Path) -> Result<(), Failure> {
         tracing::info!("shutting down");
         sd.cancel();
     });
-    sidecar
-        .run(grpc, http, shutdown)
-        .await
-        .map_err(|e| other(format!("{e:#}")))
+    shutdown
 }
 
 pub async fn authority(config: &Path) -> Result<(), Failure> {
@@ -101,13 +107,7 @@ pub async fn authority(config: &Path) -> Result<(), Failure> {
             other(format!("{e:#}"))
         }
     })?;
-    let shutdown = CancellationToken::new();
-    let sd = shutdown.clone();
-    tokio::spawn(async move {
-        veto::shutdown_signal().await;
-        tracing::info!("shutting down");
-        sd.cancel();
-    });
+    let shutdown = cancel_on_signal();
     authority
         .run(http, public, shutdown)
         .await
