@@ -88,7 +88,9 @@ pub struct Authority {
     responder_latch: Latch,
     /// The client the service uses (also for heartbeats and the responder).
     client: async_nats::Client,
-    settings: Settings,
+    /// The sections it was built from (read once, at `build`).
+    cfg: config::Authority,
+    nats: crate::config::Nats,
 }
 
 impl Authority {
@@ -187,7 +189,8 @@ impl Authority {
             store_latch,
             responder_latch,
             client,
-            settings: s.clone(),
+            cfg: a,
+            nats: n,
         })
     }
 
@@ -206,12 +209,7 @@ impl Authority {
         public: TcpListener,
         stop: CancellationToken,
     ) -> anyhow::Result<()> {
-        let a = self
-            .settings
-            .authority
-            .clone()
-            .unwrap_or_else(|| unreachable!());
-        let n = self.settings.nats.clone().unwrap_or_else(|| unreachable!());
+        let (a, n) = (self.cfg.clone(), self.nats.clone());
         let mut extra = Extra::default();
         let router = http::router(self.api.clone())
             .merge(keys::routes(
