@@ -83,7 +83,23 @@ struct State {
     request: Bytes,
 }
 
-async fn cas(kv: &kv::Store, key: &str, value: Bytes, extra_read: bool) -> Result<(), String> {
+/// The raw baseline's bucket: the session bucket's layout (`store::bucket_config`) under
+/// another name, created with `create_stream` (async-nats 0.51's `create_key_value` fails on
+/// nats-server 2.9).
+pub async fn raw_bucket(js: &async_nats::jetstream::Context) -> Result<kv::Store, String> {
+    let mut cfg = veto::authority::store::bucket_config(Duration::from_secs(3600), 1);
+    cfg.name = format!("KV_{RAW_BUCKET}");
+    cfg.subjects = vec![format!("$KV.{RAW_BUCKET}.>")];
+    cfg.description = Some("bench: raw baseline".into());
+    js.get_or_create_stream(cfg)
+        .await
+        .map_err(|e| e.to_string())?;
+    js.get_key_value(RAW_BUCKET)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+pub async fn cas(kv: &kv::Store, key: &str, value: Bytes, extra_read: bool) -> Result<(), String> {
     let e = kv
         .entry(key)
         .await
@@ -238,15 +254,7 @@ pub async fn part(rig: &mut Rig, out: &mut String) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?
         .ok_or("session record not found")?;
-    let mut cfg = veto::authority::store::bucket_config(Duration::from_secs(3600), 1);
-    cfg.name = format!("KV_{RAW_BUCKET}");
-    cfg.subjects = vec![format!("$KV.{RAW_BUCKET}.>")];
-    cfg.description = Some("bench: raw baseline".into());
-    js.create_stream(cfg).await.map_err(|e| e.to_string())?;
-    let kv = js
-        .get_key_value(RAW_BUCKET)
-        .await
-        .map_err(|e| e.to_string())?;
+    let kv = raw_bucket(&js).await?;
     for key in ["s.raw-local", "s.raw-local-nb", "s.raw-rr"] {
         kv.put(key, value.clone())
             .await
