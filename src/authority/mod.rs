@@ -161,6 +161,7 @@ impl Authority {
             regions,
             mac,
             sessions: std::sync::OnceLock::new(),
+            not_befores: Arc::default(),
             key: Arc::new(move || current.current()),
             validator,
             js,
@@ -234,9 +235,11 @@ impl Authority {
                     loop {
                         match store::Sessions::open(&js, idle, timeout).await {
                             Ok(s) => {
-                                let _ = svc.sessions.set(s);
+                                let _ = svc.sessions.set(s.clone());
                                 latch.ready();
-                                break;
+                                // the subjects' not-befores, in memory from here on
+                                s.follow_not_befores(&svc.not_befores, &stop).await;
+                                return;
                             }
                             Err(e) => {
                                 tracing::warn!(error = %e, "session bucket not open yet");
@@ -249,7 +252,6 @@ impl Authority {
                         }
                         wait = (wait * 2).min(Duration::from_secs(5));
                     }
-                    stop.cancelled().await;
                 }
                 .boxed()
             }),

@@ -140,6 +140,8 @@ pub struct Service {
     pub mac: MacKeys,
     /// The home's bucket, once opened (JetStream may come up after the authority).
     pub sessions: std::sync::OnceLock<Sessions>,
+    /// Subjects' not-befores from a watch of the bucket (one KV read per refresh, not two).
+    pub not_befores: Arc<super::store::NotBefores>,
     pub key: CurrentKey,
     /// Validates this authority's own access tokens (logout by access token).
     pub validator: Validator,
@@ -419,11 +421,14 @@ impl Service {
                 ));
             };
             let nb = match rec.state {
-                State::Active => self
-                    .store()?
-                    .not_before(&self.cfg.issuer, &rec.sub)
-                    .await
-                    .map_err(store_err)?,
+                State::Active => match self.not_befores.get(&self.cfg.issuer, &rec.sub) {
+                    Some(known) => known,
+                    None => self
+                        .store()?
+                        .not_before(&self.cfg.issuer, &rec.sub)
+                        .await
+                        .map_err(store_err)?,
+                },
                 State::Revoked { .. } => None,
             };
             let now = Self::now();

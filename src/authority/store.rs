@@ -77,6 +77,38 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
+/// Every subject's not-before (`nb.<h>` keys), kept in memory from a watch of the bucket so a
+/// refresh at the home costs one KV read, not two. Until the watch has delivered every key
+/// (and after it fails) it answers "not known" and the caller reads the KV.
+#[derive(Default)]
+pub struct NotBefores {
+    map: parking_lot::RwLock<std::collections::HashMap<String, i64>>,
+    ready: std::sync::atomic::AtomicBool,
+}
+
+impl NotBefores {
+    /// `Some(not_before)` once complete; `None`: ask the bucket.
+    pub fn get(&self, iss: &str, sub: &str) -> Option<Option<i64>> {
+        if !self.ready.load(std::sync::atomic::Ordering::Acquire) {
+            return None;
+        }
+        Some(self.map.read().get(&not_before_key(iss, sub)).copied())
+    }
+
+    fn set_ready(&self, ready: bool) {
+        self.ready
+            .store(ready, std::sync::atomic::Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+/// The watcher's own key: written before each watch starts, so its arrival marks the end of
+/// the keys that existed (its value parses as a not-before of 0, which restricts nothing).
+const WATCH_MARK: &str = "nb._watch";
+
 #[derive(Clone)]
 pub struct Sessions {
     kv: kv::Store,
@@ -234,6 +266,72 @@ impl Sessions {
             Ok((old < at).then(|| at.to_string().into_bytes()))
         })
         .await
+    }
+
+    /// Keeps `cache` equal to the bucket's `nb.` keys until `stop`: one watch (last value per
+    /// key, then every change); on any failure the cache is "not known" again and the watch
+    /// restarts.
+    pub async fn follow_not_befores(
+        &self,
+        cache: &NotBefores,
+        stop: &tokio_util::sync::CancellationToken,
+    ) {
+        use futures::StreamExt;
+        let mut wait = Duration::from_millis(200);
+        loop {
+            cache.set_ready(false);
+            let started = async {
+                let mark = tokio::time::timeout(self.timeout, self.kv.put(WATCH_MARK, "0".into()))
+                    .await
+                    .map_err(unavailable)?
+                    .map_err(unavailable)?;
+                let watch = tokio::time::timeout(self.timeout, self.kv.watch_with_history("nb.>"))
+                    .await
+                    .map_err(unavailable)?
+                    .map_err(unavailable)?;
+                Ok::<_, StoreError>((mark, watch))
+            }
+            .await;
+            match started {
+                Ok((mark, mut watch)) => {
+                    cache.map.write().clear();
+                    loop {
+                        let next = tokio::select! {
+                            _ = stop.cancelled() => return,
+                            n = watch.next() => n,
+                        };
+                        let Some(Ok(e)) = next else {
+                            tracing::warn!("not-before watch ended; restarting");
+                            break;
+                        };
+                        let value = match e.operation {
+                            kv::Operation::Put => std::str::from_utf8(&e.value)
+                                .ok()
+                                .and_then(|v| v.parse::<i64>().ok()),
+                            _ => None,
+                        };
+                        {
+                            let mut map = cache.map.write();
+                            match value {
+                                Some(v) => map.insert(e.key.clone(), v),
+                                None => map.remove(&e.key),
+                            };
+                        }
+                        if e.key == WATCH_MARK && e.revision >= mark {
+                            cache.set_ready(true);
+                            wait = Duration::from_millis(200);
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "not-before watch not started"),
+            }
+            cache.set_ready(false);
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            wait = (wait * 2).min(Duration::from_secs(5));
+        }
     }
 
     /// The sessions created under upstream session `(iss, sid)`.
