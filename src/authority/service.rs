@@ -390,6 +390,11 @@ impl Service {
 
     /// The rotation at the home: read, decide, compare-and-set, retried on conflicts.
     pub async fn refresh_at_home(&self, p: Presented) -> Result<TokenResponse, OAuthError> {
+        // set once this request has detected reuse and published the revocation: the home's
+        // feed follower may then mark the record first (the event reaches it before the
+        // publish ack returns), and the re-read below finds it revoked — still this
+        // request's reuse, to answer and count as such
+        let mut reuse_published = false;
         for _ in 0..8 {
             let Some((rec, rev)) = self.store()?.get(&p.sid).await.map_err(store_err)? else {
                 self.metrics.refresh("unknown").inc();
@@ -455,9 +460,18 @@ impl Service {
                     .await?;
                     match self.store()?.update(&p.sid, &record, rev).await {
                         Ok(_) => {}
-                        Err(StoreError::Conflict) => continue,
+                        Err(StoreError::Conflict) => {
+                            reuse_published = true;
+                            continue;
+                        }
                         Err(e) => return Err(store_err(e)),
                     }
+                    self.metrics.refresh("reuse").inc();
+                    return Err(OAuthError::invalid_grant(
+                        "refresh token reuse detected; the session is revoked",
+                    ));
+                }
+                Step::Refuse(session::Refusal::Revoked) if reuse_published => {
                     self.metrics.refresh("reuse").inc();
                     return Err(OAuthError::invalid_grant(
                         "refresh token reuse detected; the session is revoked",
