@@ -6,7 +6,7 @@
 mod authority_support;
 mod support;
 
-use authority_support::{form, Authority, Kit, ADMIN_TOKEN};
+use authority_support::{Authority, Kit};
 use serde_json::{json, Value};
 use std::time::Duration;
 use support::*;
