@@ -99,8 +99,20 @@ pub struct Published {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum HomeRequest {
-    Refresh { refresh_token: String },
-    UpstreamLogout { iss: String, sid: String },
+    Refresh {
+        refresh_token: String,
+        /// Unix ms after which the sender has stopped waiting and answered its client 503
+        /// ("nothing happened, retry"): the home must not rotate any more. A request can
+        /// arrive arbitrarily late (e.g. buffered by a frozen hub); rotating then would leave
+        /// the client holding the previous token, a reuse once the grace is over. Absent
+        /// (older senders): no limit.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        deadline_ms: Option<i64>,
+    },
+    UpstreamLogout {
+        iss: String,
+        sid: String,
+    },
 }
 
 /// The home's answer.
@@ -324,6 +336,7 @@ impl Service {
                     &presented.home.clone(),
                     HomeRequest::Refresh {
                         refresh_token: token.to_string(),
+                        deadline_ms: Some(Self::now() + ms(self.cfg.home_timeout)),
                     },
                 )
                 .await
@@ -744,7 +757,21 @@ impl Service {
     /// Serves one request from another authority.
     pub async fn serve_home(&self, req: HomeRequest) -> HomeReply {
         let result = match req {
-            HomeRequest::Refresh { refresh_token } => {
+            HomeRequest::Refresh {
+                deadline_ms: Some(d),
+                ..
+            } if Self::now() > d => {
+                // the sender has given up on it: nothing may be written behind its 503
+                self.metrics.refresh("late").inc();
+                tracing::warn!(
+                    late_ms = Self::now() - d,
+                    "refresh request arrived after its deadline; not served"
+                );
+                Err(OAuthError::unavailable(
+                    "the request reached the home too late; retry",
+                ))
+            }
+            HomeRequest::Refresh { refresh_token, .. } => {
                 match refresh::parse(&self.mac, &refresh_token) {
                     Ok(p) if p.home == self.region => {
                         self.refresh_at_home(p).await.map(HomeReply::Token)
