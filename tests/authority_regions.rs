@@ -976,3 +976,51 @@ async fn key_rotation_under_envoy_traffic_has_no_false_401() {
         );
     }
 }
+
+/// A refresh forwarded to a frozen home (us hub SIGSTOPped) is answered 503 by eu, but the
+/// request sits in the gateway's buffers and reaches the home when the hub resumes. It must
+/// not rotate then: the client was told nothing happened, keeps its token and may retry
+/// after the grace — which would be a reuse and kill the session. Grace 2 s here to show it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_delivered_late_to_a_frozen_home_does_not_rotate_behind_its_503() {
+    let w = World::start(Opts {
+        authority: "refresh_grace = \"2s\"\nhome_timeout = \"1500ms\"\n",
+        ..Opts::default()
+    })
+    .await;
+    let t0 = login(&w, "us", "frank").await;
+    let sid = s(&t0, "session_id");
+    let (st, t1) = w.auth["eu"].refresh(&s(&t0, "refresh_token")).await;
+    assert_eq!(st, 200, "{t1}");
+    let rt1 = s(&t1, "refresh_token");
+    let (_, rev_before) = record(&w.topo, "us", &sid).await;
+
+    let hub = server_pid(&w.topo, "us-hub");
+    signal(hub, "-STOP");
+    let a = refresh_raw(&w.http, &w.auth["eu"], &rt1).await;
+    assert_unavailable(&a, "frozen home");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    signal(hub, "-CONT");
+    // us reachable again (its heartbeats reach eu), then give a late request time to land
+    let eu = &w.auth["eu"];
+    let back = eventually(Duration::from_secs(15), || async {
+        let m = eu.metrics().await;
+        metric(&m, "veto_feed_staleness_seconds{origin_region=\"us\"}").is_some_and(|s| s < 1.0)
+    })
+    .await;
+    assert!(back.is_some(), "us not fresh again in eu\n{}", w.logs());
+    let (rec, rev) = record(&w.topo, "us", &sid).await;
+    eprintln!(
+        "after the hub resumed: generation {} (before: 1), revision moved: {}",
+        rec["generation"],
+        rev != rev_before
+    );
+    assert_eq!(
+        rev, rev_before,
+        "the home rotated behind the 503 the client got: {rec}"
+    );
+    // the client retries after the grace with the token it holds
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (st, b) = w.auth["eu"].refresh(&rt1).await;
+    assert_eq!(st, 200, "the retry after the grace: {b}\n{}", w.logs());
+}
