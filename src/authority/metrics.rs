@@ -33,7 +33,7 @@ impl AuthorityMetrics {
             refreshes: metrics::counter_vec(
                 r,
                 "veto_authority_refreshes_total",
-                "Refresh requests by result: rotated, coalesced, grace_replay, reuse, revoked, expired, unknown, garbled, inconsistent, unknown_home.",
+                "Refresh requests by result: rotated, coalesced, grace_replay, reuse, revoked, expired, unknown, garbled, inconsistent, unknown_home, late (a forwarded request that reached the home after its deadline).",
                 &["result"],
             ),
             refresh_seconds: metrics::histogram_vec(

@@ -120,8 +120,20 @@ fn reason_label(reason: &str) -> &'static str {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum HomeRequest {
-    Refresh { refresh_token: String },
-    UpstreamLogout { iss: String, sid: String },
+    Refresh {
+        refresh_token: String,
+        /// Unix ms after which the sender has stopped waiting and answered its client 503
+        /// ("nothing happened, retry"): the home must not rotate any more. A request can
+        /// arrive arbitrarily late (e.g. buffered by a frozen hub); rotating then would leave
+        /// the client holding the previous token, a reuse once the grace is over. Absent
+        /// (older senders): no limit.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        deadline_ms: Option<i64>,
+    },
+    UpstreamLogout {
+        iss: String,
+        sid: String,
+    },
 }
 
 /// The home's answer.
@@ -347,6 +359,7 @@ impl Service {
                     &presented.home.clone(),
                     HomeRequest::Refresh {
                         refresh_token: token.to_string(),
+                        deadline_ms: Some(Self::now() + ms(self.cfg.home_timeout)),
                     },
                 )
                 .await
@@ -413,6 +426,11 @@ impl Service {
 
     /// The rotation at the home: read, decide, compare-and-set, retried on conflicts.
     pub async fn refresh_at_home(&self, p: Presented) -> Result<TokenResponse, OAuthError> {
+        // set once this request has detected reuse and published the revocation: the home's
+        // feed follower may then mark the record first (the event reaches it before the
+        // publish ack returns), and the re-read below finds it revoked — still this
+        // request's reuse, to answer and count as such
+        let mut reuse_published = false;
         for _ in 0..8 {
             let Some((rec, rev)) = self.store()?.get(&p.sid).await.map_err(store_err)? else {
                 self.metrics.refresh("unknown").inc();
@@ -482,9 +500,18 @@ impl Service {
                     .await?;
                     match self.store()?.update(&p.sid, &record, rev).await {
                         Ok(_) => {}
-                        Err(StoreError::Conflict) => continue,
+                        Err(StoreError::Conflict) => {
+                            reuse_published = true;
+                            continue;
+                        }
                         Err(e) => return Err(store_err(e)),
                     }
+                    self.metrics.refresh("reuse").inc();
+                    return Err(OAuthError::invalid_grant(
+                        "refresh token reuse detected; the session is revoked",
+                    ));
+                }
+                Step::Refuse(session::Refusal::Revoked) if reuse_published => {
                     self.metrics.refresh("reuse").inc();
                     return Err(OAuthError::invalid_grant(
                         "refresh token reuse detected; the session is revoked",
@@ -799,7 +826,21 @@ impl Service {
     /// Serves one request from another authority.
     pub async fn serve_home(&self, req: HomeRequest) -> HomeReply {
         let result = match req {
-            HomeRequest::Refresh { refresh_token } => {
+            HomeRequest::Refresh {
+                deadline_ms: Some(d),
+                ..
+            } if Self::now() > d => {
+                // the sender has given up on it: nothing may be written behind its 503
+                self.metrics.refresh("late").inc();
+                tracing::warn!(
+                    late_ms = Self::now() - d,
+                    "refresh request arrived after its deadline; not served"
+                );
+                Err(OAuthError::unavailable(
+                    "the request reached the home too late; retry",
+                ))
+            }
+            HomeRequest::Refresh { refresh_token, .. } => {
                 match refresh::parse(&self.mac, &refresh_token) {
                     Ok(p) if p.home == self.region => {
                         self.refresh_at_home(p).await.map(HomeReply::Token)

@@ -35,6 +35,31 @@ impl Kit {
         self.dir.path().join("keys")
     }
 
+    /// Adds signing key `kid` to the shared key directory, activating at `activate_at`
+    /// (whole seconds, RFC 3339 UTC). The activation file lands first, then the key, each by
+    /// an atomic rename from a dotfile (ignored by the keyring): a reload between the two sees
+    /// an activation without its key (refused, last good keys kept), never the key alone
+    /// (which would be active since the epoch).
+    pub fn add_key(&self, kid: &str, alg: Alg, activate_at: std::time::SystemTime) -> SigningKey {
+        let key = SigningKey::generate(alg, kid).expect("key");
+        let dir = self.keys_dir();
+        let at = humantime::format_rfc3339_seconds(activate_at);
+        let json = dir.join(format!("{kid}.json"));
+        let der = dir.join(format!("{kid}.{}.der", alg.as_str()));
+        for (path, bytes) in [
+            (json, format!("{{\"activate_at\":\"{at}\"}}").into_bytes()),
+            (der, key.pkcs8_der().to_vec()),
+        ] {
+            let tmp = dir.join(format!(
+                ".{}.tmp",
+                path.file_name().unwrap().to_string_lossy()
+            ));
+            std::fs::write(&tmp, bytes).expect("write key file");
+            std::fs::rename(&tmp, &path).expect("rename key file");
+        }
+        key
+    }
+
     /// The `[authority]` section (without `listen`), with `extra` lines of its keys.
     pub fn section(&self, extra: &str) -> String {
         format!(
