@@ -629,8 +629,8 @@ async fn reuse_of_a_rotated_token_revokes_the_session_everywhere() {
 
 #[tokio::test]
 async fn the_grace_returns_the_same_successor_a_bounded_number_of_times() {
-    // coalescing window min(grace, 2 s) = 2 s; grace 4 s; one counted replay
-    let r = region_with("refresh_grace = \"4s\"\nrefresh_max_replays = 1").await;
+    // coalescing window min(grace, 2 s) = 2 s; grace 5 s; one counted replay
+    let r = region_with("refresh_grace = \"5s\"\nrefresh_max_replays = 1").await;
     let t0 = r.login("alice").await;
     let rt0 = s(&t0, "refresh_token");
     let rotated_at = Instant::now();
@@ -643,11 +643,16 @@ async fn the_grace_returns_the_same_successor_a_bounded_number_of_times() {
         assert_eq!((st, s(&b, "refresh_token")), (200, rt1.clone()), "{b}");
     }
     assert_eq!(r.kv_seq().await, seq);
-    // after the coalescing window: one counted replay, still the same successor
+    // after the coalescing window: one counted replay, still the same successor; its copies
+    // right after are the same replay
     tokio::time::sleep_until((rotated_at + Duration::from_millis(2300)).into()).await;
-    let (st, b) = r.a.refresh(&rt0).await;
-    assert_eq!((st, s(&b, "refresh_token")), (200, rt1.clone()), "{b}");
-    // the count is spent: theft
+    for _ in 0..3 {
+        let (st, b) = r.a.refresh(&rt0).await;
+        assert_eq!((st, s(&b, "refresh_token")), (200, rt1.clone()), "{b}");
+    }
+    assert_eq!(r.record(&s(&t0, "session_id")).await["replays"], 1);
+    // the count is spent: another replay (past the copies' window, inside the grace) is theft
+    tokio::time::sleep_until((rotated_at + Duration::from_millis(4600)).into()).await;
     let (st, b) = r.a.refresh(&rt0).await;
     assert_eq!(st, 400, "{b}");
     assert_eq!(
@@ -659,7 +664,7 @@ async fn the_grace_returns_the_same_successor_a_bounded_number_of_times() {
     // the previous token after the window: theft too
     let t0 = r.login("bob").await;
     let (_, t1) = r.a.refresh(&s(&t0, "refresh_token")).await;
-    tokio::time::sleep(Duration::from_millis(4300)).await;
+    tokio::time::sleep(Duration::from_millis(5300)).await;
     let (st, b) = r.a.refresh(&s(&t0, "refresh_token")).await;
     assert_eq!(st, 400, "{b}");
     assert_eq!(r.a.refresh(&s(&t1, "refresh_token")).await.0, 400);

@@ -74,6 +74,10 @@ pub struct Record {
     /// Grace replays of the previous token counted so far.
     #[serde(default)]
     pub replays: u32,
+    /// When the last counted replay happened (0: none): duplicates of one replay, like those
+    /// of the rotation, count once.
+    #[serde(default)]
+    pub last_replay_at: i64,
     /// The current secret sealed under the previous one (see the module doc).
     #[serde(default)]
     pub next_box: Option<String>,
@@ -168,6 +172,7 @@ pub fn decide(
         next.cur_hash = b64().encode(secret_hash(&secret));
         next.rotated_at = now;
         next.replays = 0;
+        next.last_replay_at = 0;
         next.next_box = Some(seal(&p.secret, &p.sid, next.generation, &secret));
         return Step::Rotate {
             record: next,
@@ -204,7 +209,9 @@ pub fn decide(
         return Step::Refuse(Refusal::Inconsistent);
     };
     let age = now.saturating_sub(rec.rotated_at);
-    if age <= rules.coalesce_ms {
+    let since_replay = now.saturating_sub(rec.last_replay_at);
+    // a burst of copies of one request — of the rotation or of a counted replay — is one
+    if age <= rules.coalesce_ms || (age <= rules.grace_ms && since_replay <= rules.coalesce_ms) {
         return Step::Replay {
             record: None,
             secret,
@@ -213,6 +220,7 @@ pub fn decide(
     if age <= rules.grace_ms && rec.replays < rules.max_replays {
         let mut counted = rec.clone();
         counted.replays += 1;
+        counted.last_replay_at = now;
         return Step::Replay {
             record: Some(counted),
             secret,
@@ -242,6 +250,7 @@ pub fn new_record(
         prev_hash: None,
         rotated_at: now,
         replays: 0,
+        last_replay_at: 0,
         next_box: None,
         upstream,
         state: State::Active,
@@ -388,8 +397,9 @@ mod tests {
     fn grace_is_bounded_by_count_and_time() {
         let (r0, s0) = start();
         let (mut r1, s1) = rotate(&r0, s0, 10_000);
+        // counted replays, each more than the coalescing window after the last
         for i in 0..RULES.max_replays {
-            match decide(&r1, &p(0, s0), 12_000 + i as i64, None, RULES) {
+            match decide(&r1, &p(0, s0), 12_000 + 1_500 * i as i64, None, RULES) {
                 Step::Replay {
                     record: Some(rec),
                     secret,
@@ -401,8 +411,14 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
+        // a copy of the last counted replay is that replay, not one more
         assert!(matches!(
-            decide(&r1, &p(0, s0), 13_000, None, RULES),
+            decide(&r1, &p(0, s0), 13_600, None, RULES),
+            Step::Replay { record: None, .. }
+        ));
+        // the count is spent
+        assert!(matches!(
+            decide(&r1, &p(0, s0), 15_000, None, RULES),
             Step::Reuse { .. }
         ));
         // past the window: reuse, even with replays left
