@@ -263,6 +263,7 @@ pub async fn part(rig: &mut Rig, out: &mut String) -> Result<(), String> {
     // the request a forwarding authority sends, with a real token; the reply of a real size
     let request: Bytes = serde_json::to_vec(&veto::authority::service::HomeRequest::Refresh {
         refresh_token: local_rt.clone(),
+        deadline_ms: Some(veto::now_ms() + 1_500),
     })
     .map_err(|e| e.to_string())?
     .into();
