@@ -1223,3 +1223,67 @@ async fn browsers_of_listed_origins_only_get_cors_answers() {
     );
     assert_eq!(answer.headers()["vary"], "Origin");
 }
+
+#[tokio::test]
+async fn two_replicas_of_one_region_share_every_session() {
+    let r = region().await;
+    let b = Authority::start(&Authority::config(&r.kit, &r.nats.url(), "us", &["us"], ""));
+    b.wait_ready(Duration::from_secs(30)).await;
+    let t = r.login("alice").await;
+    let sid = s(&t, "session_id");
+    // alternate replicas: each one's memory of what it wrote last is stale every other time
+    let mut rt = s(&t, "refresh_token");
+    for i in 0..6 {
+        let at = if i % 2 == 0 { &b } else { &r.a };
+        let (st, n) = at.refresh(&rt).await;
+        assert_eq!(st, 200, "step {i}: {n}");
+        rt = s(&n, "refresh_token");
+    }
+    assert_eq!(r.record(&sid).await["generation"], 6);
+    // the previous token at the replica that did not rotate: still the same successor
+    let (_, n) = r.a.refresh(&rt).await;
+    let (st, again) = b.refresh(&rt).await;
+    assert_eq!(
+        (st, s(&again, "refresh_token")),
+        (200, s(&n, "refresh_token"))
+    );
+    // a logout at one replica ends the session at the other, whatever it remembers
+    let newest = s(&n, "refresh_token");
+    assert_eq!(b.logout(&newest).await.0, 200);
+    assert_eq!(
+        r.a.refresh(&newest).await.0,
+        400,
+        "a replica refreshed a logged-out session"
+    );
+    // a storm split over both replicas rotates once
+    let t = r.login("bob").await;
+    let rt0 = s(&t, "refresh_token");
+    let calls = (0..40).map(|i| {
+        let url = if i % 2 == 0 {
+            r.a.url("/v1/token")
+        } else {
+            b.url("/v1/token")
+        };
+        let rt = rt0.clone();
+        tokio::spawn(async move {
+            form(
+                &url,
+                &[("grant_type", "refresh_token"), ("refresh_token", &rt)],
+            )
+            .await
+        })
+    });
+    let answers: Vec<(u16, Value)> = futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(|x| x.unwrap())
+        .collect();
+    let first = s(&answers[0].1, "refresh_token");
+    assert!(
+        answers
+            .iter()
+            .all(|(st, v)| *st == 200 && s(v, "refresh_token") == first),
+        "{answers:?}"
+    );
+    assert_eq!(r.record(&s(&t, "session_id")).await["generation"], 1);
+}

@@ -34,6 +34,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// Session records a replica remembers having written (about 0.5 KiB each).
+const RECENT_RECORDS: u64 = 10_000;
+
 /// Requests from other regions served at once, per replica.
 const MAX_HOME_REQUESTS: usize = 512;
 
@@ -162,6 +165,10 @@ impl Authority {
             mac,
             sessions: std::sync::OnceLock::new(),
             not_befores: Arc::default(),
+            recent: moka::sync::Cache::builder()
+                .max_capacity(RECENT_RECORDS)
+                .time_to_idle(Duration::from_secs(60))
+                .build(),
             key: Arc::new(move || current.current()),
             validator,
             js,

@@ -154,6 +154,11 @@ pub struct Service {
     pub sessions: std::sync::OnceLock<Sessions>,
     /// Subjects' not-befores from a watch of the bucket (one KV read per refresh, not two).
     pub not_befores: Arc<super::store::NotBefores>,
+    /// The records this replica wrote last, with their revision: a refresh that writes tries
+    /// its compare-and-set against it without reading first (a stale entry only costs a
+    /// conflict, since every change of a record moves its revision). An answer that writes
+    /// nothing is never given from it.
+    pub recent: moka::sync::Cache<String, Arc<(Record, u64)>>,
     pub key: CurrentKey,
     /// Validates this authority's own access tokens (logout by access token).
     pub validator: Validator,
@@ -335,7 +340,8 @@ impl Service {
                 .await
                 .map_err(store_err)?;
         }
-        self.store()?.create(&sid, &rec).await.map_err(store_err)?;
+        let rev = self.store()?.create(&sid, &rec).await.map_err(store_err)?;
+        self.recent.insert(sid.clone(), Arc::new((rec, rev)));
         self.metrics.sessions_created.inc();
         Ok(answer)
     }
@@ -431,12 +437,20 @@ impl Service {
         // publish ack returns), and the re-read below finds it revoked — still this
         // request's reuse, to answer and count as such
         let mut reuse_published = false;
+        let mut cached = self.recent.get(&p.sid);
         for _ in 0..8 {
-            let Some((rec, rev)) = self.store()?.get(&p.sid).await.map_err(store_err)? else {
-                self.metrics.refresh("unknown").inc();
-                return Err(OAuthError::invalid_grant(
-                    "the session has ended or expired",
-                ));
+            let from_cache = cached.is_some();
+            let (rec, rev) = match cached.take() {
+                Some(c) => (c.0.clone(), c.1),
+                None => match self.store()?.get(&p.sid).await.map_err(store_err)? {
+                    Some(found) => found,
+                    None => {
+                        self.metrics.refresh("unknown").inc();
+                        return Err(OAuthError::invalid_grant(
+                            "the session has ended or expired",
+                        ));
+                    }
+                },
             };
             let nb = match rec.state {
                 State::Active => match self.not_befores.get(&self.cfg.issuer, &rec.sub) {
@@ -450,10 +464,26 @@ impl Service {
                 State::Revoked { .. } => None,
             };
             let now = Self::now();
-            match session::decide(&rec, &p, now, nb, self.rules) {
+            let step = session::decide(&rec, &p, now, nb, self.rules);
+            let writes = matches!(
+                step,
+                Step::Rotate { .. }
+                    | Step::Replay {
+                        record: Some(_),
+                        ..
+                    }
+            );
+            if from_cache && !writes {
+                // decided on what this replica last wrote: confirm on a fresh read
+                self.recent.invalidate(&p.sid);
+                continue;
+            }
+            match step {
                 Step::Rotate { record, secret } => {
                     match self.store()?.update(&p.sid, &record, rev).await {
-                        Ok(_) => {
+                        Ok(new_rev) => {
+                            self.recent
+                                .insert(p.sid.clone(), Arc::new((record.clone(), new_rev)));
                             self.metrics.refresh("rotated").inc();
                             return self.token_response(
                                 &p.sid,
@@ -463,15 +493,23 @@ impl Service {
                                 now,
                             );
                         }
-                        Err(StoreError::Conflict) => continue,
+                        Err(StoreError::Conflict) => {
+                            self.recent.invalidate(&p.sid);
+                            continue;
+                        }
                         Err(e) => return Err(store_err(e)),
                     }
                 }
                 Step::Replay { record, secret } => {
                     if let Some(counted) = &record {
                         match self.store()?.update(&p.sid, counted, rev).await {
-                            Ok(_) => {}
-                            Err(StoreError::Conflict) => continue,
+                            Ok(new_rev) => self
+                                .recent
+                                .insert(p.sid.clone(), Arc::new((counted.clone(), new_rev))),
+                            Err(StoreError::Conflict) => {
+                                self.recent.invalidate(&p.sid);
+                                continue;
+                            }
                             Err(e) => return Err(store_err(e)),
                         }
                     }
@@ -498,6 +536,7 @@ impl Service {
                         Also::Nowhere,
                     )
                     .await?;
+                    self.recent.invalidate(&p.sid);
                     match self.store()?.update(&p.sid, &record, rev).await {
                         Ok(_) => {}
                         Err(StoreError::Conflict) => {
@@ -622,6 +661,7 @@ impl Service {
                 return Ok(true);
             }
             rec.state = State::Revoked { at, reason };
+            self.recent.invalidate(sid);
             match self.bucket()?.update(sid, &rec, rev).await {
                 Ok(_) => return Ok(true),
                 Err(StoreError::Conflict) => continue,
