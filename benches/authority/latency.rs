@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use veto::bus::names::SESSION_BUCKET;
 
 const RAW_BUCKET: &str = "BENCH_RAW";
-/// A not-before key that never exists (the common case the authority reads on every refresh).
+/// A not-before key that never exists (what the authority read on every refresh before its not-befores were kept in memory: a second baseline).
 const MISSING_NB: &str = "nb.bench-subject-without-not-before";
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
@@ -427,7 +427,7 @@ pub async fn part(rig: &mut Rig, out: &mut String) -> Result<(), String> {
         get(Kind::RawRrCas),
     );
     ratio_row(
-        "refresh_local / raw_kv_read_read_cas (same NATS work as the authority)",
+        "refresh_local / raw_kv_read_read_cas (the authority before its in-memory not-befores)",
         get(Kind::RefreshLocal),
         get(Kind::RawCasNb),
     );
@@ -531,7 +531,7 @@ pub async fn part(rig: &mut Rig, out: &mut String) -> Result<(), String> {
     );
     let _ = writeln!(
         out,
-        "- cost of the subject not-before read (`nb.<hash>`, missing key) on every refresh: \
+        "- cost of a subject not-before read (`nb.<hash>`, missing key), which the authority no longer does per refresh: \
          raw_kv_read_read_cas − raw_kv_read_cas = {} ms at p50, {} ms mean, i.e. {:.0}% of a \
          local refresh's p50 ({} ms) and {:.0}% of the raw read+CAS p50",
         ms(raw_nb.p50 - raw.p50),
