@@ -1007,8 +1007,11 @@ fn bad_configuration_exits_64_naming_the_key() {
             base.replace("[authority]\n", "[authority]\nrefresh_grace = \"10m\"\n"),
         ),
         (
-            "authority.algorithm",
-            base.replace("[authority]\n", "[authority]\nalgorithm = \"none\"\n"),
+            "authority.algorithms",
+            base.replace(
+                "[authority]\n",
+                "[authority]\nalgorithms = [\"ES256\", \"none\"]\n",
+            ),
         ),
         (
             "authority",

@@ -21,9 +21,11 @@ pub struct Authority {
     pub public_url: Option<String>,
     /// `aud` of access tokens when the session request names none.
     pub audiences: Vec<String>,
-    /// Signing algorithm of new keys and of the key directory's files.
-    #[serde(default = "default_alg")]
-    pub algorithm: String,
+    /// The signing algorithms the key directory may hold (`<kid>.<alg>.der`; a file of
+    /// another algorithm is bad key material). `veto keys generate` makes ES256 keys by
+    /// default; list two algorithms while migrating from one to the other.
+    #[serde(default = "default_algs")]
+    pub algorithms: Vec<String>,
     /// Signing keys: `<kid>.<alg>.der` with an activation time (see `veto keys generate`);
     /// a Kubernetes Secret mounted as a directory works as is.
     pub keys_dir: PathBuf,
@@ -115,8 +117,11 @@ pub struct Upstream {
 fn default_listen() -> SocketAddr {
     ([127, 0, 0, 1], 9280).into()
 }
-fn default_alg() -> String {
-    "ES256".into()
+fn default_algs() -> Vec<String> {
+    SIGNING_ALGS
+        .iter()
+        .map(|a| a.as_str().to_string())
+        .collect()
 }
 fn default_keys_reload() -> Duration {
     Duration::from_secs(10)
@@ -174,15 +179,23 @@ fn default_jwks_timeout() -> Duration {
 pub const SIGNING_ALGS: [Alg; 3] = [Alg::ES256, Alg::EdDSA, Alg::RS256];
 
 impl Authority {
-    pub fn signing_alg(&self) -> Result<Alg, ConfigError> {
-        Alg::parse(&self.algorithm)
-            .filter(|a| SIGNING_ALGS.contains(a))
-            .ok_or_else(|| {
-                bad(
-                    "authority.algorithm",
-                    format!("{:?}: use ES256, EdDSA or RS256", self.algorithm),
-                )
+    pub fn allowed_algorithms(&self) -> Result<Vec<Alg>, ConfigError> {
+        if self.algorithms.is_empty() {
+            return Err(bad("authority.algorithms", "list at least one algorithm"));
+        }
+        self.algorithms
+            .iter()
+            .map(|name| {
+                Alg::parse(name)
+                    .filter(|a| SIGNING_ALGS.contains(a))
+                    .ok_or_else(|| {
+                        bad(
+                            "authority.algorithms",
+                            format!("{name:?}: use ES256, EdDSA or RS256"),
+                        )
+                    })
             })
+            .collect()
     }
 
     pub fn public_url(&self) -> &str {
@@ -206,7 +219,7 @@ impl Authority {
         if self.audiences.is_empty() || self.audiences.iter().any(String::is_empty) {
             return Err(bad(k("audiences"), "list at least one non-empty audience"));
         }
-        self.signing_alg()?;
+        self.allowed_algorithms()?;
         if self.access_token_ttl.is_zero() || self.access_token_ttl > self.max_token_lifetime {
             return Err(bad(
                 k("access_token_ttl"),

@@ -182,7 +182,7 @@ pub enum KeyError {
     TooLarge { file: PathBuf },
     #[error("{}: {reason}", file.display())]
     BadName { file: PathBuf, reason: &'static str },
-    #[error("{}: algorithm {alg:?} cannot sign for the authority (use ES256, EdDSA or RS256)", file.display())]
+    #[error("{}: algorithm {alg:?} cannot sign for the authority (ES256, EdDSA or RS256, as listed in authority.algorithms)", file.display())]
     Alg { file: PathBuf, alg: String },
     #[error("{}: not a PKCS#8 DER {alg} private key", file.display())]
     Material { file: PathBuf, alg: Alg },
@@ -371,7 +371,7 @@ fn read_small(file: &Path) -> Result<Vec<u8>, KeyError> {
 
 /// Reads and parses the directory. A key whose bytes equal a key of `previous` (same kid and
 /// algorithm) reuses its parsed form, so reloads every few seconds cost a read, not a parse.
-fn read_dir(dir: &Path, previous: &[KeyFile]) -> Result<Vec<KeyFile>, KeyError> {
+fn read_dir(dir: &Path, previous: &[KeyFile], allowed: &[Alg]) -> Result<Vec<KeyFile>, KeyError> {
     let rd = std::fs::read_dir(dir).map_err(|source| KeyError::Dir {
         dir: dir.to_path_buf(),
         source,
@@ -431,7 +431,7 @@ fn read_dir(dir: &Path, previous: &[KeyFile]) -> Result<Vec<KeyFile>, KeyError> 
             });
         };
         let alg = Alg::parse(alg_name)
-            .filter(|a| SIGNING_ALGS.contains(a))
+            .filter(|a| SIGNING_ALGS.contains(a) && allowed.contains(a))
             .ok_or_else(|| KeyError::Alg {
                 file: path.clone(),
                 alg: alg_name.to_string(),
@@ -688,6 +688,8 @@ impl KeyMetrics {
 /// minting, the JWKS for publishing, reloaded in the background by [`Keyring::run`].
 pub struct Keyring {
     dir: PathBuf,
+    /// `authority.algorithms`: what the directory may hold.
+    allowed: Vec<Alg>,
     reload: Duration,
     retire_after: Duration,
     jwks_max_age: Duration,
@@ -708,7 +710,10 @@ impl Keyring {
     /// activated key is an error naming the file (the caller exits 64).
     pub fn load(cfg: &Authority, now_ms: i64) -> Result<Keyring, KeyError> {
         let retire_after = retire_after(cfg);
-        let material = Arc::new(read_dir(&cfg.keys_dir, &[])?);
+        let allowed = cfg
+            .allowed_algorithms()
+            .unwrap_or_else(|_| SIGNING_ALGS.to_vec());
+        let material = Arc::new(read_dir(&cfg.keys_dir, &[], &allowed)?);
         let snap = Snapshot::build(material, now_ms, retire_after, &cfg.keys_dir)?;
         // Keys already active at start-up were published whenever they were; only the next
         // keys' lead can be judged, from now.
@@ -733,6 +738,7 @@ impl Keyring {
         };
         let ring = Keyring {
             dir: cfg.keys_dir.clone(),
+            allowed,
             reload: cfg.keys_reload,
             retire_after,
             jwks_max_age: cfg.jwks_max_age,
@@ -833,7 +839,7 @@ impl Keyring {
             last_error,
         } = &mut *reloads;
         let old = self.snap.read().clone();
-        let fresh = read_dir(&self.dir, &old.material)
+        let fresh = read_dir(&self.dir, &old.material, &self.allowed)
             .and_then(|m| Snapshot::build(Arc::new(m), now_ms, self.retire_after, &self.dir));
         let (snap, result) = match fresh {
             Ok(s) => {

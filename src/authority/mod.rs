@@ -64,7 +64,7 @@ fn feed_settings(s: &Settings, a: &config::Authority) -> Result<Settings, SetupE
     let issuer: crate::config::Issuer = serde_json::from_value(serde_json::json!({
         "issuer": a.issuer,
         "audiences": a.audiences,
-        "algorithms": config::SIGNING_ALGS.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        "algorithms": a.algorithms,
         "leeway": humantime::format_duration(a.leeway).to_string(),
         "max_token_lifetime": humantime::format_duration(a.max_token_lifetime).to_string(),
     }))
@@ -123,7 +123,9 @@ impl Authority {
             issuers: vec![IssuerPolicy {
                 issuer: a.issuer.clone(),
                 audiences: a.audiences.clone(),
-                algorithms: config::SIGNING_ALGS.to_vec(),
+                algorithms: a
+                    .allowed_algorithms()
+                    .map_err(|e| setup("authority.algorithms", e))?,
                 leeway: a.leeway.as_secs() as i64,
                 session_claim: "sid".into(),
                 max_token_lifetime: a.max_token_lifetime.as_secs() as i64,

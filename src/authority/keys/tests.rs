@@ -269,6 +269,28 @@ fn hmac_and_unknown_algorithms_are_refused() {
 }
 
 #[test]
+fn only_the_configured_algorithms_are_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    put_key(dir.path(), "a", Alg::ES256, None);
+    put_key(dir.path(), "b", Alg::EdDSA, Some(NOW - 10 * S));
+    let mut c = cfg(dir.path());
+    assert!(
+        Keyring::load(&c, NOW).is_ok(),
+        "every signing algorithm by default"
+    );
+    c.algorithms = vec!["ES256".into()];
+    let e = Keyring::load(&c, NOW)
+        .err()
+        .expect("an EdDSA key where only ES256 is allowed");
+    assert!(
+        matches!(&e, KeyError::Alg { alg, .. } if alg == "EdDSA"),
+        "{e}"
+    );
+    c.algorithms = vec!["ES256".into(), "EdDSA".into()];
+    assert_eq!(Keyring::load(&c, NOW).unwrap().current().alg, Alg::EdDSA);
+}
+
+#[test]
 fn directory_errors() {
     let (e, _) = load_err(|d| {
         put_key(d, "k", Alg::ES256, Some(NOW + 3600 * S));
