@@ -75,6 +75,20 @@ pub struct Authority {
     /// Browser origins allowed to call `/v1/token` and `/v1/logout` (CORS); empty: none.
     #[serde(default)]
     pub cors_origins: Vec<String>,
+    /// Browser origins allowed to open the forced-logout socket (`GET /v1/ws`); default:
+    /// `cors_origins`. A handshake without `Origin` (not a browser) is not refused for it.
+    #[serde(default)]
+    pub push_origins: Option<Vec<String>>,
+    /// Ping period of the forced-logout sockets; a socket that has not answered the last ping
+    /// is closed (4408).
+    #[serde(default = "default_push_ping", with = "humantime_serde")]
+    pub push_ping_interval: Duration,
+    /// Most open sockets per session on one replica (more: close 4429).
+    #[serde(default = "default_push_per_session")]
+    pub push_max_per_session: usize,
+    /// Most open sockets on one replica (more: close 4429).
+    #[serde(default = "default_push_max")]
+    pub push_max_sockets: usize,
     /// Upstream IdPs whose OIDC back-channel logout tokens are accepted.
     #[serde(default)]
     pub upstreams: Vec<Upstream>,
@@ -158,6 +172,15 @@ fn default_home_stale() -> Duration {
 }
 fn default_heartbeat() -> Duration {
     Duration::from_secs(1)
+}
+fn default_push_ping() -> Duration {
+    Duration::from_secs(20)
+}
+fn default_push_per_session() -> usize {
+    16
+}
+fn default_push_max() -> usize {
+    50_000
 }
 fn default_upstream_algs() -> Vec<String> {
     vec!["RS256".into(), "ES256".into()]
@@ -252,6 +275,15 @@ impl Authority {
         }
         if self.keys_reload.is_zero() {
             return Err(bad(k("keys_reload"), "must be positive"));
+        }
+        if self.push_ping_interval < Duration::from_secs(1) {
+            return Err(bad(k("push_ping_interval"), "at least 1s"));
+        }
+        if self.push_max_per_session == 0 || self.push_max_sockets == 0 {
+            return Err(bad(
+                k("push_max_sockets"),
+                "the socket caps must be positive",
+            ));
         }
         for (i, o) in self.cors_origins.iter().enumerate() {
             if !(o.starts_with("https://") || o.starts_with("http://")) || o.ends_with('/') {

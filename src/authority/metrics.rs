@@ -1,7 +1,7 @@
 //! The authority's metric families (sessions, refreshes, revocations, homes).
 
 use crate::metrics;
-use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, Registry};
+use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, Registry};
 
 #[derive(Clone)]
 pub struct AuthorityMetrics {
@@ -16,6 +16,12 @@ pub struct AuthorityMetrics {
     copies_failed: IntCounterVec,
     /// `veto_authority_home_request_seconds`: serving another region's request.
     pub home_requests: Histogram,
+    /// `veto_authority_push_sockets`: forced-logout sockets open on this replica.
+    pub push_sockets: IntGauge,
+    pushes: IntCounterVec,
+    push_refused: IntCounterVec,
+    /// `veto_authority_push_latency_seconds`: push sent − `revoked_at`.
+    pub push_latency: Histogram,
 }
 
 const LATENCY: [f64; 14] = [
@@ -79,6 +85,29 @@ impl AuthorityMetrics {
                 "Time to serve a request forwarded by another region's authority.",
                 LATENCY.to_vec(),
             ),
+            push_sockets: metrics::gauge(
+                r,
+                "veto_authority_push_sockets",
+                "Forced-logout WebSocket connections open on this replica.",
+            ),
+            pushes: metrics::counter_vec(
+                r,
+                "veto_authority_pushes_total",
+                "Forced logouts pushed to open sockets, by reason (logout, admin, refresh_reuse, upstream_logout, revoked).",
+                &["reason"],
+            ),
+            push_refused: metrics::counter_vec(
+                r,
+                "veto_authority_push_refused_total",
+                "WebSocket handshakes refused or closed at once, by why (origin, protocol, unauthenticated, not_websocket, revoked, expired, max_per_session, max_sockets).",
+                &["why"],
+            ),
+            push_latency: metrics::histogram(
+                r,
+                "veto_authority_push_latency_seconds",
+                "Forced-logout push latency: the push sent here minus the revocation's revoked_at at its origin.",
+                LATENCY.to_vec(),
+            ),
         }
     }
 
@@ -99,6 +128,12 @@ impl AuthorityMetrics {
     }
     pub fn copies_failed(&self, origin: &str) -> IntCounter {
         self.copies_failed.with_label_values(&[origin])
+    }
+    pub fn pushes(&self, reason: &str) -> IntCounter {
+        self.pushes.with_label_values(&[reason])
+    }
+    pub fn push_refused(&self, why: &str) -> IntCounter {
+        self.push_refused.with_label_values(&[why])
     }
     pub fn records(&self, result: &str) -> IntCounter {
         self.records.with_label_values(&[result])

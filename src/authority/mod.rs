@@ -15,6 +15,7 @@ pub mod http;
 pub mod keys;
 pub mod metrics;
 pub mod oauth;
+pub mod push;
 pub mod refresh;
 pub mod service;
 pub mod session;
@@ -85,6 +86,7 @@ pub struct Authority {
     api: http::Api,
     keys: Arc<keys::Keyring>,
     backchannel: Arc<backchannel::Receiver>,
+    push: Arc<push::Hub>,
     /// The KV bucket is open.
     store_latch: Latch,
     /// The home responder is subscribed.
@@ -119,7 +121,7 @@ impl Authority {
                 .with_metrics(keys::KeyMetrics::register(&sidecar.registry))
                 .with_store(own_keys.clone()),
         );
-        let validator = Validator {
+        let validator = Arc::new(Validator {
             issuers: vec![IssuerPolicy {
                 issuer: a.issuer.clone(),
                 audiences: a.audiences.clone(),
@@ -135,7 +137,7 @@ impl Authority {
                 keys: own_keys,
             }],
             max_token_bytes: service::MAX_ACCESS_TOKEN_BYTES,
-        };
+        });
         let mut conn = bus::NatsConnection::from_settings(&n);
         conn.inbox_prefix = Some(names::AUTHORITY_INBOX_PREFIX.to_string());
         let (client, _events) = bus::connect(&conn, "veto-authority", bus::Initial::Retry)
@@ -172,13 +174,28 @@ impl Authority {
                 .time_to_idle(Duration::from_secs(60))
                 .build(),
             key: Arc::new(move || current.current()),
-            validator,
+            validator: validator.clone(),
             js,
             client: client.clone(),
             freshness: sidecar.freshness.clone(),
             metrics,
             cfg: a.clone(),
         });
+        let push = Arc::new(push::Hub::new(
+            push::PushConfig {
+                origins: a
+                    .push_origins
+                    .clone()
+                    .unwrap_or_else(|| a.cors_origins.clone()),
+                ping_interval: a.push_ping_interval,
+                max_per_session: a.push_max_per_session,
+                max_sockets: a.push_max_sockets,
+                leeway_secs: a.leeway.as_secs() as i64,
+            },
+            validator,
+            sidecar.revoked.clone(),
+            service.metrics.clone(),
+        ));
         let api = http::Api {
             service: service.clone(),
             admin_token,
@@ -196,6 +213,7 @@ impl Authority {
             api,
             keys,
             backchannel,
+            push,
             store_latch,
             responder_latch,
             client,
@@ -226,6 +244,7 @@ impl Authority {
                 self.keys.clone(),
                 keys::Discovery::from_config(&a),
             ))
+            .merge(push::routes(self.push.clone()))
             .merge(backchannel::routes(
                 self.backchannel.clone(),
                 self.service.clone() as Arc<dyn backchannel::LogoutEffect>,
@@ -301,6 +320,33 @@ impl Authority {
                             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                         }
                     }
+                }
+                .boxed()
+            }),
+        ));
+
+        // forced logout: sockets told of every revocation applied; told to go elsewhere at
+        // shutdown
+        let (hub, mut applied) = (self.push.clone(), self.sidecar.applied());
+        extra.tasks.push((
+            "push",
+            Box::new(move |stop: CancellationToken| {
+                async move {
+                    loop {
+                        tokio::select! {
+                            _ = stop.cancelled() => break,
+                            a = applied.recv() => match a {
+                                Ok(a) => hub.on_applied(&a),
+                                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                                    tracing::error!(missed = n, "push follower lagged: some open sockets were not told of their revocation (their tokens stay refused)");
+                                }
+                                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                            },
+                        }
+                    }
+                    hub.restart_all();
+                    // let the sockets send their close frames
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 .boxed()
             }),

@@ -161,7 +161,7 @@ pub struct Service {
     pub recent: moka::sync::Cache<String, Arc<(Record, u64)>>,
     pub key: CurrentKey,
     /// Validates this authority's own access tokens (logout by access token).
-    pub validator: Validator,
+    pub validator: Arc<Validator>,
     pub js: jetstream::Context,
     pub client: async_nats::Client,
     /// Per origin, when its heartbeat last arrived (the embedded feed's).
