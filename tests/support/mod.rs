@@ -10,11 +10,22 @@ use std::time::{Duration, Instant};
 use veto::token::sign::{jwks, SigningKey};
 use veto::token::Alg;
 
+/// A loopback port free now and never handed out before by this test process: the kernel
+/// may give a just-released ephemeral port again, and two servers of one topology must never
+/// be configured on the same port.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free loopback port");
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 pub fn wait_port(port: u16, timeout: Duration) -> bool {
