@@ -22,7 +22,11 @@
 //! 3. **RSS** ([`rss`]): a fresh home authority: VmRSS right after ready, then after 100k
 //!    `POST /v1/sessions` (64 concurrent).
 //!
-//! Which parts: `--parts latency,throughput,rss` (or `BENCH_PARTS`). Sizes:
+//! 4. **Push** ([`push`]): 10k forced-logout sockets on the home authority; single-socket
+//!    push latency next to the same event's arrival on the bus, a subject revocation closing
+//!    1k of them, memory per idle socket.
+//!
+//! Which parts: `--parts latency,throughput,rss,push` (or `BENCH_PARTS`). Sizes:
 //! `BENCH_LAT_N` (2000 per kind), `BENCH_LAT_ROUNDS` (10), `BENCH_TP_TASKS` (64),
 //! `BENCH_TP_SECS` (15), `BENCH_RSS_SESSIONS` (100000), `BENCH_RSS_CONC` (64). Results are
 //! printed and written to `BENCH_OUT` (default `<repo>/target/bench-authority/`):
@@ -40,6 +44,7 @@ mod support;
 mod topology_support;
 
 mod latency;
+mod push;
 mod rss;
 mod svg;
 mod throughput;
@@ -484,6 +489,11 @@ async fn run() {
         "rss",
         "3. RSS at live sessions",
         rss::part(&mut rig, &mut report)
+    );
+    part!(
+        "push",
+        "4. forced-logout push",
+        push::part(&mut rig, &mut report)
     );
     let warnings: Vec<String> = [&rig.home, &rig.other]
         .iter()

@@ -320,10 +320,15 @@ async fn handshake(
         c.iat,
         now,
     );
+    // small buffers: an idle socket costs a few KiB, not the 2 × 128 KiB defaults (nothing
+    // big ever crosses it)
     let upgrade = upgrade
         .protocols([PROTOCOL])
         .max_message_size(MAX_MESSAGE_BYTES)
-        .max_frame_size(MAX_MESSAGE_BYTES);
+        .max_frame_size(MAX_MESSAGE_BYTES)
+        .read_buffer_size(MAX_MESSAGE_BYTES)
+        .write_buffer_size(0)
+        .max_write_buffer_size(64 * 1024);
     upgrade.on_upgrade(move |mut ws| async move {
         if let Some(by) = revoked {
             let kind = match by {
