@@ -6,6 +6,7 @@
 #
 # Steps, stopping at the first failure:
 #   cargo fmt --check; cargo clippy --all-targets -D warnings; cargo test --all-targets
+#   scripts/test-web.sh (clients/web: node tests, tsc of the Angular example, Chromium tests)
 #   promtool check rules + promtool test rules (deploy/prometheus)
 #   Envoy templates rendered with envsubst and `envoy --mode validate`d (deploy/envoy)
 #   Grafana dashboard structure, metric names and PromQL (deploy/grafana)
@@ -65,6 +66,9 @@ if ((run_cargo)); then
     step "cargo fmt --check" cargo fmt --check
     step "cargo clippy" cargo clippy --all-targets -- -D warnings
     step "cargo test" cargo test --all-targets
+    # the web client: node tests, the Angular type-check, real Chromium against the authority
+    # (needs target/debug/veto, built by the step above)
+    step "web client" scripts/test-web.sh
 fi
 step "promtool check rules" "$PROMTOOL" check rules deploy/prometheus/alerts.yaml
 step "promtool test rules" "$PROMTOOL" test rules deploy/prometheus/alerts_test.yaml
