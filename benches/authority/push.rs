@@ -116,11 +116,20 @@ pub async fn part(rig: &mut Rig, out: &mut String) -> Result<(), String> {
 
     // the bus view of every event (core NATS, as the fast path sees it)
     let client = rig.topo.client("us").await;
-    let mut events = client
+    let mut sub = client
         .subscribe("veto.revocations.*.ev.>")
         .await
         .map_err(|e| e.to_string())?;
     client.flush().await.map_err(|e| e.to_string())?;
+    // stamped on arrival, by a task of its own (not when the request's answer is back)
+    let (stamp_tx, mut events) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+    tokio::spawn(async move {
+        while sub.next().await.is_some() {
+            if stamp_tx.send(Instant::now()).is_err() {
+                break;
+            }
+        }
+    });
     let revoke = |body: serde_json::Value| {
         let (http, base) = (http.clone(), base.clone());
         async move {
@@ -140,16 +149,18 @@ pub async fn part(rig: &mut Rig, out: &mut String) -> Result<(), String> {
     let mut over = Vec::new();
     for j in 0..singles {
         let i = victims + j;
+        // stamps of earlier events (every revocation is published at each region's origin)
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        while events.try_recv().is_ok() {}
         let t0 = Instant::now();
         let st = revoke(serde_json::json!({"kind": "session", "id": sids[i]})).await?;
         if st != 202 {
             return Err(format!("revocation answered {st}"));
         }
-        let ev = tokio::time::timeout(Duration::from_secs(5), events.next())
+        let t_ev = tokio::time::timeout(Duration::from_secs(5), events.recv())
             .await
-            .map_err(|_| "no event on the bus".to_string())?;
-        let t_ev = Instant::now();
-        drop(ev);
+            .map_err(|_| "no event on the bus".to_string())?
+            .ok_or("the bus subscription ended")?;
         let deadline = Instant::now() + Duration::from_secs(5);
         let t_close = loop {
             if let Some((at, _)) = closed.lock().await[i] {
@@ -162,17 +173,26 @@ pub async fn part(rig: &mut Rig, out: &mut String) -> Result<(), String> {
         };
         prop.push(t_ev.duration_since(t0).as_secs_f64() * 1e6);
         push.push(t_close.duration_since(t0).as_secs_f64() * 1e6);
-        over.push(t_close.saturating_duration_since(t_ev).as_secs_f64() * 1e6);
+        // signed: the authority's own feed may hear the event before this subscriber does
+        over.push(
+            (t_close.duration_since(t0).as_secs_f64() - t_ev.duration_since(t0).as_secs_f64())
+                * 1e6,
+        );
     }
 
     // fan-out: one subject revocation, `victims` sockets
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    while events.try_recv().is_ok() {}
     let t0 = Instant::now();
     let st = revoke(serde_json::json!({"kind": "subject", "id": "victim"})).await?;
     if st != 202 {
         return Err(format!("subject revocation answered {st}"));
     }
-    let _ = tokio::time::timeout(Duration::from_secs(5), events.next()).await;
-    let t_ev = Instant::now();
+    let t_ev = tokio::time::timeout(Duration::from_secs(5), events.recv())
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(Instant::now);
     let deadline = Instant::now() + Duration::from_secs(20);
     let last = loop {
         let c = closed.lock().await;
@@ -235,7 +255,7 @@ pub async fn part(rig: &mut Rig, out: &mut String) -> Result<(), String> {
                  **event → last close {:.2} ms**; {victims_4403}/{victims} closed with 4403; {others_open}/{} other sockets still open",
                 t_ev.duration_since(t0).as_secs_f64() * 1e3,
                 last.duration_since(t0).as_secs_f64() * 1e3,
-                last.saturating_duration_since(t_ev).as_secs_f64() * 1e3,
+                (last.duration_since(t0).as_secs_f64() - t_ev.duration_since(t0).as_secs_f64()) * 1e3,
                 n - victims - singles,
             );
         }
