@@ -1225,6 +1225,10 @@ async fn browsers_of_listed_origins_only_get_cors_answers() {
         "https://app.example"
     );
     assert_eq!(answer.headers()["vary"], "Origin");
+    assert_eq!(
+        answer.headers()["access-control-expose-headers"],
+        "Retry-After"
+    );
 }
 
 #[tokio::test]

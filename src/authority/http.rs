@@ -199,6 +199,11 @@ fn cors(api: &Api, h: &HeaderMap, mut r: Response) -> Response {
         headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
     }
     headers.insert(header::VARY, HeaderValue::from_static("Origin"));
+    // a browser client may honour the 503's Retry-After
+    headers.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("Retry-After"),
+    );
     r
 }
 
