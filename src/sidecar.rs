@@ -433,6 +433,7 @@ impl Sidecar {
                 Task::Grpc
             });
         }
+        let draining = extra.draining.clone();
         for (name, listener, router) in extra.servers {
             let sd = servers_stop.clone();
             servers.spawn(async move {
@@ -505,6 +506,7 @@ impl Sidecar {
             &s.shutdown,
             ShutdownParts {
                 health: health_on_stop,
+                draining,
                 servers,
                 servers_stop,
                 tasks,
@@ -525,6 +527,7 @@ impl Sidecar {
         self.readiness
             .latch(Component::Shutdown, "shutting down")
             .unready("shutting down");
+        p.draining.cancel();
         for service in ["", AUTHZ_SERVICE] {
             p.health
                 .set_service_status(service, tonic_health::ServingStatus::NotServing)
@@ -567,6 +570,10 @@ pub struct Extra {
         &'static str,
         Box<dyn FnOnce(CancellationToken) -> futures::future::BoxFuture<'static, ()> + Send>,
     )>,
+    /// Cancelled when the ordered shutdown begins (NOT_SERVING, before the drain): for
+    /// connections the listeners' close does not end, such as WebSockets, to be told to go
+    /// elsewhere while the proxy stops routing here.
+    pub draining: CancellationToken,
 }
 
 /// The ext_authz service name in gRPC health.
@@ -574,6 +581,7 @@ const AUTHZ_SERVICE: &str = "envoy.service.auth.v3.Authorization";
 
 struct ShutdownParts {
     health: tonic_health::server::HealthReporter,
+    draining: CancellationToken,
     servers: JoinSet<Task>,
     servers_stop: CancellationToken,
     tasks: JoinSet<Task>,

@@ -19,15 +19,25 @@ use tokio_tungstenite::tungstenite::Message;
 const ORIGIN: &str = "https://app.example";
 
 async fn authority(extra: &str) -> (NatsServer, Kit, Authority) {
+    authority_with_drain(extra, "100ms").await
+}
+
+async fn authority_with_drain(extra: &str, drain: &str) -> (NatsServer, Kit, Authority) {
     let nats = NatsServer::start();
     let kit = Kit::new();
-    let a = Authority::start(&Authority::config(
+    let cfg = Authority::config(
         &kit,
         &nats.url(),
         "us",
         &["us"],
         &format!("cors_origins = [\"{ORIGIN}\"]\n{extra}"),
-    ));
+    )
+    .replace(
+        "drain = \"100ms\"\ngrace = \"3s\"",
+        &format!("drain = \"{drain}\"\ngrace = \"10s\""),
+    );
+    assert!(cfg.contains(&format!("drain = \"{drain}\"")), "{cfg}");
+    let a = Authority::start(&cfg);
     a.wait_ready(Duration::from_secs(30)).await;
     (nats, kit, a)
 }
@@ -263,14 +273,16 @@ async fn revoked_or_expired_at_connect_and_expiry_while_open() {
 
 #[tokio::test]
 async fn the_per_session_cap_and_a_restart_have_their_codes() {
-    let (_n, _k, mut a) = authority("push_max_per_session = 2").await;
+    let (_n, _k, mut a) = authority_with_drain("push_max_per_session = 2", "3s").await;
     let (_, t) = a.login(json!({"sub": "dave"})).await;
     let p = bearer(&s(&t, "access_token"));
     let (mut s1, _) = open(&a, Some(&p), Some(ORIGIN), "").await.unwrap();
     let (mut s2, _) = open(&a, Some(&p), Some(ORIGIN), "").await.unwrap();
     let (mut s3, _) = open(&a, Some(&p), Some(ORIGIN), "").await.unwrap();
     assert_eq!(ends(&mut s3, Duration::from_secs(3)).await.1, Some(4429));
-    // SIGTERM: every socket is told to reconnect elsewhere
+    // SIGTERM: every socket is told to reconnect elsewhere at once, at the start of the
+    // drain (3 s here), while the proxy stops routing to this replica
+    let term = Instant::now();
     a.process().terminate();
     for s in [&mut s1, &mut s2] {
         assert_eq!(
@@ -278,6 +290,11 @@ async fn the_per_session_cap_and_a_restart_have_their_codes() {
             Some(u16::from(CloseCode::Restart))
         );
     }
+    assert!(
+        term.elapsed() < Duration::from_millis(2000),
+        "1012 only after the drain: {:?}",
+        term.elapsed()
+    );
 }
 
 #[tokio::test]

@@ -328,6 +328,7 @@ impl Authority {
         // forced logout: sockets told of every revocation applied; told to go elsewhere at
         // shutdown
         let (hub, mut applied) = (self.push.clone(), self.sidecar.applied());
+        let draining = extra.draining.clone();
         extra.tasks.push((
             "push",
             Box::new(move |stop: CancellationToken| {
@@ -335,6 +336,7 @@ impl Authority {
                     loop {
                         tokio::select! {
                             _ = stop.cancelled() => break,
+                            _ = draining.cancelled() => break,
                             a = applied.recv() => match a {
                                 Ok(a) => hub.on_applied(&a),
                                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
@@ -344,9 +346,10 @@ impl Authority {
                             },
                         }
                     }
-                    hub.restart_all();
-                    // let the sockets send their close frames
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    // draining: every socket goes elsewhere now, and new ones keep being sent
+                    // away until the listeners close
+                    hub.drain();
+                    stop.cancelled().await;
                 }
                 .boxed()
             }),

@@ -90,6 +90,7 @@ pub struct Hub {
     cfg: PushConfig,
     index: Mutex<Index>,
     next: AtomicU64,
+    draining: std::sync::atomic::AtomicBool,
     validator: Arc<Validator>,
     revoked: Arc<RevokedSet>,
     metrics: AuthorityMetrics,
@@ -106,6 +107,7 @@ impl Hub {
             cfg,
             index: Mutex::default(),
             next: AtomicU64::new(1),
+            draining: Default::default(),
             validator,
             revoked,
             metrics,
@@ -119,6 +121,9 @@ impl Hub {
     /// Registers a socket, or says which cap refuses it.
     fn register(&self, s: Socket) -> Result<u64, &'static str> {
         let mut ix = self.index.lock();
+        if self.draining.load(Ordering::Acquire) {
+            return Err("draining");
+        }
         if ix.sockets.len() >= self.cfg.max_sockets {
             return Err("max_sockets");
         }
@@ -215,8 +220,10 @@ impl Hub {
         }
     }
 
-    /// Tells every socket to go elsewhere (shutdown, drain).
-    pub fn restart_all(&self) {
+    /// The replica drains: every open socket, and every one opened from now on, is told to go
+    /// elsewhere (1012).
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::Release);
         let ix = self.index.lock();
         for s in ix.sockets.values() {
             let _ = s.tx.try_send(Cmd::Restart);
@@ -365,6 +372,9 @@ async fn handshake(
             Ok(id) => {
                 serve(&mut ws, &hub, rx, exp_ms).await;
                 hub.unregister(id);
+            }
+            Err("draining") => {
+                say_and_close(&mut ws, None, CLOSE_RESTART, "restarting").await;
             }
             Err(cap) => {
                 hub.metrics.push_refused(cap).inc();
