@@ -3,7 +3,9 @@
 #   1. node's test runner on the pure logic and the client with fakes (tests/web/{logic,client}.test.mjs)
 #   2. tsc --noEmit on veto.d.ts and the Angular interceptor (real @angular/*, rxjs, typescript)
 #   3. the Playwright browser tests (tests/web/browser.test.mjs) when Chromium, target/debug/veto
-#      and nats-server are there: real nats-server, veto authority, veto sidecar, Chromium.
+#      and nats-server are there: real nats-server, veto authority, veto sidecar, Chromium; and
+#      tests/web/regions.test.mjs (3-region NATS topology, an authority + sidecar per region,
+#      Envoy in us; skips itself without Envoy).
 # Idempotent; bounded (each step has a timeout); exits non-zero on any failure; says what it
 # skipped and why. Env: VETO_WEB_NO_INSTALL=1 skips apt/npm installs; VETO_BIN, CHROMIUM_BIN,
 # VETO_NATS_SERVER_BIN override the binaries.
@@ -15,7 +17,7 @@ skipped=()
 step() { printf '\n== %s\n' "$*"; }
 
 # shellcheck source=/dev/null
-source "$repo/scripts/env.sh" >/dev/null 2>&1 || true   # VETO_NATS_SERVER_BIN (Envoy etc. not needed here)
+source "$repo/scripts/env.sh" >/dev/null 2>&1 || true   # VETO_NATS_SERVER_BIN, VETO_ENVOY_BIN (regions.test.mjs)
 
 apt_install() {
     [[ "${VETO_WEB_NO_INSTALL:-}" == 1 ]] && return 1
@@ -79,9 +81,10 @@ else
     out=$(mktemp)
     set +e
     CHROMIUM_BIN="$chromium_bin" VETO_BIN="$veto_bin" VETO_NATS_SERVER_BIN="$nats_bin" \
-        timeout 150 node --test --test-reporter=spec "$repo/tests/web/browser.test.mjs" 2>&1 | tee "$out"
+        timeout 240 node --test --test-reporter=spec "$repo/tests/web/browser.test.mjs" "$repo/tests/web/regions.test.mjs" 2>&1 | tee "$out"
     rc=${PIPESTATUS[0]}
     set -e
+    if grep -q "region browser tests skipped" "$out"; then skipped+=("3-region browser tests: $(grep -o 'region browser tests skipped: .*' "$out" | head -1)"); fi
     if grep -q "socket tests skipped" "$out"; then skipped+=("socket tests: $(grep -o 'socket tests skipped: .*' "$out" | head -1)"); fi
     rm -f "$out"
     (( rc == 0 )) || { echo "FAIL: browser tests (exit $rc)" >&2; exit "$rc"; }

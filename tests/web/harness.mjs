@@ -123,7 +123,7 @@ export async function startNats(dir, bin) {
   return p;
 }
 
-export async function startAuthority(dir, veto, kit, natsUrl, { corsOrigins, extra = "" }) {
+export async function startAuthority(dir, veto, kit, natsUrl, { corsOrigins, extra = "", region = "us", regions = [region], natsExtra = "" }) {
   const api = await freePort();
   const http = await freePort();
   mkdirSync(dir, { recursive: true });
@@ -131,13 +131,14 @@ export async function startAuthority(dir, veto, kit, natsUrl, { corsOrigins, ext
   writeFileSync(
     conf,
     `[log]\nlevel = "info"\n[shutdown]\ndrain = "100ms"\ngrace = "2s"\n[http]\nlisten = "127.0.0.1:${http}"\n` +
-      `[nats]\nurl = "${natsUrl}"\nregion = "us"\nregions = ["us"]\n` +
+      `[nats]\nurl = "${natsUrl}"\nregion = "${region}"\nregions = ${JSON.stringify(regions)}\n${natsExtra}` +
       `[authority]\nlisten = "127.0.0.1:${api}"\nissuer = "${ISSUER}"\naudiences = ["api"]\n` +
       `keys_dir = "${join(kit, "keys")}"\nadmin_token_file = "${join(kit, "admin.token")}"\n` +
       `refresh_key_file = "${join(kit, "refresh.keys")}"\nheartbeat_interval = "250ms"\n` +
       `cors_origins = [${corsOrigins.map((o) => JSON.stringify(o)).join(", ")}]\n${extra}\n`,
   );
-  const p = new Proc("authority", veto, ["authority", "--config", conf], join(dir, "authority.log"));
+  const p = new Proc(`authority-${region}`, veto, ["authority", "--config", conf], join(dir, "authority.log"));
+  p.region = region;
   p.base = `http://127.0.0.1:${api}`;
   p.admin = `http://127.0.0.1:${http}`;
   try {
@@ -149,7 +150,7 @@ export async function startAuthority(dir, veto, kit, natsUrl, { corsOrigins, ext
   return p;
 }
 
-export async function startSidecar(dir, veto, jwksUrl, natsUrl) {
+export async function startSidecar(dir, veto, jwksUrl, natsUrl, { region = "us", regions = [region], natsExtra = "" } = {}) {
   const grpc = await freePort();
   const http = await freePort();
   mkdirSync(dir, { recursive: true });
@@ -159,10 +160,11 @@ export async function startSidecar(dir, veto, jwksUrl, natsUrl) {
     `[grpc]\nlisten = "127.0.0.1:${grpc}"\n[http]\nlisten = "127.0.0.1:${http}"\n[log]\nlevel = "info"\n` +
       `[[issuers]]\nissuer = "${ISSUER}"\naudiences = ["api"]\nalgorithms = ["ES256", "EdDSA", "RS256"]\n` +
       `jwks_url = "${jwksUrl}"\nleeway = "5s"\n` +
-      `[nats]\nurl = "${natsUrl}"\nregion = "us"\nregions = ["us"]\n`,
+      `[nats]\nurl = "${natsUrl}"\nregion = "${region}"\nregions = ${JSON.stringify(regions)}\n${natsExtra}`,
   );
-  const p = new Proc("sidecar", veto, ["sidecar", "--config", conf], join(dir, "sidecar.log"));
+  const p = new Proc(`sidecar-${region}`, veto, ["sidecar", "--config", conf], join(dir, "sidecar.log"));
   p.base = `http://127.0.0.1:${http}`;
+  p.grpc = grpc;
   try {
     await waitPort(http);
     await waitOk(p.base + "/readyz", 30000, "sidecar");
@@ -179,7 +181,7 @@ const PAGE = `<!doctype html>
   import { createVeto } from "/veto.js";
   const authority = new URLSearchParams(location.search).get("authority");
   window.logouts = [];
-  window.veto = createVeto({ authority, onLogout: (info) => window.logouts.push(info) });
+  window.veto = createVeto({ authority, onLogout: (info) => window.logouts.push({ ...info, at: Date.now() }) });
   window.login = async (sub) => {
     const r = await fetch("/login", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ sub, authority }) });
     if (!r.ok) throw new Error("login " + r.status);
@@ -195,7 +197,7 @@ const PAGE = `<!doctype html>
 </script>`;
 
 /** The app: test page, the module, POST /login, GET /api (→ sidecar /check), test controls. */
-export async function startApp({ sidecar, admins, port }) {
+export async function startApp({ sidecar, apiVia, admins, port }) {
   port = port || (await freePort());
   const app = { port, origin: `http://127.0.0.1:${port}`, api: 0, api401: 0, rejected: new Set(), seen: new Set(), logins: [] };
   const moduleText = () => readFileSync(join(REPO, "clients/web/veto.js"));
@@ -239,7 +241,13 @@ export async function startApp({ sidecar, admins, port }) {
         if (token) app.seen.add(token);
         let status;
         if (app.rejected.has(token)) status = 401;
-        else {
+        else if (apiVia) {
+          // the API behind a proxy (Envoy + ext_authz): forward the call, keep the status
+          const r = await fetch(apiVia + "/api", { headers: auth ? { authorization: auth } : {} });
+          await r.arrayBuffer();
+          status = r.status;
+          app.viaStatuses = (app.viaStatuses || []).concat(status);
+        } else {
           const r = await fetch(sidecar + "/check", { headers: auth ? { authorization: auth } : {} });
           status = r.status;
         }
@@ -286,4 +294,131 @@ export function removeDir(d) {
   } catch {
     /* best effort */
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Multi-region: `veto nats topology` (per region a hub with gateways + a JetStream leaf in its
+// own domain), Envoy, an upstream
+// ---------------------------------------------------------------------------------------------
+
+export function envoyBin() {
+  const cands = [process.env.VETO_ENVOY_BIN];
+  for (const d of (process.env.PATH || "").split(":")) if (d) cands.push(join(d, "envoy"));
+  for (const p of cands) {
+    if (!p || !existsSync(p)) continue;
+    try {
+      execFileSync(p, ["--version"], { stdio: "ignore", timeout: 10000 });
+      return p;
+    } catch {
+      /* not a working Envoy */
+    }
+  }
+  return null;
+}
+
+/** A base port P with P..P+10*n free (the topology uses P+10*i .. P+10*i+5). */
+async function freeBase(n) {
+  const tryBind = (port) =>
+    new Promise((r) => {
+      const s = netServer();
+      s.once("error", () => r(false));
+      s.listen(port, "127.0.0.1", () => s.close(() => r(true)));
+    });
+  for (let i = 0; i < 200; i++) {
+    const base = 20000 + 100 * Math.floor(Math.random() * 400);
+    let ok = true;
+    for (let p = base; p < base + 10 * n && ok; p++) ok = await tryBind(p);
+    if (ok) return base;
+  }
+  throw new Error("no free port range for the NATS topology");
+}
+
+/**
+ * `veto nats topology --regions ... --no-auth-user operator`, every hub then every JetStream
+ * server, each region's stream provisioned (retried while gateways and leaf nodes form).
+ * Returns { procs, url(region), hubUrl(region), stop() }.
+ */
+export async function startTopology(dir, veto, nats, regions) {
+  const base = await freeBase(regions.length);
+  const conf = join(dir, "nats");
+  execFileSync(
+    veto,
+    ["nats", "topology", "--regions", regions.join(","), "--base-port", String(base), "--store", join(dir, "js"), "--out", conf, "--no-auth-user", "operator"],
+    { stdio: "ignore" },
+  );
+  const env = {};
+  for (const line of readFileSync(join(conf, "ports.env"), "utf8").split("\n")) {
+    const m = /^(VETO_NATS_\w+)=(.*)$/.exec(line);
+    if (m) env[m[1]] = m[2];
+  }
+  const t = {
+    procs: [],
+    url: (r) => env[`VETO_NATS_${r.toUpperCase()}_URL`],
+    hubUrl: (r) => env[`VETO_NATS_${r.toUpperCase()}_HUB_URL`],
+    stop: async () => {
+      for (const p of t.procs.reverse()) await p.stop();
+    },
+  };
+  const portOf = (u) => Number(u.split(":").pop());
+  for (const role of ["hub", "js"]) {
+    for (const r of regions) {
+      const p = new Proc(`${r}-${role}`, nats, ["-c", join(conf, `${r}-${role}.conf`)], join(dir, `${r}-${role}.log`));
+      t.procs.push(p);
+      try {
+        await waitPort(portOf(role === "hub" ? t.hubUrl(r) : t.url(r)));
+      } catch (e) {
+        throw new Error(`${r}-${role}: ${e.message}\n${p.log()}`);
+      }
+    }
+  }
+  await Promise.all(
+    regions.map(async (r) => {
+      const end = Date.now() + 20000;
+      let last = "";
+      for (;;) {
+        try {
+          execFileSync(veto, ["nats", "provision", "--nats", t.url(r), "--region", r, "--regions", regions.join(","), "--retention", "1h", "--timeout", "2s"], { stdio: "pipe" });
+          return;
+        } catch (e) {
+          last = String(e.stderr || e);
+        }
+        if (Date.now() > end) throw new Error(`provision ${r}: ${last}`);
+        await new Promise((res) => setTimeout(res, 200));
+      }
+    }),
+  );
+  return t;
+}
+
+/** A tiny upstream answering 200 {"user": <x-user-id>} (what Envoy routes to once allowed). */
+export async function startUpstream() {
+  const port = await freePort();
+  const server = createServer((req, res) => {
+    res.writeHead(200, { "content-type": "application/json" });
+    res.end(JSON.stringify({ user: req.headers["x-user-id"] || null }));
+  });
+  await new Promise((r) => server.listen(port, "127.0.0.1", r));
+  return { port, stop: () => new Promise((r) => (server.closeAllConnections?.(), server.close(() => r()))) };
+}
+
+/** Envoy from deploy/envoy/envoy-sidecar.yaml.tmpl: ext_authz gRPC to `authzPort`, routes to `upstreamPort`. */
+export async function startEnvoy(dir, envoy, authzPort, upstreamPort) {
+  mkdirSync(dir, { recursive: true });
+  const listen = await freePort();
+  const admin = await freePort();
+  const cfg = readFileSync(join(REPO, "deploy/envoy/envoy-sidecar.yaml.tmpl"), "utf8")
+    .replaceAll("${LISTEN_PORT}", String(listen))
+    .replaceAll("${ADMIN_PORT}", String(admin))
+    .replaceAll("${AUTHZ_PORT}", String(authzPort))
+    .replaceAll("${UPSTREAM_PORT}", String(upstreamPort));
+  writeFileSync(join(dir, "envoy.yaml"), cfg);
+  const p = new Proc("envoy", envoy, ["-c", join(dir, "envoy.yaml"), "--use-dynamic-base-id", "-l", "warning", "--concurrency", "1"], join(dir, "envoy.log"));
+  p.base = `http://127.0.0.1:${listen}`;
+  try {
+    await waitPort(listen, 20000);
+    await waitOk(`http://127.0.0.1:${admin}/ready`, 20000, "envoy");
+  } catch (e) {
+    throw new Error(`${e.message}\n${p.log()}`);
+  }
+  return p;
 }
