@@ -9,7 +9,9 @@
 # with the measured lag per region, cuts eu off (kills its hub), shows staleness and the deny
 # policy at work, heals it, shows the catch-up; then logs in through the authority in us,
 # refreshes in eu, calls in ap, logs out in ap and shows every region refusing the session;
-# prints a summary, and tears everything down.
+# then (step 6, scripts/demo-browser.mjs) a headless Chromium tab logged in through us is logged
+# out over its us socket by a revocation made in eu (skipped, saying why, without node, Chromium
+# or playwright-core); prints a summary, and tears everything down.
 # Everything listens on 127.0.0.1; nothing is left running.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -92,6 +94,7 @@ python3 -c 'import base64,secrets; print("r1=" + base64.urlsafe_b64encode(secret
 python3 -c 'import secrets; print(secrets.token_urlsafe(32))' >"$WORK/admin.token"
 ADMIN=$(cat "$WORK/admin.token")
 declare -A AUTH AUTH_HTTP
+PAGE_PORT=$(free_port)   # step 6's page (scripts/demo-browser.mjs): its origin is a CORS origin
 for r in "${REGIONS[@]}"; do
     AUTH[$r]=$(free_port); AUTH_HTTP[$r]=$(free_port)
     cat >"$WORK/$r-authority.toml" <<TOML
@@ -115,6 +118,7 @@ keys_dir = "$WORK/authkeys"
 admin_token_file = "$WORK/admin.token"
 refresh_key_file = "$WORK/refresh.keys"
 heartbeat_interval = "500ms"
+cors_origins = ["http://127.0.0.1:$PAGE_PORT"]
 TOML
     start "$r-authority" "$WORK/$r-authority.log" "$VETO" authority --config "$WORK/$r-authority.toml"
 done
@@ -289,6 +293,38 @@ for r in "${REGIONS[@]}"; do
 done
 
 echo
+# Step 6 never fails the demo: it is skipped (saying why) or reported as not completed.
+browser_skip=""
+if ! command -v node >/dev/null; then browser_skip="no node (apt-get install nodejs)"
+elif (( $(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0) < 18 )); then browser_skip="node >= 18 needed"
+elif [ ! -d clients/web/node_modules/playwright-core ] && [ ! -d tests/web/node_modules/playwright-core ]; then
+    browser_skip="playwright-core not installed (scripts/test-web.sh installs it)"
+elif [ -z "${CHROMIUM_BIN:-}" ] && [ ! -x /usr/lib/chromium/chromium ] && [ ! -x /usr/bin/chromium ] && [ ! -x /usr/bin/chromium-browser ]; then
+    browser_skip="no Chromium (apt-get install chromium)"
+fi
+BROWSER="not run"
+if [ -n "$browser_skip" ]; then
+    echo "6) skipped: $browser_skip"
+    BROWSER="skipped"
+else
+    echo "6) a browser tab (headless Chromium) logged in through the us authority is logged out by a revocation made in eu"
+    t6=$(now_ms)
+    set +e
+    timeout -k 2 20 node scripts/demo-browser.mjs --us "http://127.0.0.1:${AUTH[us]}" --eu "http://127.0.0.1:${AUTH[eu]}" \
+        --admin-token-file "$WORK/admin.token" --port "$PAGE_PORT" >"$WORK/browser.out" 2>&1
+    rc=$?
+    set -e
+    sed 's/^skipped: /   skipped: /' "$WORK/browser.out"
+    case $rc in
+        0) BROWSER="$(grep -o 'logged out [0-9-]* ms after revoked_at' "$WORK/browser.out" | grep -o '[0-9-]* ms' | paste -sd, - | sed 's/,/, /g' || true) after revoked_at" ;;
+        3) BROWSER="skipped" ;;
+        124|137) echo "   (step 6 timed out after 20 s; the demo goes on)"; BROWSER="timed out" ;;
+        *) echo "   (step 6 did not complete, exit $rc; the demo goes on)"; BROWSER="did not complete" ;;
+    esac
+    echo "   step 6 took $(( $(now_ms) - t6 )) ms (Chromium start included)"
+fi
+
+echo
 echo "== summary"
 printf '   %-8s %-22s %-22s %-18s\n' region "sess-1 lag (sidecar)" "sess-1 refused (curl)" "after partition"
 for r in "${REGIONS[@]}"; do
@@ -296,5 +332,6 @@ for r in "${REGIONS[@]}"; do
     printf '   %-8s %-22s %-22s %-18s\n' "$r" "${LAG[$r]} ms" "${REACHED[$r]} ms" "$after"
 done
 echo "   (curl times include starting curl and Envoy round trips; the sidecar lag is applied time - revoked_at)"
+echo "   step 6, browser tabs on the us socket, revocation in eu: ${BROWSER}"
 echo
 echo "tearing down"

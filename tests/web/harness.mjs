@@ -197,7 +197,7 @@ const PAGE = `<!doctype html>
 </script>`;
 
 /** The app: test page, the module, POST /login, GET /api (→ sidecar /check), test controls. */
-export async function startApp({ sidecar, apiVia, admins, port }) {
+export async function startApp({ sidecar, apiVia, admins, port, adminToken = ADMIN_TOKEN }) {
   port = port || (await freePort());
   const app = { port, origin: `http://127.0.0.1:${port}`, api: 0, api401: 0, rejected: new Set(), seen: new Set(), logins: [] };
   const moduleText = () => readFileSync(join(REPO, "clients/web/veto.js"));
@@ -226,7 +226,7 @@ export async function startApp({ sidecar, apiVia, admins, port }) {
         }
         const r = await fetch(authority + "/v1/sessions", {
           method: "POST",
-          headers: { authorization: "Bearer " + ADMIN_TOKEN, "content-type": "application/json" },
+          headers: { authorization: "Bearer " + adminToken, "content-type": "application/json" },
           body: JSON.stringify({ sub }),
         });
         const text = await r.text();
