@@ -1229,6 +1229,36 @@ async fn browsers_of_listed_origins_only_get_cors_answers() {
         answer.headers()["access-control-expose-headers"],
         "Retry-After"
     );
+    // a page of an unlisted origin cannot rotate (or log out) a session with a simple POST
+    let rt = answer.json::<Value>().await.unwrap()["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for path in ["/v1/token", "/v1/logout"] {
+        r.nothing_written(path, || async {
+            let body = serde_urlencoded::to_string([
+                ("grant_type", "refresh_token"),
+                ("refresh_token", rt.as_str()),
+                ("token", rt.as_str()),
+            ])
+            .unwrap();
+            let refused = c
+                .post(r.a.url(path))
+                .header("origin", "https://evil.example")
+                .header("content-type", FORM)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(refused.status(), 403, "{path}");
+        })
+        .await;
+    }
+    assert_eq!(
+        r.a.refresh(&rt).await.0,
+        200,
+        "the refused requests touched the session"
+    );
 }
 
 #[tokio::test]

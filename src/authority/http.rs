@@ -31,6 +31,8 @@ pub struct Api {
     /// The admin bearer secret.
     pub admin_token: Arc<[u8]>,
     pub cors_origins: Arc<[String]>,
+    /// The authority's own origin (`scheme://host[:port]` of `public_url`): same-origin pages.
+    pub own_origin: Arc<str>,
 }
 
 pub fn router(api: Api) -> Router {
@@ -261,6 +263,20 @@ where
 {
     if req.method() == Method::OPTIONS {
         return preflight(&api, req.headers());
+    }
+    // A browser page of an origin not allowed could still send a simple form POST (no
+    // preflight) and rotate the refresh token without being able to read the answer: refuse
+    // it before anything happens. Requests without `Origin` are not browsers' (or same-origin
+    // GET-like navigations) and are judged by their body alone.
+    if let Some(origin) = req.headers().get(header::ORIGIN) {
+        let ok = origin
+            .to_str()
+            .is_ok_and(|o| api.cors_origins.iter().any(|x| x == o) || o == api.own_origin.as_ref());
+        if !ok {
+            let mut e = OAuthError::invalid_request("this origin may not call the authority");
+            e.status = 403;
+            return e.into_response();
+        }
     }
     let headers = req.headers().clone();
     let r = async {

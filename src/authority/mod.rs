@@ -50,6 +50,13 @@ fn setup(key: &str, e: impl std::fmt::Display) -> SetupError {
     SetupError(format!("invalid configuration: {key}: {e}"))
 }
 
+/// `scheme://host[:port]` of a URL (what a browser sends as `Origin`).
+fn origin_of(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("https", url));
+    let host = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+    format!("{scheme}://{host}")
+}
+
 /// Reads a secret file (trailing newline trimmed) of at least 32 bytes.
 fn secret_file(path: &std::path::Path, key: &str) -> Result<Arc<[u8]>, SetupError> {
     let raw = std::fs::read(path).map_err(|e| setup(key, format!("cannot read: {}", e.kind())))?;
@@ -200,6 +207,7 @@ impl Authority {
             service: service.clone(),
             admin_token,
             cors_origins: a.cors_origins.clone().into(),
+            own_origin: origin_of(a.public_url()).into(),
         };
         let store_latch = sidecar
             .readiness
@@ -477,4 +485,18 @@ async fn serve_home(
         });
     }
     let _ = sub.unsubscribe().await;
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_origin_of_a_url() {
+        let o = super::origin_of;
+        assert_eq!(o("https://auth.example.com"), "https://auth.example.com");
+        assert_eq!(
+            o("https://auth.example.com:8443/x/y?z"),
+            "https://auth.example.com:8443"
+        );
+        assert_eq!(o("http://127.0.0.1:9280/"), "http://127.0.0.1:9280");
+    }
 }

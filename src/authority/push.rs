@@ -435,7 +435,12 @@ async fn serve(ws: &mut WebSocket, hub: &Hub, mut rx: mpsc::Receiver<Cmd>, exp_m
             msg = ws.recv() => {
                 match msg {
                     Some(Ok(Message::Pong(_))) => awaiting_pong = false,
-                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                    // the client closes: answer its close frame (RFC 6455 §5.5.1)
+                    Some(Ok(Message::Close(_))) => {
+                        let _ = ws.send(Message::Close(None)).await;
+                        return;
+                    }
+                    None | Some(Err(_)) => return,
                     // the client has nothing to say; pings are answered by the library
                     Some(Ok(_)) => {}
                 }
