@@ -125,6 +125,25 @@ impl Region {
     }
 }
 
+/// `n` refreshes of one token at once, spread over `urls`: every answer.
+async fn storm(urls: &[String], rt: &str, n: usize) -> Vec<(u16, Value)> {
+    let calls = (0..n).map(|i| {
+        let (url, rt) = (urls[i % urls.len()].clone(), rt.to_string());
+        tokio::spawn(async move {
+            form(
+                &url,
+                &[("grant_type", "refresh_token"), ("refresh_token", &rt)],
+            )
+            .await
+        })
+    });
+    futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(|x| x.expect("refresh task"))
+        .collect()
+}
+
 fn s(v: &Value, k: &str) -> String {
     v[k].as_str().unwrap_or_default().to_string()
 }
@@ -676,21 +695,7 @@ async fn fifty_parallel_refreshes_of_one_token_rotate_once() {
     let t0 = r.login("alice").await;
     let sid = s(&t0, "session_id");
     let rt0 = s(&t0, "refresh_token");
-    let calls = (0..50).map(|_| {
-        let (url, rt) = (r.a.url("/v1/token"), rt0.clone());
-        tokio::spawn(async move {
-            form(
-                &url,
-                &[("grant_type", "refresh_token"), ("refresh_token", &rt)],
-            )
-            .await
-        })
-    });
-    let answers: Vec<(u16, Value)> = futures::future::join_all(calls)
-        .await
-        .into_iter()
-        .map(|r| r.unwrap())
-        .collect();
+    let answers = storm(&[r.a.url("/v1/token")], &rt0, 50).await;
     let first = s(&answers[0].1, "refresh_token");
     for (st, b) in &answers {
         assert_eq!(*st, 200, "{b}");
@@ -1295,26 +1300,7 @@ async fn two_replicas_of_one_region_share_every_session() {
     // a storm split over both replicas rotates once
     let t = r.login("bob").await;
     let rt0 = s(&t, "refresh_token");
-    let calls = (0..40).map(|i| {
-        let url = if i % 2 == 0 {
-            r.a.url("/v1/token")
-        } else {
-            b.url("/v1/token")
-        };
-        let rt = rt0.clone();
-        tokio::spawn(async move {
-            form(
-                &url,
-                &[("grant_type", "refresh_token"), ("refresh_token", &rt)],
-            )
-            .await
-        })
-    });
-    let answers: Vec<(u16, Value)> = futures::future::join_all(calls)
-        .await
-        .into_iter()
-        .map(|x| x.unwrap())
-        .collect();
+    let answers = storm(&[r.a.url("/v1/token"), b.url("/v1/token")], &rt0, 40).await;
     let first = s(&answers[0].1, "refresh_token");
     assert!(
         answers
