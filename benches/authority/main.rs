@@ -38,6 +38,8 @@
 
 #[path = "../../tests/support/authority.rs"]
 mod authority_support;
+#[path = "../common/mod.rs"]
+mod common;
 #[path = "../../tests/support/mod.rs"]
 mod support;
 #[path = "../../tests/support/topology.rs"]
@@ -50,6 +52,8 @@ mod svg;
 mod throughput;
 
 use authority_support::{Authority, Kit, ADMIN_TOKEN};
+#[allow(unused_imports)]
+pub use common::{env_usize, loadavg, system_cpu, wants, CpuSample, PARTS};
 use serde::Deserialize;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -68,31 +72,6 @@ pub const REGIONS: [&str; 2] = [HOME, OTHER];
 
 // ---------------------------------------------------------------------------------------
 // Small helpers shared by the parts.
-
-pub fn env_usize(name: &str, default: usize) -> usize {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
-        Err(_) => default,
-    }
-}
-
-/// `--parts`, else `BENCH_PARTS`, else everything.
-static PARTS: OnceLock<Option<String>> = OnceLock::new();
-
-fn wants(part: &str) -> bool {
-    match PARTS.get_or_init(|| std::env::var("BENCH_PARTS").ok()) {
-        Some(p) if !p.trim().is_empty() => p.split(',').any(|x| x.trim() == part),
-        _ => true,
-    }
-}
-
-pub fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
-}
 
 fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")

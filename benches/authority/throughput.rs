@@ -5,8 +5,8 @@
 use crate::latency::{cas, raw_bucket};
 use crate::support::metric_sum;
 use crate::{
-    authority_pid, cpu_seconds, env_usize, loadavg, login, ms, nats_pids, pct, refresh, verdict,
-    write_out, Pct, Rig, HOME,
+    authority_pid, cpu_seconds, env_usize, loadavg, login, ms, nats_pids, pct, refresh, system_cpu,
+    verdict, write_out, Pct, Rig, HOME,
 };
 use async_nats::jetstream::kv;
 use bytes::Bytes;
@@ -20,22 +20,6 @@ use veto::bus::names::SESSION_BUCKET;
 /// Keycloak's sizing guide: 1 vCPU per 120 refreshes/s.
 const KEYCLOAK_PER_VCPU: f64 = 120.0;
 const TARGET_PER_VCPU: f64 = 2000.0;
-
-/// System-wide CPU jiffies from /proc/stat: (busy, total).
-fn system_cpu() -> (u64, u64) {
-    let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let v: Vec<u64> = s
-        .lines()
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    let total: u64 = v.iter().take(8).sum();
-    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
-    (total.saturating_sub(idle), total)
-}
 
 struct Snap {
     at: Instant,

@@ -31,6 +31,8 @@
 //! `BENCH_PARTITION_EVENTS` (100000), `BENCH_REPLAY_EVENTS` (1000000), `BENCH_INFLIGHT`
 //! (1000).
 
+#[path = "../common/mod.rs"]
+mod common;
 #[path = "../../tests/support/mod.rs"]
 mod support;
 #[path = "../../tests/support/topology.rs"]
@@ -43,10 +45,11 @@ mod partition;
 mod replay;
 
 use async_nats::jetstream;
+#[allow(unused_imports)]
+pub use common::{env_usize, loadavg, system_cpu, wants, CpuSample, PARTS};
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use support::{nats_section, sidecar_config, Issuer};
 use tokio_util::sync::CancellationToken;
@@ -59,61 +62,6 @@ pub const REGIONS: [&str; 3] = ["us", "eu", "ap"];
 
 // ---------------------------------------------------------------------------------------
 // Small helpers shared by the parts.
-
-pub fn env_usize(name: &str, default: usize) -> usize {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
-        Err(_) => default,
-    }
-}
-
-/// `--parts`, else `BENCH_PARTS`, else everything.
-static PARTS: OnceLock<Option<String>> = OnceLock::new();
-
-fn wants(part: &str) -> bool {
-    match PARTS.get_or_init(|| std::env::var("BENCH_PARTS").ok()) {
-        Some(p) if !p.trim().is_empty() => p.split(',').any(|x| x.trim() == part),
-        _ => true,
-    }
-}
-
-pub fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
-}
-
-/// System-wide CPU time from /proc/stat: (busy, total) jiffies.
-pub struct CpuSample(u64, u64);
-
-impl CpuSample {
-    pub fn now() -> CpuSample {
-        let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-        let v: Vec<u64> = s
-            .lines()
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .skip(1)
-            .filter_map(|x| x.parse().ok())
-            .collect();
-        let total: u64 = v.iter().take(8).sum();
-        let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
-        CpuSample(total.saturating_sub(idle), total)
-    }
-
-    /// Fraction of all CPUs busy since this sample.
-    pub fn busy(&self) -> f64 {
-        let now = CpuSample::now();
-        let total = now.1.saturating_sub(self.1);
-        if total == 0 {
-            return 0.0;
-        }
-        now.0.saturating_sub(self.0) as f64 / total as f64
-    }
-}
 
 /// A session revocation from `origin`, held for an hour.
 pub fn event(origin: &str, event_id: &str, now_ms: i64) -> RevocationEvent {
