@@ -273,9 +273,12 @@ where
             .to_str()
             .is_ok_and(|o| api.cors_origins.iter().any(|x| x == o) || o == api.own_origin.as_ref());
         if !ok {
-            let mut e = OAuthError::invalid_request("this origin may not call the authority");
-            e.status = 403;
-            return e.into_response();
+            return OAuthError::new(
+                403,
+                "invalid_request",
+                "this origin may not call the authority",
+            )
+            .into_response();
         }
     }
     let headers = req.headers().clone();

@@ -37,7 +37,8 @@ fn bad_request() -> u16 {
 }
 
 impl OAuthError {
-    fn new(status: u16, error: &str, description: impl Into<String>) -> OAuthError {
+    /// Any status and error code (the named constructors below cover the usual ones).
+    pub fn new(status: u16, error: &str, description: impl Into<String>) -> OAuthError {
         OAuthError {
             status,
             error: error.into(),

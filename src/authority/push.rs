@@ -190,10 +190,7 @@ impl Hub {
                 .collect(),
             Kind::Unspecified => vec![],
         };
-        let reason = match a.reason.as_str() {
-            r @ ("logout" | "admin" | "refresh_reuse" | "upstream_logout") => r,
-            _ => "revoked",
-        };
+        let reason = super::session::EndReason::of(&a.reason).label();
         let msg = json!({
             "type": "revoked",
             "kind": a.kind.label(),
@@ -256,14 +253,7 @@ fn offered(h: &HeaderMap) -> (bool, Option<String>) {
 }
 
 fn refuse(status: u16, error: &str, description: &str) -> Response {
-    let e = match status {
-        401 => OAuthError::invalid_client(description),
-        _ => OAuthError::invalid_request(description),
-    };
-    let mut e = e;
-    e.status = status;
-    e.error = error.to_string();
-    let mut r = e.into_response();
+    let mut r = OAuthError::new(status, error, description).into_response();
     if status == 401 {
         r.headers_mut().insert(
             header::WWW_AUTHENTICATE,

@@ -107,13 +107,7 @@ pub enum Also<'a> {
 
 /// The reason label of the metric: the known reasons, else `other` (admin input is free).
 fn reason_label(reason: &str) -> &'static str {
-    match reason {
-        "logout" => "logout",
-        "admin" => "admin",
-        "refresh_reuse" => "refresh_reuse",
-        "upstream_logout" => "upstream_logout",
-        _ => "other",
-    }
+    EndReason::parse(reason).map_or("other", EndReason::label)
 }
 
 /// A request from one authority to the home of a session, over NATS.
@@ -767,18 +761,10 @@ impl Service {
             return Ok(());
         }
         match a.kind {
-            Kind::Session => {
-                let reason = match a.reason.as_str() {
-                    "logout" => EndReason::Logout,
-                    "refresh_reuse" => EndReason::RefreshReuse,
-                    "upstream_logout" => EndReason::UpstreamLogout,
-                    "admin" => EndReason::Admin,
-                    _ => EndReason::Revoked,
-                };
-                self.end_session(&a.id, reason, a.revoked_at)
-                    .await
-                    .map(|_| ())
-            }
+            Kind::Session => self
+                .end_session(&a.id, EndReason::of(&a.reason), a.revoked_at)
+                .await
+                .map(|_| ()),
             Kind::Subject => {
                 self.bucket()?
                     .raise_not_before(&self.cfg.issuer, &a.id, a.revoked_at)

@@ -27,6 +27,22 @@ pub enum EndReason {
 }
 
 impl EndReason {
+    /// The reason a revocation event names, if it is one of the four the authority gives.
+    pub fn parse(reason: &str) -> Option<EndReason> {
+        match reason {
+            "logout" => Some(EndReason::Logout),
+            "admin" => Some(EndReason::Admin),
+            "refresh_reuse" => Some(EndReason::RefreshReuse),
+            "upstream_logout" => Some(EndReason::UpstreamLogout),
+            _ => None,
+        }
+    }
+
+    /// The reason of an event from anywhere: another publisher's is just `Revoked`.
+    pub fn of(reason: &str) -> EndReason {
+        EndReason::parse(reason).unwrap_or(EndReason::Revoked)
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             EndReason::Logout => "logout",
