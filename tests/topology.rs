@@ -54,6 +54,71 @@ fn shipped_configs_are_generated_and_accepted_by_nats_server() {
     }
 }
 
+/// The parameters `k8s/overlays/<region>/nats/` were generated with (docs/kubernetes.md).
+fn kubernetes() -> Topology {
+    Topology::kubernetes(
+        &parse_regions("us,eu,ap").unwrap(),
+        "nats-{role}.veto-{region}.svc.cluster.local",
+        "/data/jetstream",
+    )
+    .expect("topology")
+}
+
+#[test]
+fn kubernetes_configs_are_generated_hold_no_password_and_are_accepted_by_nats_server() {
+    let overlays = Path::new(env!("CARGO_MANIFEST_DIR")).join("k8s/overlays");
+    let bin = std::env::var("VETO_NATS_SERVER_BIN")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| "/usr/sbin/nats-server".into());
+    let files = kubernetes().files().expect("files");
+    assert_eq!(
+        files.len(),
+        6,
+        "hub.conf and js.conf per region, nothing else"
+    );
+    for (name, text) in files {
+        let path = overlays.join(&name);
+        let on_disk =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(
+            on_disk, text,
+            "{name} differs from what `veto nats topology --host-template ...` generates: \
+             regenerate k8s/overlays (docs/kubernetes.md)"
+        );
+        for local in veto::bus::topology::Secrets::default().all_passwords() {
+            assert!(!text.contains(local), "{name} holds a password");
+        }
+        // Without the environment the server refuses the file; with it, accepts it.
+        let check = |env: &[(&str, &str)]| {
+            let mut cmd = std::process::Command::new(&bin);
+            cmd.arg("-t").arg("-c").arg(&path);
+            for (k, _) in PASSWORD_VARS {
+                cmd.env_remove(k);
+            }
+            cmd.envs(env.iter().copied());
+            cmd.output().expect("run nats-server -t")
+        };
+        let out = check(&PASSWORD_VARS);
+        assert!(
+            out.status.success(),
+            "nats-server -t rejects {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!check(&[]).status.success(), "{name} without its passwords");
+    }
+}
+
+/// What the NATS pods' environment holds (k8s/base/nats, from Secret veto-nats-servers).
+const PASSWORD_VARS: [(&str, &str); 6] = [
+    ("VETO_NATS_SYSTEM_PASSWORD", "t-sys"),
+    ("VETO_NATS_LEAF_PASSWORD", "t-leaf"),
+    ("VETO_NATS_SIDECAR_PASSWORD", "t-sidecar"),
+    ("VETO_NATS_AUTHORITY_PASSWORD", "t-authority"),
+    ("VETO_NATS_OPERATOR_PASSWORD", "t-operator"),
+    ("VETO_NATS_LEAF_URL", "nats://leaf:t-leaf@nats-hub:7422"),
+];
+
 fn event(origin: &str, event_id: &str) -> RevocationEvent {
     let now = veto::now_ms();
     RevocationEvent {

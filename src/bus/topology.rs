@@ -112,6 +112,11 @@ impl Secrets {
         }
     }
 
+    /// Every password, to check that a file holds none of them.
+    pub fn all_passwords(&self) -> [&str; 5] {
+        self.all().map(|(_, p)| p)
+    }
+
     /// Every password with the name [`TopologyError::BadSecret`] gives it.
     fn all(&self) -> [(&'static str, &str); 5] {
         [
@@ -307,7 +312,44 @@ pub struct Topology {
     /// default, and the shipped `deploy/nats/`): anonymous connections are refused. Local
     /// development and tests only.
     pub no_auth_user: Option<NatsUser>,
+    /// One host per server (Kubernetes, or any multi-host placement) instead of [`Self::host`]
+    /// for all; `None` for a local topology.
+    pub hosts: Option<Hosts>,
+    /// Passwords as nats-server environment-variable references (`password:
+    /// $VETO_NATS_SIDECAR_PASSWORD`, the leaf remote's whole URL as `$VETO_NATS_LEAF_URL`)
+    /// instead of literals: the config holds no secret; the server's environment does.
+    pub password_env: bool,
 }
+
+/// Every server on its own host: what [`Topology::kubernetes`] makes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hosts {
+    /// Host name of a server: `{role}` (`hub` or `js`) and `{region}` are replaced, e.g.
+    /// `nats-{role}.veto-{region}.svc.cluster.local`.
+    pub template: String,
+    /// The address every server listens on (`0.0.0.0`).
+    pub listen: String,
+}
+
+/// The ports of every server of a [`Topology::kubernetes`] topology (nats-server's defaults).
+pub const K8S_PORTS: RegionPorts = RegionPorts {
+    hub_client: 4222,
+    hub_gateway: 7222,
+    hub_leafnode: 7422,
+    js_client: 4222,
+    hub_monitor: Some(8222),
+    js_monitor: Some(8222),
+};
+
+/// The environment variable a server's config reads a password from with
+/// [`Topology::password_env`].
+pub fn password_var(what: &str) -> String {
+    format!("VETO_NATS_{}_PASSWORD", env_key(what))
+}
+
+/// The environment variable holding the JetStream server's leaf remote URL
+/// (`nats://leaf:<password>@<hub>:<port>`) with [`Topology::password_env`].
+pub const LEAF_URL_VAR: &str = "VETO_NATS_LEAF_URL";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TopologyError {
@@ -389,15 +431,47 @@ fn valid_secret(s: &str) -> bool {
 impl Topology {
     /// Regions with explicit ports, local defaults for host and secrets.
     pub fn new(regions: Vec<Region>, store_dir: impl Into<PathBuf>) -> Result<Self, TopologyError> {
-        let t = Topology {
+        let t = Self::new_unchecked(regions, store_dir.into());
+        t.validate()?;
+        Ok(t)
+    }
+
+    /// One server per host, named by `host_template` (`{role}`, `{region}`), listening on
+    /// 0.0.0.0 with [`K8S_PORTS`], passwords from the environment ([`Self::password_env`]):
+    /// the shape `k8s/` runs. Stores under `<store_dir>/<region>`.
+    pub fn kubernetes(
+        regions: &[String],
+        host_template: &str,
+        store_dir: impl Into<PathBuf>,
+    ) -> Result<Self, TopologyError> {
+        check_regions(regions)?;
+        let regions = regions
+            .iter()
+            .map(|name| Region {
+                name: name.clone(),
+                ports: K8S_PORTS,
+            })
+            .collect();
+        let mut t = Self::new_unchecked(regions, store_dir.into());
+        t.hosts = Some(Hosts {
+            template: host_template.to_string(),
+            listen: "0.0.0.0".into(),
+        });
+        t.password_env = true;
+        t.validate()?;
+        Ok(t)
+    }
+
+    fn new_unchecked(regions: Vec<Region>, store_dir: PathBuf) -> Self {
+        Topology {
             regions,
-            store_dir: store_dir.into(),
+            store_dir,
             host: "127.0.0.1".into(),
             secrets: Secrets::default(),
             no_auth_user: None,
-        };
-        t.validate()?;
-        Ok(t)
+            hosts: None,
+            password_env: false,
+        }
     }
 
     /// Region `i` (in list order) gets ports `base + 10*i + 0..6`: hub client, hub gateway,
@@ -448,7 +522,8 @@ impl Topology {
                 if p == 0 {
                     return Err(TopologyError::ZeroPort(r.name.clone()));
                 }
-                if !ports.insert(p) {
+                // One host: every port once. One host per server: the template is checked.
+                if self.hosts.is_none() && !ports.insert(p) {
                     return Err(TopologyError::DuplicatePort(p));
                 }
             }
@@ -460,6 +535,20 @@ impl Topology {
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':'));
         if !host_ok {
             return Err(TopologyError::BadHost(self.host.clone()));
+        }
+        if let Some(h) = &self.hosts {
+            let probe = h.template.replace("{role}", "js").replace("{region}", "r");
+            let ok = |s: &str| {
+                !s.is_empty()
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':'))
+            };
+            if !h.template.contains("{region}") || !h.template.contains("{role}") || !ok(&probe) {
+                return Err(TopologyError::BadHost(h.template.clone()));
+            }
+            if !ok(&h.listen) {
+                return Err(TopologyError::BadHost(h.listen.clone()));
+            }
         }
         let secrets = self.secrets.all();
         for (i, (what, secret)) in secrets.iter().enumerate() {
@@ -494,10 +583,36 @@ impl Topology {
 
     /// `host:port`, with IPv6 literals bracketed.
     fn addr(&self, port: u16) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{port}", self.host)
+        join_host_port(&self.host, port)
+    }
+
+    /// What a server listens on.
+    fn listen_addr(&self, port: u16) -> String {
+        match &self.hosts {
+            Some(h) => join_host_port(&h.listen, port),
+            None => self.addr(port),
+        }
+    }
+
+    /// Where others dial a server of `region` (`role`: `hub` or `js`).
+    fn dial_addr(&self, role: &str, region: &str, port: u16) -> String {
+        match &self.hosts {
+            Some(h) => join_host_port(
+                &h.template
+                    .replace("{role}", role)
+                    .replace("{region}", region),
+                port,
+            ),
+            None => self.addr(port),
+        }
+    }
+
+    /// A password as a config value: quoted, or a `$VAR` reference ([`Self::password_env`]).
+    fn password_value(&self, what: &str, literal: &str) -> String {
+        if self.password_env {
+            format!("${}", password_var(what))
         } else {
-            format!("{}:{port}", self.host)
+            format!("\"{literal}\"")
         }
     }
 
@@ -505,7 +620,7 @@ impl Topology {
     pub fn js_url(&self, region: &str) -> Result<String, TopologyError> {
         Ok(format!(
             "nats://{}",
-            self.addr(self.region(region)?.ports.js_client)
+            self.dial_addr("js", region, self.region(region)?.ports.js_client)
         ))
     }
 
@@ -513,7 +628,7 @@ impl Topology {
     pub fn hub_url(&self, region: &str) -> Result<String, TopologyError> {
         Ok(format!(
             "nats://{}",
-            self.addr(self.region(region)?.ports.hub_client)
+            self.dial_addr("hub", region, self.region(region)?.ports.hub_client)
         ))
     }
 
@@ -528,9 +643,9 @@ impl Topology {
     fn accounts(&self, out: &mut String, jetstream: bool) {
         let _ = write!(
             out,
-            "accounts {{\n  SYS {{ users: [ {{ user: \"sys\", password: \"{sys}\" }} ] }}\n  \
+            "accounts {{\n  SYS {{ users: [ {{ user: \"sys\", password: {sys} }} ] }}\n  \
              VETO {{\n",
-            sys = self.secrets.system_password,
+            sys = self.password_value("system", &self.secrets.system_password),
         );
         if jetstream {
             out.push_str("    jetstream: enabled\n");
@@ -539,9 +654,9 @@ impl Topology {
         for user in NatsUser::ALL {
             let _ = write!(
                 out,
-                "      {{\n        user: \"{}\"\n        password: \"{}\"\n",
+                "      {{\n        user: \"{}\"\n        password: {}\n",
                 user.name(),
-                self.secrets.password(user)
+                self.password_value(user.name(), self.secrets.password(user))
             );
             if let Some(p) = user.permissions() {
                 out.push_str("        permissions: {\n");
@@ -585,9 +700,9 @@ impl Topology {
             region,
         );
         let _ = writeln!(out, "server_name: \"{}\"", hub_server_name(region));
-        let _ = writeln!(out, "listen: \"{}\"", self.addr(r.ports.hub_client));
+        let _ = writeln!(out, "listen: \"{}\"", self.listen_addr(r.ports.hub_client));
         if let Some(m) = r.ports.hub_monitor {
-            let _ = writeln!(out, "http: \"{}\"", self.addr(m));
+            let _ = writeln!(out, "http: \"{}\"", self.listen_addr(m));
         }
         out.push('\n');
         self.accounts(&mut out, false);
@@ -595,14 +710,14 @@ impl Topology {
             out,
             "\n# The super-cluster: one gateway per region, named after it.\n\
              gateway {{\n  name: \"{region}\"\n  listen: \"{}\"\n  gateways: [\n",
-            self.addr(r.ports.hub_gateway)
+            self.listen_addr(r.ports.hub_gateway)
         );
         for other in self.regions.iter().filter(|o| o.name != region) {
             let _ = writeln!(
                 out,
                 "    {{ name: \"{}\", urls: [ \"nats://{}\" ] }}",
                 other.name,
-                self.addr(other.ports.hub_gateway)
+                self.dial_addr("hub", &other.name, other.ports.hub_gateway)
             );
         }
         let _ = write!(
@@ -610,9 +725,9 @@ impl Topology {
             "  ]\n}}\n\n\
              # This region's JetStream server (domain {region:?}) attaches here.\n\
              leafnodes {{\n  listen: \"{}\"\n  authorization {{\n    users: [\n      \
-             {{ user: \"leaf\", password: \"{}\", account: \"VETO\" }}\n    ]\n  }}\n}}\n",
-            self.addr(r.ports.hub_leafnode),
-            self.secrets.leaf_password,
+             {{ user: \"leaf\", password: {}, account: \"VETO\" }}\n    ]\n  }}\n}}\n",
+            self.listen_addr(r.ports.hub_leafnode),
+            self.password_value("leaf", &self.secrets.leaf_password),
         );
         Ok(out)
     }
@@ -623,36 +738,61 @@ impl Topology {
         let mut out = String::new();
         Self::header(&mut out, "JetStream server (leaf node of the hub)", region);
         let _ = writeln!(out, "server_name: \"{}\"", js_server_name(region));
-        let _ = writeln!(out, "listen: \"{}\"", self.addr(r.ports.js_client));
+        let _ = writeln!(out, "listen: \"{}\"", self.listen_addr(r.ports.js_client));
         if let Some(m) = r.ports.js_monitor {
-            let _ = writeln!(out, "http: \"{}\"", self.addr(m));
+            let _ = writeln!(out, "http: \"{}\"", self.listen_addr(m));
         }
         out.push('\n');
         self.accounts(&mut out, true);
+        let hub = self.dial_addr("hub", region, r.ports.hub_leafnode);
+        let remote = if self.password_env {
+            // A URL carries its password: the whole URL comes from the environment.
+            format!(
+                "# ${LEAF_URL_VAR} = nats://leaf:<{}>@{hub}\n    {{ url: ${LEAF_URL_VAR}, account: \"VETO\" }}",
+                password_var("leaf")
+            )
+        } else {
+            format!(
+                "{{ url: \"nats://leaf:{}@{hub}\", account: \"VETO\" }}",
+                self.secrets.leaf_password
+            )
+        };
         let _ = write!(
             out,
             "\n# Its own domain: no meta group shared with other regions.\n\
              jetstream {{\n  domain: \"{region}\"\n  store_dir: \"{}\"\n}}\n\n\
              # Only the application account is bridged to the hub.\n\
-             leafnodes {{\n  remotes: [\n    \
-             {{ url: \"nats://leaf:{}@{}\", account: \"VETO\" }}\n  ]\n}}\n",
+             leafnodes {{\n  remotes: [\n    {remote}\n  ]\n}}\n",
             self.store_of(region).display(),
-            self.secrets.leaf_password,
-            self.addr(r.ports.hub_leafnode),
         );
         Ok(out)
     }
 
     /// Every file of the topology: `(file name, text)`, `<region>-hub.conf`,
-    /// `<region>-js.conf` per region, then `ports.env`.
+    /// `<region>-js.conf` per region, then `ports.env`; with [`Self::hosts`] (one host per
+    /// server) `<region>/nats/hub.conf` and `<region>/nats/js.conf` per region only (the
+    /// layout of `k8s/overlays/`).
     pub fn files(&self) -> Result<Vec<(String, String)>, TopologyError> {
         self.validate()?;
         let mut files = Vec::with_capacity(self.regions.len() * 2 + 1);
         for r in &self.regions {
-            files.push((format!("{}-hub.conf", r.name), self.hub_config(&r.name)?));
-            files.push((format!("{}-js.conf", r.name), self.js_config(&r.name)?));
+            let (hub, js) = if self.hosts.is_some() {
+                (
+                    format!("{}/nats/hub.conf", r.name),
+                    format!("{}/nats/js.conf", r.name),
+                )
+            } else {
+                (
+                    format!("{}-hub.conf", r.name),
+                    format!("{}-js.conf", r.name),
+                )
+            };
+            files.push((hub, self.hub_config(&r.name)?));
+            files.push((js, self.js_config(&r.name)?));
         }
-        files.push(("ports.env".into(), self.ports_env()));
+        if self.hosts.is_none() {
+            files.push(("ports.env".into(), self.ports_env()));
+        }
         Ok(files)
     }
 
@@ -694,6 +834,14 @@ impl Topology {
     }
 }
 
+fn join_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
 fn env_key(region: &str) -> String {
     region
         .chars()
@@ -714,6 +862,9 @@ pub fn write_files(t: &Topology, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
         .into_iter()
         .map(|(name, text)| {
             let path = dir.join(name);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
             std::fs::write(&path, text).map(|()| path)
         })
         .collect()

@@ -37,6 +37,14 @@ pub struct TopologyArgs {
     /// Address every server listens on and dials.
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
+    /// One host per server instead of --host (Kubernetes): `{role}` (hub, js) and `{region}`
+    /// are replaced, e.g. 'nats-{role}.veto-{region}.svc.cluster.local'. Servers listen on
+    /// 0.0.0.0 with nats-server's default ports (client 4222, gateway 7222, leaf node 7422,
+    /// monitoring 8222), passwords are `$VETO_NATS_<USER>_PASSWORD` environment references
+    /// (the leaf remote: `$VETO_NATS_LEAF_URL`), and the files are <region>/nats/hub.conf and
+    /// <region>/nats/js.conf (no ports.env); --base-port, --host and the passwords are unused.
+    #[arg(long, value_name = "TEMPLATE", conflicts_with = "host")]
+    host_template: Option<String>,
     /// Password of the hubs' leaf-node user ([A-Za-z0-9._~-]).
     #[arg(long, env = "VETO_NATS_LEAF_PASSWORD", hide_env_values = true)]
     leaf_password: Option<String>,
@@ -116,9 +124,14 @@ pub async fn run(cmd: NatsCommand) -> Result<(), Failure> {
 
 fn topology(a: TopologyArgs) -> Result<(), Failure> {
     let regions = parse_regions(&a.regions).map_err(|e| usage(format!("--regions: {e}")))?;
-    let mut t = Topology::with_base_port(&regions, a.base_port, a.store)
-        .map_err(|e| usage(e.to_string()))?;
-    t.host = a.host;
+    let mut t = match &a.host_template {
+        Some(template) => Topology::kubernetes(&regions, template, a.store),
+        None => Topology::with_base_port(&regions, a.base_port, a.store),
+    }
+    .map_err(|e| usage(e.to_string()))?;
+    if a.host_template.is_none() {
+        t.host = a.host;
+    }
     let defaults = Secrets::default();
     t.secrets = Secrets {
         leaf_password: a.leaf_password.unwrap_or(defaults.leaf_password),
