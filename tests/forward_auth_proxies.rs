@@ -333,11 +333,18 @@ fn logs(front: &Front, sidecar: &Sidecar, what: &str) -> String {
     )
 }
 
-async fn exercise(kind: Kind) {
+/// The whole story through one proxy; `revoked` is the status veto gives a revoked token
+/// (`authz.revoked_status`: 401, or 403 for `permissiondenied`).
+async fn exercise(kind: Kind, revoked: u16) {
     let started = Instant::now();
-    let nats = NatsServer::start();
+    let mut nats = NatsServer::start();
     let issuer = Issuer::new(Alg::ES256);
-    let mut sidecar = Sidecar::start(&sidecar_config(&issuer, Some(&nats.url()), ""));
+    // A short freshness bound, so that a lost feed turns into veto's 503 within the test.
+    let mut extra = "[revocation]\nmax_staleness = \"2s\"\non_stale = \"deny\"\n".to_string();
+    if revoked == 403 {
+        extra.push_str("[authz]\nrevoked_status = \"permissiondenied\"\n");
+    }
+    let mut sidecar = Sidecar::start(&sidecar_config(&issuer, Some(&nats.url()), &extra));
     sidecar.wait_ready(Duration::from_secs(10)).await;
     let (up, _up) = upstream().await;
     let relay = Relay::start(sidecar.http).await;
@@ -429,7 +436,8 @@ async fn exercise(kind: Kind) {
         }
     }
 
-    // revoke the session: the same token is refused through the proxy within 2 s
+    // revoke the session: the same token is refused through the proxy within 2 s, with the
+    // status veto gives it
     let (code, out, err) = veto(&[
         "revoke",
         "--session",
@@ -443,7 +451,7 @@ async fn exercise(kind: Kind) {
     ]);
     assert_eq!(code, 0, "{out}{err}");
     let took = eventually(Duration::from_secs(2), || async {
-        send(&http, &front, Some(&token), &[], None).await.status == 401
+        send(&http, &front, Some(&token), &[], None).await.status == revoked
     })
     .await
     .unwrap_or_else(|| {
@@ -453,7 +461,8 @@ async fn exercise(kind: Kind) {
         )
     });
     let a = send(&http, &front, Some(&token), &[], None).await;
-    assert_eq!(a.status, 401);
+    assert_eq!(a.status, revoked);
+    assert!(a.upstream_saw().is_none(), "{}", a.body);
     let www = a.www.as_deref().unwrap_or_default();
     assert!(www.contains("error=\"invalid_token\""), "{www}");
     if kind == Kind::Caddy {
@@ -467,6 +476,21 @@ async fn exercise(kind: Kind) {
         "{}",
         logs(&front, &sidecar, "another session")
     );
+
+    // the feed lost: veto answers 503 feed_stale, and so does the proxy, with Retry-After
+    nats.kill();
+    let stale = eventually(Duration::from_secs(8), || async {
+        send(&http, &front, Some(&other), &[], None).await.status == 503
+    })
+    .await
+    .unwrap_or_else(|| panic!("{}", logs(&front, &sidecar, "feed never went stale")));
+    let a = send(&http, &front, Some(&other), &spoof, None).await;
+    assert_eq!(a.status, 503);
+    assert_eq!(a.headers["retry-after"], "1");
+    assert!(a.upstream_saw().is_none(), "{}", a.body);
+    if kind == Kind::Caddy {
+        assert_eq!(a.reason().as_deref(), Some("feed_stale"), "{}", a.body);
+    }
 
     // the sidecar down: first behind a relay that closes the connection, then refused
     sidecar.kill();
@@ -490,17 +514,24 @@ async fn exercise(kind: Kind) {
     println!(
         "{kind:?}: allow 200 with x-user-id=alice at the upstream, forged x-user-id dropped, \
          body not sent to /check; missing/garbage/forged/wrong-aud 401 with veto's challenge; \
-         revoked -> 401 after {took:?}; sidecar down -> {down:?}; whole run {:?}",
+         revoked -> {revoked} after {took:?}; feed lost -> 503 after {stale:?}; \
+         sidecar down -> {down:?}; whole run {:?}",
         started.elapsed()
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_auth_request_in_front_of_veto() {
-    exercise(Kind::Nginx).await;
+    exercise(Kind::Nginx, 401).await;
+}
+
+/// `authz.revoked_status = "permissiondenied"`: nginx's own 403 carries veto's challenge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_passes_veto_403_for_revoked_tokens() {
+    exercise(Kind::Nginx, 403).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn caddy_forward_auth_in_front_of_veto() {
-    exercise(Kind::Caddy).await;
+    exercise(Kind::Caddy, 401).await;
 }
