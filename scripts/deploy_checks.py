@@ -7,10 +7,16 @@ scripts/validate-k8s.sh call it.
   deploy_checks.py dashboard FILE...        Grafana JSON: structure, known metric names, PromQL
                                             parses (every expr becomes a recording rule for
                                             `promtool check rules`)
-  deploy_checks.py k8s FILE...              custom-resource kinds against the schemas below;
-                                            envoy.yaml in ConfigMaps through `envoy --mode
-                                            validate`; PrometheusRule == alerts.yaml; ports and
-                                            names that must agree between the manifests
+  deploy_checks.py k8s FILE...              each FILE one rendered kustomization root (plus
+                                            its generated Secrets): custom-resource kinds
+                                            against the schemas below; envoy.yaml in
+                                            ConfigMaps through `envoy --mode validate`;
+                                            veto.toml / authority.toml (with the container's
+                                            VETO__ env) through `veto check-config`; probe,
+                                            gRPC, NetworkPolicy ports; nats URLs name the
+                                            region's Service; every ConfigMap/Secret a pod
+                                            uses exists; securityContext on every container;
+                                            PrometheusRule == alerts.yaml
   deploy_checks.py crd-kinds                the (kind, apiVersion) pairs checked here, for
                                             validate-k8s.sh to accept kubernetes-validate's
                                             "no schema" warnings for exactly those
@@ -35,7 +41,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 ALERTS = REPO / "deploy/prometheus/alerts.yaml"
-PROMETHEUS_RULE = REPO / "k8s/prometheusrule.yaml"
+PROMETHEUS_RULE = REPO / "k8s/base/monitoring/prometheusrule.yaml"
 SIDECAR_TEMPLATE = REPO / "deploy/envoy/envoy-sidecar.yaml.tmpl"
 
 # The metrics the sidecar and the authority export (DESIGN.md §6). Dashboards and alerts may use only these, so
@@ -46,6 +52,8 @@ COUNTERS = {
     "veto_jwks_refresh_total",
     "veto_stale_decisions_total",
     "veto_authority_key_load_errors_total",
+    "veto_authority_refreshes_total",
+    "veto_authority_home_unavailable_total",
 }
 GAUGES = {
     "veto_feed_staleness_seconds",
@@ -53,13 +61,16 @@ GAUGES = {
     "veto_feed_ready",
     "veto_revocations_held",
     "veto_revocations_over_capacity",
+    "veto_revocations_capacity",
+    "veto_revocations_table_bytes",
     "veto_jwks_keys",
     "veto_authority_signing_keys",
     "veto_authority_next_key_activates_in_seconds",
     "veto_authority_current_key_age_seconds",
     "veto_authority_keys_last_load_ok",
 }
-HISTOGRAMS = {"veto_check_duration_seconds", "veto_revocation_propagation_seconds"}
+HISTOGRAMS = {"veto_check_duration_seconds", "veto_revocation_propagation_seconds",
+              "veto_authority_refresh_seconds"}
 KNOWN_SERIES = COUNTERS | GAUGES | {h + s for h in HISTOGRAMS for s in ("_bucket", "_sum", "_count")}
 
 # ---------------------------------------------------------------------------------------------
@@ -150,6 +161,54 @@ CRD_SCHEMAS: dict[tuple[str, str], dict] = {
             "labels": STR_MAP, "rules": {"type": "array", "items": RULE},
         }, ["name"])},
     }, ["groups"])),
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): resource(obj({
+        "selector": LABEL_SELECTOR,
+        "namespaceSelector": obj({"any": {"type": "boolean"}, "matchNames": STR_LIST}),
+        "jobLabel": STR,
+        "targetLabels": STR_LIST,
+        "podTargetLabels": STR_LIST,
+        "endpoints": {"type": "array", "minItems": 1, "items": {
+            **obj({
+                "port": STR, "targetPort": {"type": ["integer", "string"]},
+                "path": {"type": "string", "pattern": "^/"}, "scheme": {"enum": ["http", "https"]},
+                "interval": DURATION, "scrapeTimeout": DURATION, "honorLabels": {"type": "boolean"},
+                "relabelings": {"type": "array", "items": RELABEL},
+                "metricRelabelings": {"type": "array", "items": RELABEL},
+            }),
+            "anyOf": [{"required": ["port"]}, {"required": ["targetPort"]}],
+        }},
+    }, ["selector", "endpoints"])),
+    # cert-manager (k8s/inject): the fields its Issuer and Certificate use.
+    ("cert-manager.io/v1", "Issuer"): resource({
+        **obj({
+            "selfSigned": obj({"crlDistributionPoints": STR_LIST}),
+            "ca": obj({"secretName": {"type": "string", "minLength": 1},
+                       "crlDistributionPoints": STR_LIST}, ["secretName"]),
+        }),
+        "minProperties": 1, "maxProperties": 1,
+    }),
+    ("cert-manager.io/v1", "Certificate"): resource(obj({
+        "secretName": {"type": "string", "minLength": 1},
+        "commonName": STR,
+        "dnsNames": {"type": "array", "minItems": 1, "items": STR},
+        "issuerRef": obj({"name": STR, "kind": {"enum": ["Issuer", "ClusterIssuer"]},
+                          "group": {"const": "cert-manager.io"}}, ["name"]),
+        "duration": {"type": "string", "pattern": r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"},
+        "renewBefore": {"type": "string", "pattern": r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"},
+        "isCA": {"type": "boolean"},
+        "privateKey": obj({
+            "algorithm": {"enum": ["RSA", "ECDSA", "Ed25519"]},
+            "size": {"type": "integer", "enum": [256, 384, 521, 2048, 3072, 4096, 8192]},
+            "rotationPolicy": {"enum": ["Never", "Always"]},
+            "encoding": {"enum": ["PKCS1", "PKCS8"]},
+        }),
+        "usages": {"type": "array", "items": {"enum": [
+            "signing", "digital signature", "content commitment", "key encipherment",
+            "key agreement", "data encipherment", "cert sign", "crl sign", "encipher only",
+            "decipher only", "any", "server auth", "client auth", "code signing",
+            "email protection", "s/mime", "ipsec end system", "ipsec tunnel", "ipsec user",
+            "timestamping", "ocsp signing", "microsoft sgc", "netscape sgc"]}},
+    }, ["secretName", "issuerRef"])),
     ("networking.istio.io/v1", "ServiceEntry"): resource(obj({
         "hosts": {"type": "array", "minItems": 1, "items": STR},
         "addresses": STR_LIST,
@@ -339,18 +398,136 @@ def alerts_groups() -> list:
 
 
 def cmd_k8s(files: list[str]) -> None:
+    """Each FILE is one rendered kustomization root (`kubectl kustomize DIR`, with the Secrets
+    scripts/k8s-secrets.sh generates for it appended when it has any): references resolve
+    within that file, as they would in the cluster it is applied to."""
     failures = Failures()
-    docs = load_docs(files)
     template = yaml.safe_load(string.Template(SIDECAR_TEMPLATE.read_text()).substitute(
         LISTEN_PORT=1, ADMIN_PORT=2, AUTHZ_PORT=3, UPSTREAM_PORT=4))
-    veto_configs: dict[str, dict] = {}
-    envoy_configs: dict[str, dict] = {}
     providers: dict[str, dict] = {}
     service_entries: dict[tuple[str, int], str] = {}
     custom_policies: list[tuple[str, str]] = []
-    checked = 0
+    veto_ports: dict[str, tuple[int, int]] = {}
+    checked = total = 0
+    for file in files:
+        docs = [d for _, d in load_docs([file])]
+        total += len(docs)
+        checked += check_render(file, docs, template, failures, providers, service_entries,
+                                custom_policies, veto_ports)
+    for where, provider in custom_policies:
+        grpc = providers.get(provider)
+        if grpc is None:
+            failures.add(where, f"provider {provider!r} is not in any mesh extensionProviders")
+        elif (grpc["service"], int(grpc["port"])) not in service_entries:
+            failures.add(where, f"provider {provider!r} points at {grpc['service']}:{grpc['port']}, no ServiceEntry has it")
+    for where, (grpc_port, http_port) in veto_ports.items():
+        for name, prov in providers.items():
+            want = grpc_port if prov["flavour"] == "envoyExtAuthzGrpc" else http_port
+            if int(prov["port"]) != want:
+                what = "[grpc]" if prov["flavour"] == "envoyExtAuthzGrpc" else "[http]"
+                failures.add(where, f"mesh provider {name} port {prov['port']} is not veto's {what} port {want}")
+    failures.exit(f"k8s cross-checks OK ({len(files)} renders, {total} resources, "
+                  f"{checked} custom resources schema-checked)")
 
-    for file, doc in docs:
+
+# MeshConfig.extensionProviders entries of the ext_authz kinds, with the fields Istio has
+# (istio.mesh.v1alpha1): the gRPC provider has no header lists.
+_EXT_AUTHZ_COMMON = {
+    "service": STR, "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+    "timeout": DURATION | {"pattern": r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"},
+    "failOpen": {"type": "boolean"}, "clearRouteCache": {"type": "boolean"},
+    "statusOnError": {"type": "string", "pattern": "^[1-5][0-9][0-9]$"},
+    "includeRequestBodyInCheck": obj({"maxRequestBytes": {"type": "integer"},
+                                      "allowPartialMessage": {"type": "boolean"},
+                                      "packAsBytes": {"type": "boolean"}}),
+}
+MESH_PROVIDER = obj({
+    "name": STR,
+    "envoyExtAuthzGrpc": obj(_EXT_AUTHZ_COMMON, ["service", "port"]),
+    "envoyExtAuthzHttp": obj({
+        **_EXT_AUTHZ_COMMON, "pathPrefix": {"type": "string", "pattern": "^/"},
+        "includeRequestHeadersInCheck": STR_LIST, "includeAdditionalHeadersInCheck": STR_MAP,
+        "headersToUpstreamOnAllow": STR_LIST, "headersToDownstreamOnDeny": STR_LIST,
+        "headersToDownstreamOnAllow": STR_LIST,
+    }, ["service", "port"]),
+}, ["name"])
+
+POD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
+# Secrets a pod may name without the render holding them: none; the overlays' Secrets come
+# from scripts/k8s-secrets.sh, whose output validate-k8s.sh appends to each render (their
+# names: docs/kubernetes.md). cert-manager Certificates' spec.secretName count as present.
+GENERATED_SECRETS = {"veto-nats-servers", "veto-nats-sidecar", "veto-nats-authority",
+                     "veto-nats-operator", "veto-authority-keys", "veto-authority"}
+VETO_CONFIG_KEYS = ("veto.toml", "authority.toml")
+
+
+def ns_of(doc: dict) -> str:
+    return doc.get("metadata", {}).get("namespace", "")
+
+
+def effective_veto_config(text: str, env: list[dict]) -> dict:
+    """veto's config as the process sees it: the TOML plus VETO__SECTION__KEY overrides."""
+    cfg = tomllib.loads(text)
+    for e in env:
+        name = e.get("name", "")
+        if name.startswith("VETO__") and "value" in e:
+            parts = name[len("VETO__"):].lower().split("__")
+            node = cfg
+            for p in parts[:-1]:
+                node = node.setdefault(p, {})
+            node[parts[-1]] = e["value"]
+    return cfg
+
+
+def veto_check_config(text: str, env: list[dict], failures: Failures, where: str) -> None:
+    """`veto check-config` on the effective config, when a veto binary is at hand."""
+    veto = os.environ.get("VETO_BIN") or str(REPO / "target/debug/veto")
+    if not os.access(veto, os.X_OK):
+        return
+    with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
+        f.write(text)
+    try:
+        extra = {e["name"]: e["value"] for e in env if e.get("name", "").startswith("VETO__") and "value" in e}
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("VETO__")}
+        r = subprocess.run([veto, "check-config", "--config", f.name], capture_output=True,
+                           text=True, env={**clean, **extra})
+        if r.returncode != 0:
+            failures.add(where, "veto check-config failed:\n" + r.stdout + r.stderr)
+    finally:
+        os.unlink(f.name)
+
+
+def service_for(url: str, pod_ns: str, services: dict) -> tuple[str, str, int] | None:
+    """nats://[user:pass@]host:port → (namespace, name, port) of the in-cluster Service it
+    names (`name`, `name.ns`, `name.ns.svc[.cluster.local]`), or None for another host."""
+    m = re.match(r"^[a-z]+://(?:[^@/]*@)?([^:/]+):(\d+)$", url)
+    if not m:
+        return None
+    host, port = m.group(1), int(m.group(2))
+    parts = host.split(".")
+    if len(parts) == 1:
+        return (pod_ns, parts[0], port)
+    if len(parts) == 2 or parts[2:] in (["svc"], ["svc", "cluster", "local"]):
+        return (parts[1], parts[0], port)
+    return None
+
+
+def check_render(file: str, docs: list[dict], template: dict, failures: Failures,
+                 providers: dict, service_entries: dict, custom_policies: list,
+                 veto_ports: dict) -> int:
+    checked = 0
+    configmaps = {(ns_of(d), d["metadata"]["name"]): d.get("data", {}) for d in docs if d.get("kind") == "ConfigMap"}
+    secrets: dict[tuple[str, str], set | None] = {
+        (ns_of(d), d["metadata"]["name"]): set((d.get("data") or {}) | (d.get("stringData") or {}))
+        for d in docs if d.get("kind") == "Secret"}
+    for d in docs:
+        if d.get("kind") == "Certificate" and d.get("spec", {}).get("secretName"):
+            secrets[(ns_of(d), d["spec"]["secretName"])] = None  # keys: cert-manager's
+    services = {(ns_of(d), d["metadata"]["name"]): d for d in docs if d.get("kind") == "Service"}
+    envoy_configs: dict[tuple[str, str], dict] = {}
+    pods: list[tuple[str, dict, dict]] = []  # (where, workload doc, pod template)
+
+    for doc in docs:
         kind, api = doc.get("kind"), doc.get("apiVersion")
         name = doc.get("metadata", {}).get("name", "?")
         where = f"{file} {kind}/{name}"
@@ -360,21 +537,24 @@ def cmd_k8s(files: list[str]) -> None:
             for err in sorted(jsonschema.Draft202012Validator(schema).iter_errors(doc), key=str):
                 path = ".".join(str(p) for p in err.absolute_path)
                 failures.add(where, f"{path}: {err.message}")
+        if '"REGION"' in json.dumps(doc):
+            failures.add(where, "holds the placeholder REGION: the overlay did not patch it")
         if kind == "ConfigMap":
             data = doc.get("data", {})
-            if "veto.toml" in data:
-                try:
-                    cfg = tomllib.loads(data["veto.toml"])
-                    veto_configs[name] = cfg
-                    for key in ("grpc", "http", "issuers", "nats", "revocation"):
-                        if key not in cfg:
-                            failures.add(where, f"veto.toml has no [{key}]")
-                except tomllib.TOMLDecodeError as e:
-                    failures.add(where, f"veto.toml is not TOML: {e}")
+            for key in VETO_CONFIG_KEYS:
+                if key in data:
+                    try:
+                        cfg = tomllib.loads(data[key])
+                        wanted = ("grpc", "http", "issuers", "nats", "revocation") if key == "veto.toml" else ("http", "nats", "authority")
+                        for section in wanted:
+                            if section not in cfg:
+                                failures.add(where, f"{key} has no [{section}]")
+                    except tomllib.TOMLDecodeError as e:
+                        failures.add(where, f"{key} is not TOML: {e}")
             if "envoy.yaml" in data:
                 envoy_validate(data["envoy.yaml"], failures, where)
                 cfg = yaml.safe_load(data["envoy.yaml"])
-                envoy_configs[name] = cfg
+                envoy_configs[(ns_of(doc), name)] = cfg
                 # The security-relevant filters must not drift from the tested template.
                 want, got = http_filters(template, "ingress"), http_filters(cfg, "ingress")
                 for filt in ("envoy.filters.http.header_mutation", "envoy.filters.http.ext_authz"):
@@ -383,12 +563,18 @@ def cmd_k8s(files: list[str]) -> None:
             if "mesh" in data:
                 mesh = yaml.safe_load(data["mesh"]) or {}
                 for p in mesh.get("extensionProviders", []):
-                    grpc = p.get("envoyExtAuthzGrpc")
-                    if grpc is None:
-                        continue
-                    providers[p["name"]] = grpc
-                    if grpc.get("failOpen", False):
-                        failures.add(where, f"provider {p['name']} fails open; DESIGN.md §2 wants fail closed")
+                    for err in sorted(jsonschema.Draft202012Validator(MESH_PROVIDER).iter_errors(p), key=str):
+                        path = ".".join(str(x) for x in err.absolute_path)
+                        failures.add(where, f"mesh extensionProviders {p.get('name')}: {path}: {err.message}")
+                    for flavour in ("envoyExtAuthzGrpc", "envoyExtAuthzHttp"):
+                        prov = p.get(flavour)
+                        if prov is None:
+                            continue
+                        providers[p["name"]] = {**prov, "flavour": flavour}
+                        if prov.get("failOpen", False):
+                            failures.add(where, f"provider {p['name']} fails open; DESIGN.md §2 wants fail closed")
+                        if "timeout" not in prov:
+                            failures.add(where, f"provider {p['name']} has no timeout")
         elif kind == "ServiceEntry":
             for host in doc["spec"].get("hosts", []):
                 for port in doc["spec"].get("ports", []):
@@ -403,43 +589,200 @@ def cmd_k8s(files: list[str]) -> None:
             for rule in (r for g in groups for r in g.get("rules", [])):
                 check_metric_names(rule["expr"], failures, where)
             promtool_check_groups(groups, failures, where)
-        elif kind == "Deployment":
-            pod = doc["spec"]["template"]["spec"]
-            mounts = {v["name"]: v.get("configMap", {}).get("name") for v in pod.get("volumes", [])}
-            for c in pod["containers"]:
-                cms = [mounts.get(m["name"]) for m in c.get("volumeMounts", [])]
-                for cm in cms:
-                    if cm and cm not in {d.get("metadata", {}).get("name") for _, d in docs if d.get("kind") == "ConfigMap"}:
-                        failures.add(where, f"container {c['name']} mounts ConfigMap {cm} that is not in k8s/")
-                if c["name"] == "veto":
-                    ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
-                    cfg = next((veto_configs.get(cm) for cm in cms if cm in veto_configs), None)
-                    if cfg is None:
-                        continue
-                    http_port = port_of(cfg["http"]["listen"])
-                    if cfg["http"]["listen"].startswith("127."):
-                        failures.add(where, "veto [http] listens on loopback: kubelet probes and Prometheus cannot reach it")
-                    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-                        port = c.get(probe, {}).get("httpGet", {}).get("port")
-                        if ports.get(port, port) != http_port:
-                            failures.add(where, f"veto {probe} port {port} is not veto's [http] port {http_port}")
-                    envoy_cm = next((cm for cc in pod["containers"] if cc["name"] == "envoy"
-                                     for cm in (mounts.get(m["name"]) for m in cc.get("volumeMounts", []))
-                                     if cm in envoy_configs), None)
-                    if envoy_cm and cluster_port(envoy_configs[envoy_cm], "veto_authz") != port_of(cfg["grpc"]["listen"]):
-                        failures.add(where, "Envoy's veto_authz cluster port is not veto's [grpc] port")
+        elif kind in POD_KINDS:
+            tmpl = doc["spec"]["template"] if kind != "Job" else doc["spec"]["template"]
+            pods.append((where, doc, tmpl))
 
-    for where, provider in custom_policies:
-        grpc = providers.get(provider)
-        if grpc is None:
-            failures.add(where, f"provider {provider!r} is not in any mesh extensionProviders")
-        elif (grpc["service"], int(grpc["port"])) not in service_entries:
-            failures.add(where, f"provider {provider!r} points at {grpc['service']}:{grpc['port']}, no ServiceEntry has it")
-    for name, cfg in veto_configs.items():
-        for grpc in providers.values():
-            if int(grpc["port"]) != port_of(cfg["grpc"]["listen"]):
-                failures.add(f"ConfigMap/{name}", f"mesh provider port {grpc['port']} is not veto's [grpc] port")
-    failures.exit(f"k8s cross-checks OK ({len(docs)} resources, {checked} custom resources schema-checked)")
+    for where, doc, tmpl in pods:
+        check_pod(where, doc, tmpl, configmaps, secrets, services, envoy_configs, failures, veto_ports)
+    for doc in docs:
+        if doc.get("kind") == "NetworkPolicy":
+            check_network_policy(f"{file} NetworkPolicy/{doc['metadata']['name']}", doc, pods, failures)
+    return checked
+
+
+SECURITY = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True}
+
+
+def check_pod(where: str, doc: dict, tmpl: dict, configmaps: dict, secrets: dict, services: dict,
+              envoy_configs: dict, failures: Failures, veto_ports: dict) -> None:
+    ns = ns_of(doc)
+    pod = tmpl["spec"]
+    pod_sc = pod.get("securityContext", {})
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+
+    def need_configmap(cm: str, keys: list[str], what: str) -> None:
+        if (ns, cm) not in configmaps:
+            failures.add(where, f"{what}: ConfigMap {cm} is not in the render")
+            return
+        for k in keys:
+            if k not in configmaps[(ns, cm)]:
+                failures.add(where, f"{what}: ConfigMap {cm} has no key {k}")
+
+    def need_secret(s: str, keys: list[str], what: str) -> None:
+        if (ns, s) not in secrets:
+            # Without scripts/k8s-secrets.sh's output appended, its Secrets may be absent.
+            if s not in GENERATED_SECRETS or any(n in GENERATED_SECRETS for _, n in secrets):
+                failures.add(where, f"{what}: Secret {s} is neither in the render nor one scripts/k8s-secrets.sh makes")
+            return
+        have = secrets[(ns, s)]
+        for k in keys if have is not None else []:
+            if k not in have:
+                failures.add(where, f"{what}: Secret {s} has no key {k}")
+
+    for vname, v in volumes.items():
+        if "configMap" in v:
+            need_configmap(v["configMap"]["name"], [i["key"] for i in v["configMap"].get("items", [])], f"volume {vname}")
+        if "secret" in v:
+            need_secret(v["secret"]["secretName"], [i["key"] for i in v["secret"].get("items", [])], f"volume {vname}")
+    containers = pod.get("containers", []) + pod.get("initContainers", [])
+    for c in containers:
+        cw = f"container {c['name']}"
+        sc = c.get("securityContext", {})
+        for key, want in SECURITY.items():
+            if sc.get(key) is not want:
+                failures.add(where, f"{cw}: securityContext.{key} is not {want}")
+        if not (sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is True):
+            failures.add(where, f"{cw}: runAsNonRoot is not true")
+        if "ALL" not in sc.get("capabilities", {}).get("drop", []):
+            failures.add(where, f"{cw}: capabilities.drop lacks ALL")
+        seccomp = sc.get("seccompProfile", pod_sc.get("seccompProfile", {})).get("type")
+        if seccomp != "RuntimeDefault":
+            failures.add(where, f"{cw}: seccompProfile is {seccomp}, not RuntimeDefault")
+        env = c.get("env", [])
+        for e in env:
+            ref = e.get("valueFrom", {})
+            if "configMapKeyRef" in ref:
+                need_configmap(ref["configMapKeyRef"]["name"], [ref["configMapKeyRef"]["key"]], f"{cw} env {e['name']}")
+            if "secretKeyRef" in ref:
+                need_secret(ref["secretKeyRef"]["name"], [ref["secretKeyRef"]["key"]], f"{cw} env {e['name']}")
+            # A NATS URL (the JetStream server's leaf remote) names a Service of the render.
+            if str(e.get("value", "")).startswith("nats://"):
+                check_service_url(e["value"], ns, services, failures, f"{where} {cw} env {e['name']}")
+        for ef in c.get("envFrom", []):
+            if "configMapRef" in ef:
+                need_configmap(ef["configMapRef"]["name"], [], f"{cw} envFrom")
+            if "secretRef" in ef:
+                need_secret(ef["secretRef"]["name"], [], f"{cw} envFrom")
+        mounted = [volumes.get(m["name"], {}) for m in c.get("volumeMounts", [])]
+        for m in c.get("volumeMounts", []):
+            if m["name"] not in volumes and m["name"] not in {t["metadata"]["name"] for t in doc["spec"].get("volumeClaimTemplates", [])}:
+                failures.add(where, f"{cw} mounts volume {m['name']}, which the pod does not have")
+        ports = {p.get("name"): p["containerPort"] for p in c.get("ports", [])}
+        for key in VETO_CONFIG_KEYS:
+            cm = next((v["configMap"]["name"] for v in mounted if "configMap" in v
+                       and key in configmaps.get((ns, v["configMap"]["name"]), {})), None)
+            if cm is None:
+                continue
+            text = configmaps[(ns, cm)][key]
+            try:
+                cfg = effective_veto_config(text, env)
+            except tomllib.TOMLDecodeError:
+                continue
+            veto_check_config(text, env, failures, f"{where} {cw} ({key})")
+            check_veto_container(where, cw, key, cfg, c, ports, pod, ns, services, failures)
+            if key == "veto.toml":
+                veto_ports[f"{where} {cw}"] = (port_of(cfg.get("grpc", {}).get("listen", "127.0.0.1:9191")),
+                                               port_of(cfg.get("http", {}).get("listen", "127.0.0.1:9192")))
+                envoy_cm = next((cm2 for cc in pod["containers"] if cc["name"] == "envoy"
+                                 for cm2 in ((ns, volumes.get(m["name"], {}).get("configMap", {}).get("name"))
+                                             for m in cc.get("volumeMounts", []))
+                                 if cm2 in envoy_configs), None)
+                if envoy_cm and cluster_port(envoy_configs[envoy_cm], "veto_authz") != port_of(cfg["grpc"]["listen"]):
+                    failures.add(where, "Envoy's veto_authz cluster port is not veto's [grpc] port")
+        # nats-server: every $VETO_NATS_* its config reads is in the environment, and the
+        # JetStream store is on the volume claim.
+        for v in mounted:
+            cm = v.get("configMap", {}).get("name")
+            projected = {i["key"] for i in v.get("configMap", {}).get("items", [])}
+            for k, text in configmaps.get((ns, cm), {}).items() if cm else []:
+                if not k.endswith(".conf") or (projected and k not in projected):
+                    continue
+                names = {e["name"] for e in env}
+                for var in sorted(set(re.findall(r":\s*\$([A-Z0-9_]+)", text))):
+                    if var not in names:
+                        failures.add(where, f"{cw}: {k} reads ${var}, which the container's env lacks")
+                store = re.search(r'store_dir:\s*"([^"]+)"', text)
+                if store:
+                    claims = {t["metadata"]["name"] for t in doc["spec"].get("volumeClaimTemplates", [])}
+                    if not any(m["name"] in claims and (store.group(1) + "/").startswith(m["mountPath"].rstrip("/") + "/")
+                               for m in c.get("volumeMounts", [])):
+                        failures.add(where, f"{cw}: {k} store_dir {store.group(1)} is not on a volume claim")
+
+
+def check_service_url(url: str, ns: str, services: dict, failures: Failures, where: str) -> dict | None:
+    target = service_for(url, ns, services)
+    if target is None:
+        failures.add(where, f"{url.split('@')[-1]} is not a Service of this cluster")
+        return None
+    svc = services.get(target[:2])
+    if svc is None:
+        failures.add(where, f"{url.split('@')[-1]}: no Service {target[1]} in namespace {target[0] or '(default)'} in the render")
+        return None
+    if target[2] not in {p["port"] for p in svc["spec"].get("ports", [])}:
+        failures.add(where, f"{url.split('@')[-1]}: Service {target[1]} has no port {target[2]}")
+    return svc
+
+
+def check_veto_container(where: str, cw: str, key: str, cfg: dict, c: dict, ports: dict, pod: dict,
+                         ns: str, services: dict, failures: Failures) -> None:
+    http = cfg.get("http", {}).get("listen", "127.0.0.1:9192")
+    if http.startswith("127."):
+        failures.add(where, f"{cw}: [http] listens on loopback: kubelet probes and Prometheus cannot reach it")
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        port = c.get(probe, {}).get("httpGet", {}).get("port")
+        if port is None:
+            failures.add(where, f"{cw}: no {probe}")
+        elif ports.get(port, port) != port_of(http):
+            failures.add(where, f"{cw}: {probe} port {port} is not [http] port {port_of(http)}")
+    paths = {c.get(p, {}).get("httpGet", {}).get("path") for p in ("livenessProbe", "readinessProbe")}
+    if paths != {"/healthz", "/readyz"}:
+        failures.add(where, f"{cw}: liveness/readiness probe paths {sorted(map(str, paths))}, want /healthz and /readyz")
+    if key == "authority.toml":
+        api = port_of(cfg.get("authority", {}).get("listen", "0.0.0.0:9280"))
+        if api not in ports.values():
+            failures.add(where, f"{cw}: [authority] listen port {api} is not a containerPort")
+    grace = cfg.get("shutdown", {}).get("grace", "10s")
+    seconds = int(re.fullmatch(r"(\d+)s", grace).group(1)) if re.fullmatch(r"(\d+)s", grace) else 10
+    if pod.get("terminationGracePeriodSeconds", 30) <= seconds:
+        failures.add(where, f"terminationGracePeriodSeconds {pod.get('terminationGracePeriodSeconds', 30)} "
+                            f"does not exceed {cw}'s shutdown.grace {grace}")
+    nats = cfg.get("nats")
+    if nats is None:
+        return
+    for url in str(nats.get("url", "")).split(","):
+        if not url:
+            failures.add(where, f"{cw}: nats.url is empty (the overlay sets VETO__NATS__URL)")
+            continue
+        svc = check_service_url(url.strip(), ns, services, failures, f"{where} {cw} nats.url")
+        if svc is None:
+            continue
+        svc_region = svc["metadata"].get("labels", {}).get("veto/region")
+        if svc_region != nats.get("region"):
+            failures.add(where, f"{cw}: nats.url {url} is region {svc_region}'s Service, nats.region is {nats.get('region')}")
+        if svc["metadata"]["name"] != "nats-js":
+            failures.add(where, f"{cw}: nats.url names {svc['metadata']['name']}, not the region's JetStream server nats-js")
+
+
+def selects(selector: dict, labels: dict) -> bool:
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+def check_network_policy(where: str, doc: dict, pods: list, failures: Failures) -> None:
+    ns = ns_of(doc)
+    sel = doc["spec"].get("podSelector", {})
+    selected = [tmpl for _, w, tmpl in pods if ns_of(w) == ns and selects(sel, tmpl["metadata"].get("labels", {}))]
+    if not selected:
+        if sel.get("matchLabels"):
+            failures.add(where, "podSelector matches no pod of the render")
+        return
+    for rule in doc["spec"].get("ingress", []):
+        for p in rule.get("ports", []):
+            port = p.get("port")
+            ok = any(port in (cp.get("containerPort"), cp.get("name"))
+                     for t in selected for c in t["spec"]["containers"] for cp in c.get("ports", []))
+            if not ok:
+                failures.add(where, f"ingress port {port} is no containerPort of the pods it selects")
 
 
 def cmd_crd_kinds() -> None:
