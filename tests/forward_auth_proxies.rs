@@ -194,8 +194,13 @@ impl Front {
 }
 
 impl Drop for Front {
+    /// SIGTERM first: nginx's master then stops its worker, which a SIGKILL to the master
+    /// would leave running (orphaned, still listening).
     fn drop(&mut self) {
-        self.child.kill();
+        self.child.terminate();
+        if self.child.wait_exit(Duration::from_secs(5)).is_none() {
+            self.child.kill();
+        }
     }
 }
 
@@ -350,7 +355,11 @@ async fn exercise(kind: Kind, revoked: u16) {
     let relay = Relay::start(sidecar.http).await;
     let front = Front::start(kind, relay.port, up.port());
     let http = reqwest::Client::new();
-    let spoof = [("x-user-id", "admin"), ("x-veto-roles", "admin")];
+    let spoof = [
+        ("x-user-id", "admin"),
+        ("x-veto-roles", "admin"),
+        ("cookie", "session=cookie-for-the-app-only"),
+    ];
 
     // valid token: 200, the upstream sees veto's identity, not the client's
     let token = issuer.mint("alice", "sess-1");
@@ -397,6 +406,30 @@ async fn exercise(kind: Kind, revoked: u16) {
         !sent.contains("x-user-id"),
         "x-user-id sent to /check:\n{sent}"
     );
+    assert!(
+        !sent.contains("cookie-for-the-app-only"),
+        "cookie sent to /check"
+    );
+
+    // two Authorization headers: refused, by nginx itself (400) or by veto (401)
+    let second = format!("Bearer {}", issuer.mint("mallory", "sess-m"));
+    let a = send(
+        &http,
+        &front,
+        Some(&token),
+        &[("authorization", &second)],
+        None,
+    )
+    .await;
+    let want = match kind {
+        Kind::Nginx => 400,
+        Kind::Caddy => 401,
+    };
+    assert_eq!(a.status, want, "{}", logs(&front, &sidecar, "two tokens"));
+    assert!(a.upstream_saw().is_none(), "{}", a.body);
+    if kind == Kind::Caddy {
+        assert_eq!(a.reason().as_deref(), Some("malformed"), "{}", a.body);
+    }
 
     // no token: 401 with veto's challenge (no error attribute), never the upstream
     let a = send(&http, &front, None, &spoof, None).await;
