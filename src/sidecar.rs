@@ -646,6 +646,7 @@ mod tests {
         ("veto_jwks_refresh_total", "counter", "JWKS loads by issuer and result.", &["issuer", "result"]),
         ("veto_revocation_events_total", "counter", "Revocation events received, by path (durable/fast) and result.", &["path", "result"]),
         ("veto_revocation_propagation_seconds", "histogram", "Revocation propagation lag: time applied here minus revoked_at at the origin.", &["origin_region", "path"]),
+        ("veto_revocations_capacity", "gauge", "Revocations the sidecar is configured to hold (revocation.max_entries).", &[]),
         ("veto_revocations_held", "gauge", "Live revocations held, by kind.", &["kind"]),
         ("veto_revocations_over_capacity", "gauge", "1 when revocations exceed revocation.max_entries (none are dropped).", &[]),
         ("veto_revocations_table_bytes", "gauge", "Bytes held by the revoked-set tables.", &[]),

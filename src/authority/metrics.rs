@@ -39,7 +39,7 @@ impl AuthorityMetrics {
             refreshes: metrics::counter_vec(
                 r,
                 "veto_authority_refreshes_total",
-                "Refresh requests by result: rotated, coalesced, grace_replay, reuse, revoked, expired, unknown, garbled, inconsistent, unknown_home, late (a forwarded request that reached the home after its deadline).",
+                "Refresh requests by result: rotated, coalesced, grace_replay, reuse, revoked, expired, unknown, garbled, inconsistent, unknown_home, late (a forwarded request that reached the home after its deadline); unavailable (answered 503) and error (other 5xx), counted by the authority that answered the client.",
                 &["result"],
             ),
             refresh_seconds: metrics::histogram_vec(

@@ -376,6 +376,14 @@ impl Service {
         self.metrics
             .refresh_seconds(path)
             .observe(started.elapsed().as_secs_f64());
+        // the 5xx answers, counted where the client got them (VetoAuthorityRefreshErrors)
+        if let Err(e) = &result {
+            match e.status {
+                503 => self.metrics.refresh("unavailable").inc(),
+                500..=599 => self.metrics.refresh("error").inc(),
+                _ => {}
+            }
+        }
         result
     }
 

@@ -17,6 +17,8 @@ pub struct UpkeepMetrics {
     pub table_bytes: prometheus::IntGauge,
     /// `veto_revocations_over_capacity`.
     pub over_capacity: prometheus::IntGauge,
+    /// `veto_revocations_capacity`: `revocation.max_entries`, for a "near the bound" alert.
+    pub capacity: prometheus::IntGauge,
     staleness: prometheus::GaugeVec,
 }
 
@@ -38,6 +40,11 @@ impl UpkeepMetrics {
                 r,
                 "veto_revocations_over_capacity",
                 "1 when revocations exceed revocation.max_entries (none are dropped).",
+            ),
+            capacity: crate::metrics::gauge(
+                r,
+                "veto_revocations_capacity",
+                "Revocations the sidecar is configured to hold (revocation.max_entries).",
             ),
             staleness: crate::metrics::float_gauge_vec(
                 r,
@@ -100,6 +107,8 @@ impl Upkeep {
         m.held(Kind::Token).set(st.tokens as i64);
         m.held(Kind::Subject).set(st.subjects as i64);
         m.table_bytes.set(st.table_bytes as i64);
+        m.capacity
+            .set(i64::try_from(self.max_entries).unwrap_or(i64::MAX));
         let over = st.total() > self.max_entries;
         let was_over = m.over_capacity.get() == 1;
         m.over_capacity.set(i64::from(over));
