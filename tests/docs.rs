@@ -142,12 +142,12 @@ const AUTHORITY_BASE: &str = "[nats]\nurl = \"nats://127.0.0.1:4222\"\nregion = 
 #[test]
 fn every_shipped_toml_snippet_passes_check_config() {
     let all = snippets();
-    // The deploy/nats sidecar snippet and the k8s ConfigMap at least: a found-nothing run
-    // must not pass.
+    // The deploy/nats sidecar snippet at least: a found-nothing run must not pass. (k8s/ keeps
+    // its configs as kustomize files completed by the overlays' VETO__ environment;
+    // scripts/deploy_checks.py runs `veto check-config` on what each container sees.)
     assert!(
         all.iter()
-            .any(|(w, _)| w.starts_with("deploy/nats/README.md"))
-            && all.iter().any(|(w, _)| w.starts_with("k8s/")),
+            .any(|(w, _)| w.starts_with("deploy/nats/README.md")),
         "snippets not found: {:?}",
         all.iter().map(|(w, _)| w).collect::<Vec<_>>()
     );
@@ -269,4 +269,95 @@ async fn the_deploy_snippet_starts_a_ready_sidecar_against_the_topology() {
     })
     .await;
     assert!(denied.is_some(), "revoked in eu, still allowed in us");
+}
+
+/// GitHub's anchor for a Markdown heading: lower case, punctuation dropped (but `-` and `_`),
+/// spaces to `-`.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_'))
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+/// The anchors of every heading of a Markdown text (outside code blocks), with GitHub's `-1`,
+/// `-2` suffixes for repeats.
+fn anchors(text: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut fenced = false;
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+        }
+        if fenced || !line.starts_with('#') {
+            continue;
+        }
+        let base = anchor(line.trim_start_matches('#'));
+        let n = out
+            .iter()
+            .filter(|a| {
+                **a == base
+                    || a.strip_prefix(&format!("{base}-"))
+                        .is_some_and(|s| s.parse::<u32>().is_ok())
+            })
+            .count();
+        out.push(if n == 0 { base } else { format!("{base}-{n}") });
+    }
+    out
+}
+
+#[test]
+fn anchors_follow_github() {
+    assert_eq!(
+        anchors("# A b\n### VetoFeedStale\n```\n# not\n```\n## Exposure window under each `on_stale` policy\n## A b\n"),
+        vec!["a-b", "vetofeedstale", "exposure-window-under-each-on_stale-policy", "a-b-1"]
+    );
+}
+
+/// Every alert of deploy/prometheus/alerts.yaml has its `### <AlertName>` section in
+/// docs/operations.md, every `runbook_url` points at an anchor that exists there, and every
+/// in-page link of the guide resolves.
+#[test]
+fn every_alert_has_a_runbook_section() {
+    let root = repo();
+    let rules = std::fs::read_to_string(root.join("deploy/prometheus/alerts.yaml")).unwrap();
+    let guide = std::fs::read_to_string(root.join("docs/operations.md")).unwrap();
+    let have = anchors(&guide);
+    let alerts: Vec<&str> = rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert:"))
+        .map(str::trim)
+        .collect();
+    assert!(alerts.len() >= 5, "alerts not found: {alerts:?}");
+    let mut missing = Vec::new();
+    for a in &alerts {
+        if !guide.lines().any(|l| l.trim_end() == format!("### {a}")) {
+            missing.push(format!("no `### {a}` section"));
+        }
+    }
+    for l in rules.lines() {
+        let Some(url) = l.trim().strip_prefix("runbook_url:") else {
+            continue;
+        };
+        let url = url.trim().trim_matches('"').trim_matches('\'');
+        match url.split_once("docs/operations.md#") {
+            Some((_, frag)) if have.iter().any(|a| a == frag) => {}
+            Some((_, frag)) => missing.push(format!("runbook_url {url}: no anchor #{frag}")),
+            None => missing.push(format!("runbook_url {url}: not docs/operations.md#...")),
+        }
+    }
+    for (i, _) in guide.match_indices("](#") {
+        let frag: String = guide[i + 3..].chars().take_while(|c| *c != ')').collect();
+        if !have.contains(&frag) {
+            missing.push(format!("in-page link #{frag}: no such heading"));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "docs/operations.md:\n{}",
+        missing.join("\n")
+    );
 }
