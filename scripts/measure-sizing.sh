@@ -18,7 +18,8 @@
 # RSS after the run are printed.
 #
 #   scripts/measure-sizing.sh           build release if needed, 2 rounds x 10 s per load
-#                                       (~1.5 min after the build)
+#                                       (~3 min after the build, most of it minting tokens
+#                                       and the 6 wrk runs)
 # Environment knobs (defaults in brackets):
 #   ROUNDS [2] DURATION [10] (seconds per wrk run) WARMUP [2] THREADS [1] CONNECTIONS [16]
 #   TOKENS [1000] ALG [ES256] NO_BUILD [0] (1 = use the existing target/release/veto)
