@@ -19,7 +19,8 @@
 # Shared by every region (made once, in DIR/shared/, reused for the next regions: one issuer,
 # one key set, one refresh MAC key everywhere; README "Authority"):
 #   veto-authority-keys  the signing key directory: <kid>.ES256.der + <kid>.json, made with
-#                        `veto keys generate` (VETO_BIN, else target/debug/veto, else `veto`)
+#                        `veto keys generate` (VETO_BIN, else target/debug/veto, else `veto`
+#                        on PATH; without one, the same PKCS#8 DER P-256 key from openssl)
 #   veto-authority       admin.token (the admin bearer, 43 chars), refresh.keys (kid=secret)
 # Passwords: 32 random bytes from openssl, base64url (the [A-Za-z0-9._~-] NATS accepts).
 set -euo pipefail
@@ -59,7 +60,6 @@ veto="${VETO_BIN:-}"
 if [[ -z "$veto" ]]; then
     if [[ -x "$REPO/target/debug/veto" ]]; then veto="$REPO/target/debug/veto"; else veto="$(command -v veto || true)"; fi
 fi
-[[ -x "$veto" ]] || { echo "k8s-secrets: no veto binary (set VETO_BIN or cargo build)" >&2; exit 69; }
 
 umask 077
 random() { openssl rand 32 | openssl base64 -A | tr '+/' '-_' | tr -d '='; }
@@ -68,7 +68,13 @@ shared="$out/shared"
 if [[ ! -d "$shared/keys" ]]; then
     mkdir -p "$shared/keys"
     kid="k-$(date -u +%Y-%m-%d)"
-    "$veto" keys generate --alg ES256 --kid "$kid" --out "$shared/keys" --activate-at now >/dev/null
+    if [[ -x "$veto" ]]; then
+        "$veto" keys generate --alg ES256 --kid "$kid" --out "$shared/keys" --activate-at now >/dev/null
+    else
+        openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 2>/dev/null \
+            | openssl pkcs8 -topk8 -nocrypt -outform DER -out "$shared/keys/$kid.ES256.der"
+        printf '{"activate_at":"%s"}\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" >"$shared/keys/$kid.json"
+    fi
     printf '%s' "$(random)" >"$shared/admin.token"
     printf 'r-%s=%s\n' "$(date -u +%Y%m%d)" "$(random)" >"$shared/refresh.keys"
     echo "k8s-secrets: new shared signing key $kid, admin token and refresh MAC key in $shared" >&2
