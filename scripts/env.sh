@@ -7,6 +7,8 @@
 #                         binary itself is exported so tests spawn and signal Envoy directly.
 #   VETO_NATS_SERVER_BIN  nats-server (Debian installs it in /usr/sbin, not on a user's PATH)
 #   PROMTOOL              promtool
+#   PROMETHEUS_BIN        the Prometheus server (tests/prometheus_alerts.rs)
+#   VETO_NGINX_BIN        nginx, VETO_CADDY_BIN caddy (tests/forward_auth_proxies.rs)
 # A variable already set in the environment is kept. Safe to source from an interactive shell:
 # it sets no shell options and returns non-zero (without exiting) when something is missing.
 
@@ -29,6 +31,18 @@ _veto_env() {
     if [[ -z "${PROMTOOL:-}" ]]; then
         PROMTOOL="$(command -v promtool || true)"
         export PROMTOOL
+    fi
+    if [[ -z "${PROMETHEUS_BIN:-}" ]]; then
+        PROMETHEUS_BIN="$(command -v prometheus || true)"
+        export PROMETHEUS_BIN
+    fi
+    if [[ -z "${VETO_NGINX_BIN:-}" ]]; then
+        VETO_NGINX_BIN="$(PATH="$PATH:/usr/sbin" command -v nginx || true)"
+        export VETO_NGINX_BIN
+    fi
+    if [[ -z "${VETO_CADDY_BIN:-}" ]]; then
+        VETO_CADDY_BIN="$(command -v caddy || true)"
+        export VETO_CADDY_BIN
     fi
 
     local missing=0

@@ -30,7 +30,7 @@ const LATENCY: [f64; 14] = [
 
 impl AuthorityMetrics {
     pub fn register(r: &Registry) -> AuthorityMetrics {
-        AuthorityMetrics {
+        let m = AuthorityMetrics {
             sessions_created: metrics::counter(
                 r,
                 "veto_authority_sessions_created_total",
@@ -108,7 +108,17 @@ impl AuthorityMetrics {
                 "Forced-logout push latency: the push sent here minus the revocation's revoked_at at its origin.",
                 LATENCY.to_vec(),
             ),
+        };
+        // The series the refresh alert divides are there, at 0, from the start: a counter
+        // born at its first increment is invisible to rate() (Prometheus has no earlier
+        // sample), so the first 5xx of an outage would not count.
+        for result in ["rotated", "unavailable", "error"] {
+            m.refresh(result);
         }
+        for path in ["local", "forwarded"] {
+            m.refresh_seconds(path);
+        }
+        m
     }
 
     pub fn refresh(&self, result: &str) -> IntCounter {
