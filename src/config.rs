@@ -353,38 +353,14 @@ impl Default for Revocation {
 impl Settings {
     /// Reads `path` (TOML) under `VETO__SECTION__KEY` overrides and validates the result.
     pub fn load(path: &Path) -> Result<Settings, ConfigError> {
-        if !path.is_file() {
-            return Err(bad(
-                "--config",
-                format!("{} is not a readable file", path.display()),
-            ));
-        }
-        let raw = config::Config::builder()
-            .add_source(config::File::from(path).format(config::FileFormat::Toml))
-            .add_source(
-                config::Environment::with_prefix("VETO")
-                    .prefix_separator("__")
-                    .separator("__")
-                    .try_parsing(true)
-                    .list_separator(",")
-                    .with_list_parse_key("issuers")
-                    .with_list_parse_key("nats.regions")
-                    .ignore_empty(true),
-            )
-            .build()
-            .map_err(|e| from_config_error(&e))?;
-        let s: Settings = raw.try_deserialize().map_err(|e| from_config_error(&e))?;
+        let s: Settings = layered(path, &["issuers", "nats.regions"])?;
         s.validate()?;
         Ok(s)
     }
 
     /// Parses TOML text (no environment), for tests.
     pub fn from_toml(text: &str) -> Result<Settings, ConfigError> {
-        let raw = config::Config::builder()
-            .add_source(config::File::from_str(text, config::FileFormat::Toml))
-            .build()
-            .map_err(|e| from_config_error(&e))?;
-        let s: Settings = raw.try_deserialize().map_err(|e| from_config_error(&e))?;
+        let s: Settings = from_toml_text(text)?;
         s.validate()?;
         Ok(s)
     }
@@ -597,6 +573,49 @@ impl Issuer {
             .map(|a| Alg::parse(a).ok_or_else(|| a.clone()))
             .collect()
     }
+}
+
+/// Deserializes `path` (TOML) under `VETO__SECTION__KEY` overrides, without validating:
+/// the one layering every command's settings go through (`list_keys` are the keys whose
+/// environment value is a comma-separated list). Unknown keys are errors where the type says
+/// `deny_unknown_fields`.
+pub(crate) fn layered<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    list_keys: &[&str],
+) -> Result<T, ConfigError> {
+    if !path.is_file() {
+        return Err(bad(
+            "--config",
+            format!("{} is not a readable file", path.display()),
+        ));
+    }
+    let mut env = config::Environment::with_prefix("VETO")
+        .prefix_separator("__")
+        .separator("__")
+        .try_parsing(true)
+        .ignore_empty(true);
+    // with a separator but no list keys, the config crate would split every value
+    if !list_keys.is_empty() {
+        env = env.list_separator(",");
+        for key in list_keys {
+            env = env.with_list_parse_key(key);
+        }
+    }
+    let raw = config::Config::builder()
+        .add_source(config::File::from(path).format(config::FileFormat::Toml))
+        .add_source(env)
+        .build()
+        .map_err(|e| from_config_error(&e))?;
+    raw.try_deserialize().map_err(|e| from_config_error(&e))
+}
+
+/// [`layered`] of TOML text, without the environment (tests).
+pub(crate) fn from_toml_text<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
+    let raw = config::Config::builder()
+        .add_source(config::File::from_str(text, config::FileFormat::Toml))
+        .build()
+        .map_err(|e| from_config_error(&e))?;
+    raw.try_deserialize().map_err(|e| from_config_error(&e))
 }
 
 /// The `config` crate names the key in most of its messages; keep its text as the message

@@ -1,4 +1,5 @@
-//! The sidecar's HTTP listener: forward-auth (`/check`), `/metrics`, `/healthz`, `/readyz`.
+//! The sidecar's HTTP listener: forward-auth (`/check`), `/metrics`, `/healthz`, `/readyz`;
+//! the last three alone ([`admin_router`]) for programs without forward-auth (`veto inject`).
 
 use crate::authz::http::{check, ForwardAuth};
 use crate::readiness::Readiness;
@@ -20,12 +21,16 @@ pub fn router(auth: ForwardAuth, admin: Admin) -> Router {
         .route("/check/", any(check))
         .route("/check/{*rest}", any(check))
         .with_state(auth);
-    let admin = Router::new()
+    checks.merge(admin_router(admin))
+}
+
+/// `/metrics`, `/healthz`, `/readyz`.
+pub fn admin_router(admin: Admin) -> Router {
+    Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state(admin);
-    checks.merge(admin)
+        .with_state(admin)
 }
 
 async fn metrics(State(a): State<Admin>) -> impl IntoResponse {
