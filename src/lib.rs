@@ -35,6 +35,9 @@
 //!   revocations, signing keys and JWKS, OIDC back-channel logout, the region's heartbeat.
 //!   It reuses [`bus`] and [`token`], and embeds the sidecar's feed
 //!   ([`sidecar::Sidecar::run_with`]) for freshness and the applied stream.
+//! - [`inject`]: `veto inject`, the mutating admission webhook that adds the sidecar (and
+//!   Envoy) to pods: pure patch logic, AdmissionReview handling, HTTPS with a reloaded
+//!   certificate.
 //! - [`config`]: layered settings (defaults → TOML file → `VETO__SECTION__KEY`), validated.
 
 #![forbid(unsafe_code)]
@@ -46,6 +49,7 @@ pub mod bus;
 pub mod config;
 pub mod decision;
 pub mod feed;
+pub mod inject;
 pub mod jwks;
 pub mod metrics;
 pub mod readiness;

@@ -38,6 +38,14 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Run the sidecar-injection admission webhook (HTTPS, AdmissionReview v1).
+    Inject {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Only validate the configuration and load the certificate; exit 0 or 64.
+        #[arg(long)]
+        check: bool,
+    },
     /// Publish a revocation event.
     Revoke(Box<cli::RevokeArgs>),
     /// Publish this region's heartbeat every interval until stopped (the regional authority
@@ -75,6 +83,7 @@ fn main() -> ExitCode {
             Command::Sidecar { config } => cli::sidecar(&config).await,
             Command::Authority { config } => cli::authority(&config).await,
             Command::CheckConfig { config } => cli::check_config(&config),
+            Command::Inject { config, check } => cli::inject::run(&config, check).await,
             Command::Revoke(args) => cli::revoke(*args).await,
             Command::Heartbeat(args) => cli::heartbeat(args).await,
             Command::Keys(k) => cli::keys(k),

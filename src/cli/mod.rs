@@ -1,5 +1,6 @@
 //! The subcommands behind `main`.
 
+pub mod inject;
 pub mod nats;
 
 use clap::{Args, Subcommand};
