@@ -22,6 +22,7 @@ PATH="$PATH:/usr/sbin:/usr/local/sbin" command -v nats-server >/dev/null 2>&1 ||
 command -v wrk >/dev/null 2>&1 || missing_pkgs+=(wrk)
 command -v envsubst >/dev/null 2>&1 || missing_pkgs+=(gettext-base)
 command -v jq >/dev/null 2>&1 || missing_pkgs+=(jq) # benchmark scripts
+command -v openssl >/dev/null 2>&1 || missing_pkgs+=(openssl) # scripts/inject-cert.sh, tests/inject.rs
 # the web client's tests and the demo's browser step: node, npm and Debian's Chromium
 command -v node >/dev/null 2>&1 || missing_pkgs+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing_pkgs+=(npm)
