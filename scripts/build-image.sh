@@ -11,7 +11,8 @@
 #
 # Env: VETO_IMAGE (default localhost/veto:<Cargo.toml version>), VETO_IMAGE_STRIP=0 keeps
 # the symbols. Prints the image and binary sizes and the build times; the image id is left in
-# target/veto-image.iid. Replacing an image of the same tag removes the old one (disk).
+# target/veto-image.iid (CARGO_TARGET_DIR is honoured). Replacing an image of the same tag
+# removes the old one (disk).
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
@@ -25,9 +26,10 @@ while (($#)); do
     esac
 done
 # gnu builds for the host (no --target), so it shares target/release with `cargo build --release`
+tdir="${CARGO_TARGET_DIR:-target}"
 case "$libc" in
-    musl) triple=x86_64-unknown-linux-musl; target_args=(--target "$triple"); bin="target/$triple/release/veto" ;;
-    gnu) triple=host; target_args=(); bin=target/release/veto ;;
+    musl) triple=x86_64-unknown-linux-musl; target_args=(--target "$triple"); bin="$tdir/$triple/release/veto" ;;
+    gnu) triple=host; target_args=(); bin="$tdir/release/veto" ;;
     *) echo "build-image: --libc musl or gnu, not '$libc'" >&2; exit 64 ;;
 esac
 
@@ -82,11 +84,11 @@ podman build --quiet --layers=false \
     --build-arg "REVISION=$revision" \
     --build-arg "CREATED=$created" \
     --timestamp "$epoch" \
-    --iidfile target/veto-image.iid \
+    --iidfile "$tdir/veto-image.iid" \
     -t "$IMAGE" \
     -f Containerfile "$stage/context" >/dev/null
 podman_s=$((SECONDS - t1))
-new_id=$(cat target/veto-image.iid)
+new_id=$(cat "$tdir/veto-image.iid")
 new_id=${new_id#sha256:}
 if [[ -n $old_id && $old_id != "$new_id" ]]; then
     podman rmi "$old_id" >/dev/null 2>&1 || log "old image $old_id still in use; not removed"
