@@ -34,6 +34,7 @@ command -v caddy >/dev/null 2>&1 || missing_pkgs+=(caddy)
 command -v podman >/dev/null 2>&1 || missing_pkgs+=(podman)
 command -v buildah >/dev/null 2>&1 || missing_pkgs+=(buildah)
 PATH="$PATH:/usr/sbin" command -v runc >/dev/null 2>&1 || missing_pkgs+=(runc)
+command -v musl-gcc >/dev/null 2>&1 || missing_pkgs+=(musl-tools) # the static veto in the image
 if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
     missing_pkgs+=(python3-venv)
 fi
@@ -47,6 +48,12 @@ if ((${#missing_pkgs[@]})); then
     export DEBIAN_FRONTEND=noninteractive
     $SUDO apt-get update -qq
     $SUDO apt-get install -y -qq --no-install-recommends "${missing_pkgs[@]}" >/dev/null
+fi
+
+# the image's static binary is built for musl (scripts/build-image.sh, docs/container.md)
+if command -v rustup >/dev/null 2>&1 && ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
+    log "rustup target add x86_64-unknown-linux-musl"
+    rustup target add x86_64-unknown-linux-musl
 fi
 
 # Debian's nats-server package starts a system service on 127.0.0.1:4222. Tests

@@ -7,6 +7,7 @@
 # Steps, stopping at the first failure:
 #   cargo fmt --check; cargo clippy --all-targets -D warnings; cargo test --all-targets
 #   scripts/test-web.sh (clients/web: node tests, tsc of the Angular example, Chromium tests)
+#   scripts/build-image.sh + scripts/test-image.sh (the FROM scratch image, run with podman)
 #   promtool check rules + promtool test rules (deploy/prometheus)
 #   Envoy templates rendered with envsubst and `envoy --mode validate`d (deploy/envoy)
 #   Grafana dashboard structure, metric names and PromQL (deploy/grafana)
@@ -69,6 +70,10 @@ if ((run_cargo)); then
     # the web client: node tests, the Angular type-check, real Chromium against the authority
     # (needs target/debug/veto, built by the step above)
     step "web client" scripts/test-web.sh
+    # the container image: the static veto FROM scratch, run with podman against a real
+    # nats-server: allow -> revoke -> deny, clean stop (docs/container.md)
+    step "container image" scripts/build-image.sh
+    step "container smoke test" scripts/test-image.sh
 fi
 step "promtool check rules" "$PROMTOOL" check rules deploy/prometheus/alerts.yaml
 step "promtool test rules" "$PROMTOOL" test rules deploy/prometheus/alerts_test.yaml

@@ -352,7 +352,7 @@ fn native(c: &mut Value, p: &Profile) {
     }
 }
 
-/// The veto sidecar, as in k8s/app-with-veto.yaml: its listeners pinned by environment
+/// The veto sidecar, as in k8s/base/sidecar/deployment.yaml: its listeners pinned by environment
 /// (gRPC on loopback for Envoy, HTTP on the pod IP for kubelet and Prometheus) whatever the
 /// ConfigMap says, so the probes and Envoy's cluster always match.
 fn veto_container(p: &Profile) -> Value {
