@@ -172,6 +172,9 @@ const EXPECTED: &[(&str, Outcome, &str)] = &[
     ("enc.sig_extended", BothReject, "bytes appended to the signature"),
     ("enc.sig_all_zero", BothReject, "an all-zero signature of the right length (ECDSA r = s = 0, CVE-2022-21449)"),
     ("enc.sig_spliced", BothReject, "the signature of another valid token"),
+    ("enc.rsa_sig_short", BothReject, "an RS256 signature whose leading zero byte is dropped (255 bytes for a 2048-bit key, the same integer): both want the modulus length"),
+    ("enc.pss_sig_short", VetoOnlyReject, "a PS256 signature whose leading zero byte is dropped: OpenSSL's PSS verify (PyJWT via cryptography) takes the shorter string for the same integer, veto (aws-lc) wants the modulus length (RFC 8017 §8.1.2 step 1) — another token string for the same token"),
+    ("enc.rsa_sig_zero_prefixed", BothReject, "an RSA signature with a zero byte put in front (257 bytes, the same integer)"),
     ("enc.ecdsa_der", BothReject, "an ECDSA signature in DER instead of JWS's fixed r||s"),
     ("enc.ecdsa_s_negated", BothAccept, "ECDSA (r, n - s): the other valid signature of the same token. Neither enforces low-S; a different token string for the same claims — harmless to veto, whose revocations key on claims (sid/jti/sub), never on the token string"),
     // ---- sizes
@@ -283,6 +286,9 @@ const MUTATIONS: &[&str] = &[
     "enc.sig_all_zero",
     "enc.sig_spliced",
     "enc.ecdsa_der",
+    "enc.rsa_sig_short",
+    "enc.pss_sig_short",
+    "enc.rsa_sig_zero_prefixed",
     "enc.ecdsa_s_negated",
     "size.near_limit",
     "size.at_limit",
@@ -1473,6 +1479,38 @@ impl Gen<'_> {
                     let (r, s) = sig.split_at(sig.len() / 2);
                     let mut out = r.to_vec();
                     out.extend(sub_be(&n, s));
+                    Some(out)
+                })?
+            }
+            "enc.rsa_sig_short" | "enc.pss_sig_short" => {
+                let want = if m == "enc.rsa_sig_short" {
+                    Alg::RS256
+                } else {
+                    Alg::PS256
+                };
+                if alg != want {
+                    return None;
+                }
+                // about one signature in 256 starts with a zero byte
+                let mut c = self.claims();
+                for nonce in 0..20_000u32 {
+                    c.insert("nonce".into(), json!(nonce));
+                    let t = Self::sign(key, &Self::header(key), &c);
+                    let (input, sig) = t.rsplit_once('.').unwrap();
+                    let sig = b64().decode(sig).unwrap();
+                    if sig[0] == 0 {
+                        return Some(format!("{input}.{}", enc(&sig[1..])));
+                    }
+                }
+                panic!("no RSA signature with a leading zero byte in 20000")
+            }
+            "enc.rsa_sig_zero_prefixed" => {
+                if !matches!(alg, Alg::RS256 | Alg::PS256) {
+                    return None;
+                }
+                self.with_sig(key, |sig, _| {
+                    let mut out = vec![0];
+                    out.extend(sig);
                     Some(out)
                 })?
             }
