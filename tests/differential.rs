@@ -1711,6 +1711,7 @@ fn short(t: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn veto_and_pyjwt_disagree_only_as_the_table_says() {
     let started = std::time::Instant::now();
+    python(); // fail before the corpus is built when PyJWT's venv is missing
     let seed = std::env::var("VETO_DIFF_SEED")
         .ok()
         .and_then(|s| s.parse().ok())

@@ -25,6 +25,10 @@ except ImportError as e:  # the Rust side turns this into a clear failure
     print(json.dumps({"ready": False, "error": f"PyJWT is not installed: {e}"}), flush=True)
     sys.exit(3)
 
+if not jwt.algorithms.has_crypto:
+    print(json.dumps({"ready": False, "error": "PyJWT lacks cryptography: install 'pyjwt[crypto]'"}), flush=True)
+    sys.exit(3)
+
 warnings.simplefilter("ignore")
 
 
