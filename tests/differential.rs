@@ -157,7 +157,7 @@ const EXPECTED: &[(&str, Outcome, &str)] = &[
     ("pl.whitespace", BothAccept, "JSON whitespace inside the payload"),
     ("pl.unicode_escape", BothAccept, "claim names written with \\u escapes (\\u0065xp is exp) in both"),
     ("pl.bom", VetoOnlyReject, "a UTF-8 BOM before the payload JSON: Python strips it, serde_json refuses"),
-    ("enc.json_utf16", VetoOnlyReject, "header or payload JSON encoded as UTF-16/32: Python's json.loads(bytes) detects the encoding, veto wants UTF-8 (RFC 8259 §8.1)"),
+    ("enc.json_utf16", VetoOnlyReject, "header or payload JSON encoded as UTF-16 (LE or BE): Python's json.loads(bytes) detects the encoding, veto wants UTF-8 (RFC 8259 §8.1)"),
     // ---- encoding
     ("enc.pad_header_payload", VetoOnlyReject, "base64url padding '=' on the (signed) header or payload: PyJWT accepts trailing '=' (AWS ALB compatibility), veto's base64url is unpadded (RFC 7515 §2)"),
     ("enc.pad_signature", VetoOnlyReject, "padding on the signature segment of an issued token: PyJWT accepts the altered token string, veto does not"),
