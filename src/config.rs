@@ -540,6 +540,21 @@ impl Settings {
                     "tls_cert_file and tls_key_file go together",
                 ));
             }
+            // A missing or unreadable TLS file is a configuration error naming its key, not
+            // a connection failure at run time.
+            for (key, path) in [
+                ("nats.tls_ca_file", &n.tls_ca_file),
+                ("nats.tls_cert_file", &n.tls_cert_file),
+                ("nats.tls_key_file", &n.tls_key_file),
+            ] {
+                if let Some(p) = path {
+                    match std::fs::read_to_string(p) {
+                        Ok(text) if text.contains("-----BEGIN ") => {}
+                        Ok(_) => return Err(bad(key, format!("{}: not a PEM file", p.display()))),
+                        Err(e) => return Err(bad(key, format!("{}: {e}", p.display()))),
+                    }
+                }
+            }
         }
         if self.revocation.max_staleness.is_zero() {
             return Err(bad("revocation.max_staleness", "must be positive"));

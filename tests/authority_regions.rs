@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use support::*;
 use topology_support::LocalTopology;
+use veto::bus::topology::NatsUser;
 use veto::token::Alg;
 
 const REGIONS: [&str; 3] = ["us", "eu", "ap"];
@@ -77,10 +78,12 @@ impl World {
             } else {
                 topo.js_url(r)
             };
+            // As `authority`: the only user that may publish the heartbeats it hosts.
+            let login = topo.nats_login(NatsUser::Authority);
             let nats_extra = if on_hub {
-                format!("[nats]\ndomain = \"{r}\"\ncatchup_after = \"1s\"\n")
+                format!("[nats]\ndomain = \"{r}\"\ncatchup_after = \"1s\"\n{login}")
             } else {
-                "[nats]\ncatchup_after = \"1s\"\n".to_string()
+                format!("[nats]\ncatchup_after = \"1s\"\n{login}")
             };
             let cfg = Authority::config(&kit, &url, r, &REGIONS, o.authority).replacen(
                 "[nats]\n",

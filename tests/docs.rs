@@ -198,7 +198,7 @@ async fn the_deploy_snippet_starts_a_ready_sidecar_against_the_topology() {
     topo.provision_all().await;
     let _beats: Vec<Proc> = ["us", "eu", "ap"]
         .iter()
-        .map(|r| heartbeat(&topo.js_url(r), r))
+        .map(|r| topo.heartbeat(r))
         .collect();
 
     let issuer = Issuer::new(Alg::ES256);

@@ -11,6 +11,7 @@ use support::*;
 use tokio_util::sync::CancellationToken;
 use topology_support::LocalTopology;
 use veto::bus::names::event_subject;
+use veto::bus::topology::NatsUser;
 use veto::revocation::{Kind, RevocationEvent};
 use veto::token::Alg;
 
@@ -519,7 +520,7 @@ async fn catch_up_reads_a_silent_origins_lag_once() {
     let eu = topo.jetstream("eu").await;
     let (stop_us, stop_eu) = (CancellationToken::new(), CancellationToken::new());
     for (region, stop) in [("us", &stop_us), ("eu", &stop_eu)] {
-        let js = topo.jetstream(region).await;
+        let js = topo.jetstream_as(region, NatsUser::Authority).await;
         let stop = stop.clone();
         tokio::spawn(veto::bus::publish::heartbeats(
             js,

@@ -84,10 +84,7 @@ async fn revoke_anywhere_denied_everywhere_through_partitions_and_restarts() {
     let mut topo = LocalTopology::start(&REGIONS);
     topo.wait_linked(Duration::from_secs(20)).await;
     topo.provision_all().await;
-    let mut beats: BTreeMap<&str, Proc> = REGIONS
-        .iter()
-        .map(|r| (*r, heartbeat(&topo.js_url(r), r)))
-        .collect();
+    let mut beats: BTreeMap<&str, Proc> = REGIONS.iter().map(|r| (*r, topo.heartbeat(r))).collect();
     let issuer = Issuer::new(Alg::ES256);
     let mut sidecars: BTreeMap<&str, Sidecar> = BTreeMap::new();
     for r in REGIONS {
@@ -335,10 +332,7 @@ async fn one_cut_region_stays_in_its_region() {
     let mut topo = LocalTopology::start(&REGIONS);
     topo.wait_linked(Duration::from_secs(20)).await;
     topo.provision_all().await;
-    let _beats: Vec<Proc> = REGIONS
-        .iter()
-        .map(|r| heartbeat(&topo.js_url(r), r))
-        .collect();
+    let _beats: Vec<Proc> = REGIONS.iter().map(|r| topo.heartbeat(r)).collect();
     let issuer = Issuer::new(Alg::ES256);
     let mut sidecars: BTreeMap<&str, Sidecar> = BTreeMap::new();
     for r in REGIONS {

@@ -13,7 +13,7 @@ mod topology_support;
 
 use futures::StreamExt;
 use std::time::{Duration, Instant};
-use support::{eventually, heartbeat_with, nats_section, sidecar_config, veto, Issuer, Sidecar};
+use support::{eventually, nats_section, sidecar_config, veto, Issuer, Sidecar};
 use topology_support::{stream, LocalTopology};
 use veto::bus::names::{refresh_subject, AUTHORITY_INBOX_PREFIX, AUTHORITY_QUEUE, SESSION_BUCKET};
 use veto::bus::topology::NatsUser;
@@ -76,7 +76,7 @@ fn revoke(topo: &LocalTopology, region: &str, session: &str) {
         .map(|s| s.to_string())
         .collect();
     args.extend([topo.js_url(region), "--region".into(), region.into()]);
-    args.extend(topo.operator_args());
+    args.extend(topo.login_args(NatsUser::Revoker));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (code, out, err) = veto(&args);
     assert_eq!(code, 0, "veto revoke in {region}: {out}{err}");
@@ -105,10 +105,7 @@ async fn sidecar_users_follow_the_feed_but_never_see_authority_traffic_or_sessio
     .await;
     assert!(wrong.is_err(), "sidecar logged in with another's password");
 
-    let _beats: Vec<_> = ["us", "eu"]
-        .iter()
-        .map(|r| heartbeat_with(&topo.js_url(r), r, &topo.operator_args()))
-        .collect();
+    let _beats: Vec<_> = ["us", "eu"].iter().map(|r| topo.heartbeat(r)).collect();
 
     // A real sidecar in us, logged in as `sidecar`, ensure_stream on (stream info + update):
     // it replays a revocation made before it started and then enforces one made in eu.

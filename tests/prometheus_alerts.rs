@@ -32,6 +32,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use support::*;
 use topology_support::LocalTopology;
+use veto::bus::topology::NatsUser;
 use veto::token::Alg;
 
 const REGIONS: [&str; 3] = ["us", "eu", "ap"];
@@ -253,10 +254,7 @@ async fn shipped_rules_fire_on_a_cut_region_and_resolve_on_heal() {
     let mut topo = LocalTopology::start(&REGIONS);
     topo.wait_linked(Duration::from_secs(20)).await;
     topo.provision_all().await;
-    let _beats: Vec<Proc> = REGIONS
-        .iter()
-        .map(|r| heartbeat(&topo.js_url(r), r))
-        .collect();
+    let _beats: Vec<Proc> = REGIONS.iter().map(|r| topo.heartbeat(r)).collect();
     // a key set the authority alerts call healthy: the current key activated an hour ago
     // (without an activation file it would count from the epoch: VetoAuthorityCurrentKeyOld)
     // and the next one published ahead of its activation (else VetoAuthorityNoNextKey)
@@ -274,7 +272,12 @@ async fn shipped_rules_fire_on_a_cut_region_and_resolve_on_heal() {
     kit.add_key("k2", Alg::ES256, now + 2 * an_hour);
     let mut auth: BTreeMap<&str, Authority> = BTreeMap::new();
     for r in REGIONS {
-        let cfg = Authority::config(&kit, &topo.js_url(r), r, &REGIONS, "");
+        // As `authority`: the only user that may publish the heartbeats it hosts.
+        let cfg = Authority::config(&kit, &topo.js_url(r), r, &REGIONS, "").replacen(
+            "[nats]\n",
+            &format!("[nats]\n{}", topo.nats_login(NatsUser::Authority)),
+            1,
+        );
         auth.insert(r, Authority::start(&cfg));
     }
     let issuer = Issuer::new(Alg::ES256);

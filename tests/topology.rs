@@ -29,7 +29,8 @@ fn shipped_configs_are_generated_and_accepted_by_nats_server() {
         .ok()
         .filter(|p| !p.is_empty())
         .unwrap_or_else(|| "/usr/sbin/nats-server".into());
-    for (name, text) in shipped().files().expect("files") {
+    let topology = shipped();
+    for (name, text) in topology.files().expect("files") {
         let path = deploy.join(&name);
         let on_disk =
             std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -38,18 +39,32 @@ fn shipped_configs_are_generated_and_accepted_by_nats_server() {
             "{name} differs from what `veto nats topology` generates: regenerate deploy/nats \
              (see deploy/nats/README.md)"
         );
+        for p in topology.secrets.all_passwords() {
+            assert!(!text.contains(p), "{name} holds a password");
+        }
+        assert!(
+            !text.contains("password: \""),
+            "{name} holds a literal password"
+        );
         if name.ends_with(".conf") {
-            let out = std::process::Command::new(&bin)
-                .arg("-t")
-                .arg("-c")
-                .arg(&path)
-                .output()
-                .expect("run nats-server -t");
+            // The passwords come from the environment (`<out>/secrets.env`): without it the
+            // server refuses the file.
+            let check = |env: &[(String, String)]| {
+                let mut cmd = std::process::Command::new(&bin);
+                cmd.arg("-t").arg("-c").arg(&path);
+                for (k, _) in topology.secret_vars() {
+                    cmd.env_remove(k);
+                }
+                cmd.envs(env.iter().map(|(k, v)| (k, v)));
+                cmd.output().expect("run nats-server -t")
+            };
+            let out = check(&topology.secret_vars());
             assert!(
                 out.status.success(),
                 "nats-server -t rejects {name}: {}",
                 String::from_utf8_lossy(&out.stderr)
             );
+            assert!(!check(&[]).status.success(), "{name} without its secrets");
         }
     }
 }
@@ -86,9 +101,10 @@ fn kubernetes_configs_are_generated_hold_no_password_and_are_accepted_by_nats_se
             "{name} differs from what `veto nats topology --host-template ...` generates: \
              regenerate k8s/overlays (docs/kubernetes.md)"
         );
-        for local in veto::bus::topology::Secrets::default().all_passwords() {
-            assert!(!text.contains(local), "{name} holds a password");
-        }
+        assert!(
+            !text.contains("password: \""),
+            "{name} holds a literal password"
+        );
         // Without the environment the server refuses the file; with it, accepts it.
         let check = |env: &[(&str, &str)]| {
             let mut cmd = std::process::Command::new(&bin);
@@ -110,11 +126,12 @@ fn kubernetes_configs_are_generated_hold_no_password_and_are_accepted_by_nats_se
 }
 
 /// What the NATS pods' environment holds (k8s/base/nats, from Secret veto-nats-servers).
-const PASSWORD_VARS: [(&str, &str); 6] = [
+const PASSWORD_VARS: [(&str, &str); 7] = [
     ("VETO_NATS_SYSTEM_PASSWORD", "t-sys"),
     ("VETO_NATS_LEAF_PASSWORD", "t-leaf"),
     ("VETO_NATS_SIDECAR_PASSWORD", "t-sidecar"),
     ("VETO_NATS_AUTHORITY_PASSWORD", "t-authority"),
+    ("VETO_NATS_REVOKER_PASSWORD", "t-revoker"),
     ("VETO_NATS_OPERATOR_PASSWORD", "t-operator"),
     ("VETO_NATS_LEAF_URL", "nats://leaf:t-leaf@nats-hub:7422"),
 ];
@@ -392,12 +409,16 @@ async fn regions_source_each_other_without_loops_and_catch_up_after_a_hub_restar
 /// (which reconnects by itself after a server restart).
 fn heartbeats(topo: &LocalTopology, region: &str, shutdown: &tokio_util::sync::CancellationToken) {
     let (url, region, sd) = (topo.js_url(region), region.to_string(), shutdown.clone());
+    let password = topo.topology.secrets.authority_password.clone();
     tokio::spawn(async move {
-        let client = async_nats::ConnectOptions::new()
-            .retry_on_initial_connect()
-            .connect(url)
-            .await
-            .expect("heartbeat client");
+        // As `authority`, the only user that may publish heartbeats (its own inbox prefix).
+        let client =
+            async_nats::ConnectOptions::with_user_and_password("authority".into(), password)
+                .custom_inbox_prefix(veto::bus::names::AUTHORITY_INBOX_PREFIX)
+                .retry_on_initial_connect()
+                .connect(url)
+                .await
+                .expect("heartbeat client");
         let js = jetstream::with_domain(client, &region);
         veto::bus::publish::heartbeats(js, region, Duration::from_millis(250), sd).await;
     });

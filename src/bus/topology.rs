@@ -71,9 +71,12 @@ pub struct Region {
     pub ports: RegionPorts,
 }
 
-/// Passwords of the topology's users. They appear in clear in the generated files (a leaf
-/// remote carries its password in its URL), so they are limited to URL-safe characters, and
-/// they must differ from each other (a shared password would let one user log in as another).
+/// Passwords of the topology's users. Random unless given ([`Secrets::random`]); the
+/// generated configs reference them as environment variables ([`Topology::password_env`], the
+/// default) and [`Topology::secrets_env`] renders that environment, so no config file holds a
+/// password. They are limited to URL-safe characters (a leaf remote carries its password in
+/// its URL) and must differ from each other (a shared password would let one user log in as
+/// another).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Secrets {
     /// Password of user `leaf` (account `VETO`) on the hubs' leaf-node listeners. Whoever has it
@@ -83,84 +86,122 @@ pub struct Secrets {
     pub system_password: String,
     /// Password of user `sidecar` (account `VETO`): follows the revocation feed, nothing else.
     pub sidecar_password: String,
-    /// Password of user `authority` (account `VETO`): refresh traffic, session bucket, publishes.
+    /// Password of user `authority` (account `VETO`): refresh traffic, session bucket,
+    /// revocations and heartbeats.
     pub authority_password: String,
-    /// Password of user `operator` (account `VETO`): no restriction (CLI, provisioning).
+    /// Password of user `revoker` (account `VETO`): `veto revoke` (revocation events only).
+    pub revoker_password: String,
+    /// Password of user `operator` (account `VETO`): provisioning, tools; no heartbeats.
     pub operator_password: String,
 }
 
-impl Default for Secrets {
-    /// Local-only defaults: fine on 127.0.0.1, to be replaced anywhere else.
-    fn default() -> Self {
-        Secrets {
-            leaf_password: "veto-local-leaf".into(),
-            system_password: "veto-local-sys".into(),
-            sidecar_password: "veto-local-sidecar".into(),
-            authority_password: "veto-local-authority".into(),
-            operator_password: "veto-local-operator".into(),
-        }
-    }
+/// Length of a password [`random_password`] makes.
+pub const RANDOM_PASSWORD_LEN: usize = 32;
+
+/// `RANDOM_PASSWORD_LEN` characters of `[A-Za-z0-9]`, the first a letter (nats-server parses a
+/// `$VAR`'s value like config text: a leading digit could make it a number or a size).
+pub fn random_password() -> String {
+    use rand::distr::Alphanumeric;
+    use rand::Rng;
+    const LETTERS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut rng = rand::rng();
+    let first = LETTERS[rng.random_range(0..LETTERS.len())] as char;
+    std::iter::once(first)
+        .chain(
+            (&mut rng)
+                .sample_iter(Alphanumeric)
+                .take(RANDOM_PASSWORD_LEN - 1)
+                .map(char::from),
+        )
+        .collect()
 }
 
 impl Secrets {
+    /// Fresh random passwords for every user ([`random_password`]).
+    pub fn random() -> Self {
+        Secrets {
+            leaf_password: random_password(),
+            system_password: random_password(),
+            sidecar_password: random_password(),
+            authority_password: random_password(),
+            revoker_password: random_password(),
+            operator_password: random_password(),
+        }
+    }
+
     /// The password of an application user.
     pub fn password(&self, user: NatsUser) -> &str {
         match user {
             NatsUser::Sidecar => &self.sidecar_password,
             NatsUser::Authority => &self.authority_password,
+            NatsUser::Revoker => &self.revoker_password,
             NatsUser::Operator => &self.operator_password,
         }
     }
 
     /// Every password, to check that a file holds none of them.
-    pub fn all_passwords(&self) -> [&str; 5] {
+    pub fn all_passwords(&self) -> [&str; 6] {
         self.all().map(|(_, p)| p)
     }
 
     /// Every password with the name [`TopologyError::BadSecret`] gives it.
-    fn all(&self) -> [(&'static str, &str); 5] {
+    fn all(&self) -> [(&'static str, &str); 6] {
         [
             ("leaf password", &self.leaf_password),
             ("system password", &self.system_password),
             ("sidecar password", &self.sidecar_password),
             ("authority password", &self.authority_password),
+            ("revoker password", &self.revoker_password),
             ("operator password", &self.operator_password),
         ]
     }
 }
 
-/// The application users of account `VETO`.
+/// The application users of account `VETO`. Who may write to the bus: revocation events —
+/// `authority` and `revoker`, and `operator`; heartbeats (`veto.revocations.<region>.hb`) —
+/// `authority` only; `sidecar` publishes nothing but JetStream API requests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum NatsUser {
     /// `sidecar`: the revocation feed (JetStream API of every domain, its own inboxes, the
-    /// revocation subjects); no publishing of revocations, no authority subjects or replies, no
-    /// session bucket.
+    /// revocation subjects); no publishing of revocations or heartbeats, no authority subjects
+    /// or replies, no session bucket.
     Sidecar,
-    /// `authority`: serves and sends refresh requests, publishes revocations and heartbeats,
-    /// owns the session bucket; its inbox prefix is `_VETO_AUTHORITY_INBOX`.
+    /// `authority`: serves and sends refresh requests, publishes revocations and heartbeats
+    /// (the authority's own and `veto heartbeat`'s), owns the session bucket; its inbox prefix
+    /// is `_VETO_AUTHORITY_INBOX`.
     Authority,
-    /// `operator`: unrestricted (`veto revoke`, `veto heartbeat`, `veto nats provision`).
+    /// `revoker`: `veto revoke`: publishes revocation events (`veto.revocations.*.ev.>`) and
+    /// reads their acknowledgements on `_INBOX`; nothing else (no heartbeats).
+    Revoker,
+    /// `operator`: `veto nats provision` and tools: anything but heartbeats.
     Operator,
 }
 
 impl NatsUser {
-    pub const ALL: [NatsUser; 3] = [NatsUser::Sidecar, NatsUser::Authority, NatsUser::Operator];
+    pub const ALL: [NatsUser; 4] = [
+        NatsUser::Sidecar,
+        NatsUser::Authority,
+        NatsUser::Revoker,
+        NatsUser::Operator,
+    ];
 
-    /// The user name in the configs (`sidecar`, `authority`, `operator`).
+    /// The user name in the configs (`sidecar`, `authority`, `revoker`, `operator`).
     pub fn name(self) -> &'static str {
         match self {
             NatsUser::Sidecar => "sidecar",
             NatsUser::Authority => "authority",
+            NatsUser::Revoker => "revoker",
             NatsUser::Operator => "operator",
         }
     }
 
-    /// The user's `permissions` block, `None` for an unrestricted user.
+    /// The user's `permissions` block.
     pub fn permissions(self) -> Option<Permissions> {
         match self {
             NatsUser::Sidecar => Some(sidecar_permissions()),
             NatsUser::Authority => Some(authority_permissions()),
-            NatsUser::Operator => None,
+            NatsUser::Revoker => Some(revoker_permissions()),
+            NatsUser::Operator => Some(operator_permissions()),
         }
     }
 }
@@ -178,6 +219,35 @@ impl std::str::FromStr for NatsUser {
             .into_iter()
             .find(|u| u.name() == s)
             .ok_or_else(|| TopologyError::UnknownUser(s.to_string()))
+    }
+}
+
+/// Every region's heartbeat subject (`veto.revocations.*.hb`): the authority's alone.
+pub fn heartbeat_subjects() -> String {
+    format!("{SUBJECT_ROOT}.*.hb")
+}
+
+/// What user `revoker` (`veto revoke`) may do: publish revocation events of any origin
+/// (`veto.revocations.*.ev.>`; `--to` publishes at other regions' origins) and read the
+/// streams' acknowledgements on its `_INBOX`. No heartbeats, no JetStream API, no authority
+/// subjects, no session bucket.
+pub fn revoker_permissions() -> Permissions {
+    Permissions {
+        publish_allow: vec![format!("{SUBJECT_ROOT}.*.ev.>")],
+        publish_deny: vec![heartbeat_subjects()],
+        subscribe_allow: vec!["_INBOX.>".into()],
+        subscribe_deny: vec![],
+        allow_responses: false,
+    }
+}
+
+/// What user `operator` may do: anything (stream provisioning over `$JS.API`, tools, even
+/// revocation events) except publish heartbeats: a heartbeat says "this region has nothing
+/// more to tell", which only the region's authority may say.
+pub fn operator_permissions() -> Permissions {
+    Permissions {
+        publish_deny: vec![heartbeat_subjects()],
+        ..Default::default()
     }
 }
 
@@ -316,9 +386,98 @@ pub struct Topology {
     /// for all; `None` for a local topology.
     pub hosts: Option<Hosts>,
     /// Passwords as nats-server environment-variable references (`password:
-    /// $VETO_NATS_SIDECAR_PASSWORD`, the leaf remote's whole URL as `$VETO_NATS_LEAF_URL`)
-    /// instead of literals: the config holds no secret; the server's environment does.
+    /// $VETO_NATS_SIDECAR_PASSWORD`, the leaf remote's whole URL as `$VETO_NATS_LEAF_URL`, or
+    /// `$VETO_NATS_<REGION>_LEAF_URL` on one host) instead of literals: the config holds no
+    /// secret; the server's environment does ([`Self::secrets_env`]). On by default; off, the
+    /// passwords are written into the configs.
     pub password_env: bool,
+    /// TLS on every client, leaf-node and gateway connection, with these files
+    /// ([`generate_tls`] makes them for local use). `None`: plaintext.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The certificate files of a TLS topology, as the configs name them (absolute paths).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The CA every server and client trusts (`nats.tls_ca_file` of veto).
+    pub ca_file: PathBuf,
+    /// The servers' certificate (server and client auth: gateways and leaf remotes present it
+    /// when they dial).
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+/// Where [`generate_tls`] writes, under a directory: `ca.pem`, `server.pem`, `server-key.pem`.
+pub fn tls_files_in(dir: &Path) -> TlsFiles {
+    TlsFiles {
+        ca_file: dir.join("ca.pem"),
+        cert_file: dir.join("server.pem"),
+        key_file: dir.join("server-key.pem"),
+    }
+}
+
+/// Generates a local CA and one server certificate signed by it (ECDSA P-256, SANs `sans`:
+/// IP addresses or DNS names) into `dir` ([`tls_files_in`]); the keys are mode 0600 and the
+/// CA's private key is not kept (regenerate to reissue). For local use and tests: a deployment
+/// brings its own PKI (cert-manager on Kubernetes).
+pub fn generate_tls(dir: &Path, sans: &[String]) -> std::io::Result<TlsFiles> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+    let err = |e: rcgen::Error| std::io::Error::other(e.to_string());
+    std::fs::create_dir_all(dir)?;
+    let dir = std::path::absolute(dir)?;
+    let files = tls_files_in(&dir);
+    let ca_key = KeyPair::generate().map_err(err)?;
+    let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    ca.distinguished_name
+        .push(DnType::CommonName, "veto nats local CA");
+    let ca_cert = ca.self_signed(&ca_key).map_err(err)?;
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().map_err(err)?;
+    let mut server = CertificateParams::new(sans.to_vec()).map_err(err)?;
+    server
+        .distinguished_name
+        .push(DnType::CommonName, "veto nats server");
+    server.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    server.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let cert = server.signed_by(&key, &issuer).map_err(err)?;
+    std::fs::write(&files.ca_file, ca_cert.pem())?;
+    std::fs::write(&files.cert_file, cert.pem())?;
+    write_private(&files.key_file, &key.serialize_pem())?;
+    Ok(files)
+}
+
+/// Writes a file only its owner may read (0600 on Unix).
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    f.write_all(text.as_bytes())
 }
 
 /// Every server on its own host: what [`Topology::kubernetes`] makes.
@@ -348,8 +507,16 @@ pub fn password_var(what: &str) -> String {
 }
 
 /// The environment variable holding the JetStream server's leaf remote URL
-/// (`nats://leaf:<password>@<hub>:<port>`) with [`Topology::password_env`].
+/// (`nats://leaf:<password>@<hub>:<port>`) with [`Topology::password_env`] and one host per
+/// server (each server has its own environment).
 pub const LEAF_URL_VAR: &str = "VETO_NATS_LEAF_URL";
+
+/// The file [`write_secrets`] writes next to the configs: the servers' environment.
+pub const SECRETS_ENV: &str = "secrets.env";
+
+/// The directory [`write_secrets`] writes one password file per application user into
+/// (`passwords/<user>`, for `nats.password_file` and `--nats-password-file`).
+pub const PASSWORDS_DIR: &str = "passwords";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TopologyError {
@@ -373,7 +540,7 @@ pub enum TopologyError {
     BadSecret(&'static str),
     #[error("{0} and {1} are the same: every user needs its own password")]
     SharedSecret(&'static str, &'static str),
-    #[error("unknown NATS user {0:?} (sidecar, authority or operator)")]
+    #[error("unknown NATS user {0:?} (sidecar, authority, revoker or operator)")]
     UnknownUser(String),
     #[error("host {0:?} is not a plain host name or address")]
     BadHost(String),
@@ -467,10 +634,11 @@ impl Topology {
             regions,
             store_dir,
             host: "127.0.0.1".into(),
-            secrets: Secrets::default(),
+            secrets: Secrets::random(),
             no_auth_user: None,
             hosts: None,
-            password_env: false,
+            password_env: true,
+            tls: None,
         }
     }
 
@@ -616,10 +784,89 @@ impl Topology {
         }
     }
 
+    /// `tls` with [`Self::tls`], else `nats`.
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "tls"
+        } else {
+            "nats"
+        }
+    }
+
+    /// The variable holding `region`'s leaf remote URL ([`Self::password_env`]):
+    /// [`LEAF_URL_VAR`] with one host per server, `VETO_NATS_<REGION>_LEAF_URL` on one host.
+    pub fn leaf_url_var(&self, region: &str) -> String {
+        if self.hosts.is_some() {
+            LEAF_URL_VAR.to_string()
+        } else {
+            format!("VETO_NATS_{}_LEAF_URL", env_key(region))
+        }
+    }
+
+    /// `region`'s leaf remote URL, password included.
+    fn leaf_url(&self, region: &str) -> Result<String, TopologyError> {
+        let r = self.region(region)?;
+        Ok(format!(
+            "{}://leaf:{}@{}",
+            self.scheme(),
+            self.secrets.leaf_password,
+            self.dial_addr("hub", region, r.ports.hub_leafnode)
+        ))
+    }
+
+    /// The environment every server of a [`Self::password_env`] topology needs: `(name,
+    /// value)` of each password variable and each region's leaf URL variable.
+    pub fn secret_vars(&self) -> Vec<(String, String)> {
+        let mut vars = vec![
+            (password_var("system"), self.secrets.system_password.clone()),
+            (password_var("leaf"), self.secrets.leaf_password.clone()),
+        ];
+        for u in NatsUser::ALL {
+            vars.push((password_var(u.name()), self.secrets.password(u).to_string()));
+        }
+        if self.hosts.is_none() {
+            for r in &self.regions {
+                if let Ok(url) = self.leaf_url(&r.name) {
+                    vars.push((self.leaf_url_var(&r.name), url));
+                }
+            }
+        }
+        vars
+    }
+
+    /// [`Self::secret_vars`] as a shell-sourceable file (`set -a; . secrets.env; set +a`
+    /// before starting nats-server).
+    pub fn secrets_env(&self) -> String {
+        let mut out = String::from(
+            "# Veto NATS topology: the servers' secrets. Generated by `veto nats topology`.\n\
+             # Keep private (mode 0600, never committed). nats-server reads them from its\n\
+             # environment: set -a; . ./secrets.env; set +a; nats-server -c <region>-js.conf\n",
+        );
+        for (k, v) in self.secret_vars() {
+            let _ = writeln!(out, "{k}={v}");
+        }
+        out
+    }
+
+    /// The `tls { ... }` block of a listener (or a dialing gateway), `indent` spaces deep.
+    fn tls_block(&self, out: &mut String, indent: usize) {
+        if let Some(t) = &self.tls {
+            let pad = " ".repeat(indent);
+            let _ = write!(
+                out,
+                "{pad}tls {{\n{pad}  cert_file: \"{}\"\n{pad}  key_file: \"{}\"\n{pad}  ca_file: \"{}\"\n{pad}  timeout: 2\n{pad}}}\n",
+                t.cert_file.display(),
+                t.key_file.display(),
+                t.ca_file.display(),
+            );
+        }
+    }
+
     /// URL of a region's JetStream server: what its sidecars use as `nats.url`.
     pub fn js_url(&self, region: &str) -> Result<String, TopologyError> {
         Ok(format!(
-            "nats://{}",
+            "{}://{}",
+            self.scheme(),
             self.dial_addr("js", region, self.region(region)?.ports.js_client)
         ))
     }
@@ -627,7 +874,8 @@ impl Topology {
     /// URL of a region's hub (core NATS only).
     pub fn hub_url(&self, region: &str) -> Result<String, TopologyError> {
         Ok(format!(
-            "nats://{}",
+            "{}://{}",
+            self.scheme(),
             self.dial_addr("hub", region, self.region(region)?.ports.hub_client)
         ))
     }
@@ -680,6 +928,14 @@ impl Topology {
         }
     }
 
+    /// The client listener's `tls` block, if any.
+    fn client_tls(&self, out: &mut String) {
+        if self.tls.is_some() {
+            out.push_str("\n# Clients (sidecars, authorities, CLI) must use TLS and trust the topology's CA.\n");
+            self.tls_block(out, 0);
+        }
+    }
+
     fn header(out: &mut String, what: &str, region: &str) {
         let _ = write!(
             out,
@@ -704,19 +960,23 @@ impl Topology {
         if let Some(m) = r.ports.hub_monitor {
             let _ = writeln!(out, "http: \"{}\"", self.listen_addr(m));
         }
+        self.client_tls(&mut out);
         out.push('\n');
         self.accounts(&mut out, false);
         let _ = write!(
             out,
             "\n# The super-cluster: one gateway per region, named after it.\n\
-             gateway {{\n  name: \"{region}\"\n  listen: \"{}\"\n  gateways: [\n",
+             gateway {{\n  name: \"{region}\"\n  listen: \"{}\"\n",
             self.listen_addr(r.ports.hub_gateway)
         );
+        self.tls_block(&mut out, 2);
+        out.push_str("  gateways: [\n");
         for other in self.regions.iter().filter(|o| o.name != region) {
             let _ = writeln!(
                 out,
-                "    {{ name: \"{}\", urls: [ \"nats://{}\" ] }}",
+                "    {{ name: \"{}\", urls: [ \"{}://{}\" ] }}",
                 other.name,
+                self.scheme(),
                 self.dial_addr("hub", &other.name, other.ports.hub_gateway)
             );
         }
@@ -724,9 +984,14 @@ impl Topology {
             out,
             "  ]\n}}\n\n\
              # This region's JetStream server (domain {region:?}) attaches here.\n\
-             leafnodes {{\n  listen: \"{}\"\n  authorization {{\n    users: [\n      \
-             {{ user: \"leaf\", password: {}, account: \"VETO\" }}\n    ]\n  }}\n}}\n",
+             leafnodes {{\n  listen: \"{}\"\n",
             self.listen_addr(r.ports.hub_leafnode),
+        );
+        self.tls_block(&mut out, 2);
+        let _ = write!(
+            out,
+            "  authorization {{\n    users: [\n      \
+             {{ user: \"leaf\", password: {}, account: \"VETO\" }}\n    ]\n  }}\n}}\n",
             self.password_value("leaf", &self.secrets.leaf_password),
         );
         Ok(out)
@@ -742,18 +1007,32 @@ impl Topology {
         if let Some(m) = r.ports.js_monitor {
             let _ = writeln!(out, "http: \"{}\"", self.listen_addr(m));
         }
+        self.client_tls(&mut out);
         out.push('\n');
         self.accounts(&mut out, true);
         let hub = self.dial_addr("hub", region, r.ports.hub_leafnode);
+        // The remote trusts the topology's CA (and presents the server certificate).
+        let remote_tls = match &self.tls {
+            Some(t) => format!(
+                ",\n      tls {{ cert_file: \"{}\", key_file: \"{}\", ca_file: \"{}\", timeout: 2 }}\n    ",
+                t.cert_file.display(),
+                t.key_file.display(),
+                t.ca_file.display()
+            ),
+            None => " ".into(),
+        };
         let remote = if self.password_env {
             // A URL carries its password: the whole URL comes from the environment.
+            let var = self.leaf_url_var(region);
             format!(
-                "# ${LEAF_URL_VAR} = nats://leaf:<{}>@{hub}\n    {{ url: ${LEAF_URL_VAR}, account: \"VETO\" }}",
+                "# ${var} = {}://leaf:<{}>@{hub}\n    {{ url: ${var}, account: \"VETO\"{remote_tls}}}",
+                self.scheme(),
                 password_var("leaf")
             )
         } else {
             format!(
-                "{{ url: \"nats://leaf:{}@{hub}\", account: \"VETO\" }}",
+                "{{ url: \"{}://leaf:{}@{hub}\", account: \"VETO\"{remote_tls}}}",
+                self.scheme(),
                 self.secrets.leaf_password
             )
         };
@@ -805,6 +1084,9 @@ impl Topology {
         );
         let _ = writeln!(out, "VETO_NATS_REGIONS={}", self.region_names().join(","));
         let _ = writeln!(out, "VETO_NATS_STORE_DIR={}", self.store_dir.display());
+        if let Some(t) = &self.tls {
+            let _ = writeln!(out, "VETO_NATS_TLS_CA_FILE={}", t.ca_file.display());
+        }
         let mut seen = BTreeSet::new();
         for r in &self.regions {
             let key = env_key(&r.name);
@@ -815,9 +1097,10 @@ impl Topology {
             let p = &r.ports;
             let _ = write!(
                 out,
-                "\n# region {name}\nVETO_NATS_{key}_URL=nats://{js}\nVETO_NATS_{key}_HUB_URL=nats://{hub}\n\
+                "\n# region {name}\nVETO_NATS_{key}_URL={scheme}://{js}\nVETO_NATS_{key}_HUB_URL={scheme}://{hub}\n\
                  VETO_NATS_{key}_GATEWAY_PORT={gw}\nVETO_NATS_{key}_LEAFNODE_PORT={leaf}\n",
                 name = r.name,
+                scheme = self.scheme(),
                 js = self.addr(p.js_client),
                 hub = self.addr(p.hub_client),
                 gw = p.hub_gateway,
@@ -868,6 +1151,28 @@ pub fn write_files(t: &Topology, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
             std::fs::write(&path, text).map(|()| path)
         })
         .collect()
+}
+
+/// Writes the secrets of a [`Topology::password_env`] topology into `dir`: [`SECRETS_ENV`]
+/// (the servers' environment) and [`PASSWORDS_DIR`]`/<user>` per application user, all mode
+/// 0600; returns the paths written.
+pub fn write_secrets(t: &Topology, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let passwords = dir.join(PASSWORDS_DIR);
+    std::fs::create_dir_all(&passwords)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&passwords, std::fs::Permissions::from_mode(0o700))?;
+    }
+    let env = dir.join(SECRETS_ENV);
+    write_private(&env, &t.secrets_env())?;
+    let mut written = vec![env];
+    for u in NatsUser::ALL {
+        let p = passwords.join(u.name());
+        write_private(&p, t.secrets.password(u))?;
+        written.push(p);
+    }
+    Ok(written)
 }
 
 #[cfg(test)]
@@ -925,7 +1230,17 @@ mod tests {
         assert!(js.contains("server_name: \"ap-js\""));
         assert!(js.contains("domain: \"ap\""));
         assert!(js.contains("store_dir: \"/tmp/veto-nats/ap\""));
-        assert!(js.contains("url: \"nats://leaf:veto-local-leaf@127.0.0.1:14022\""));
+        assert!(js.contains("{ url: $VETO_NATS_AP_LEAF_URL, account: \"VETO\" }"));
+        assert!(t.secrets_env().contains(&format!(
+            "\nVETO_NATS_AP_LEAF_URL=nats://leaf:{}@127.0.0.1:14022\n",
+            t.secrets.leaf_password
+        )));
+        let mut literal = t.clone();
+        literal.password_env = false;
+        assert!(literal.js_config("ap").unwrap().contains(&format!(
+            "url: \"nats://leaf:{}@127.0.0.1:14022\"",
+            t.secrets.leaf_password
+        )));
         assert!(
             !js.contains("\nno_auth_user:"),
             "the shipped shape has no anonymous user"
@@ -1004,23 +1319,31 @@ mod tests {
     }
 
     #[test]
-    fn three_users_with_permissions_and_no_anonymous_user_unless_asked() {
+    fn four_users_with_permissions_no_password_and_no_anonymous_user_unless_asked() {
         let mut t = three();
         for text in [t.hub_config("us").unwrap(), t.js_config("us").unwrap()] {
             for u in NatsUser::ALL {
                 let entry = format!(
-                    "user: \"{u}\"\n        password: \"{}\"\n",
-                    t.secrets.password(u)
+                    "user: \"{u}\"\n        password: $VETO_NATS_{}_PASSWORD\n",
+                    u.name().to_uppercase()
                 );
                 assert!(text.contains(&entry), "{u}:\n{text}");
             }
+            for p in t.secrets.all_passwords() {
+                assert!(!text.contains(p), "a password in the config");
+            }
             assert!(!text.contains("\nno_auth_user:"));
-            assert_eq!(
-                text.matches("permissions: {").count(),
-                2,
-                "operator has none"
-            );
+            assert_eq!(text.matches("permissions: {").count(), 4);
             assert_eq!(text.matches("allow_responses: true").count(), 1);
+        }
+        let env = t.secrets_env();
+        for u in NatsUser::ALL {
+            let line = format!(
+                "\nVETO_NATS_{}_PASSWORD={}\n",
+                u.name().to_uppercase(),
+                t.secrets.password(u)
+            );
+            assert!(env.contains(&line), "{line}");
         }
         t.no_auth_user = Some(NatsUser::Operator);
         assert!(t
@@ -1028,6 +1351,82 @@ mod tests {
             .unwrap()
             .contains("\nno_auth_user: \"operator\"\n"));
         assert_eq!("sidecar".parse::<NatsUser>(), Ok(NatsUser::Sidecar));
+        assert_eq!("revoker".parse::<NatsUser>(), Ok(NatsUser::Revoker));
+    }
+
+    #[test]
+    fn random_passwords_are_32_alphanumerics_starting_with_a_letter_and_differ() {
+        let a = Secrets::random();
+        let b = Secrets::random();
+        for p in a.all_passwords() {
+            assert_eq!(p.len(), RANDOM_PASSWORD_LEN);
+            assert!(p.bytes().all(|c| c.is_ascii_alphanumeric()), "{p}");
+            assert!(p.as_bytes()[0].is_ascii_alphabetic(), "{p}");
+        }
+        assert_ne!(a, b);
+        assert!(
+            three().validate().is_ok(),
+            "random passwords are valid and distinct"
+        );
+    }
+
+    #[test]
+    fn only_the_authority_publishes_heartbeats_and_only_writers_publish_events() {
+        fn matches(pattern: &str, subject: &str) -> bool {
+            let (mut p, mut s) = (pattern.split('.'), subject.split('.'));
+            loop {
+                match (p.next(), s.next()) {
+                    (Some(">"), Some(_)) => return true,
+                    (Some("*"), Some(_)) => {}
+                    (Some(a), Some(b)) if a == b => {}
+                    (None, None) => return true,
+                    _ => return false,
+                }
+            }
+        }
+        // nats-server: a deny wins; with an allow list, only what it names.
+        let may_publish = |u: NatsUser, subject: &str| {
+            let p = u.permissions().unwrap();
+            (p.publish_allow.is_empty() || p.publish_allow.iter().any(|a| matches(a, subject)))
+                && !p.publish_deny.iter().any(|d| matches(d, subject))
+        };
+        let (ev, hb) = ("veto.revocations.us.ev.e1", "veto.revocations.eu.hb");
+        assert!(may_publish(NatsUser::Authority, ev) && may_publish(NatsUser::Authority, hb));
+        assert!(may_publish(NatsUser::Revoker, ev) && !may_publish(NatsUser::Revoker, hb));
+        assert!(may_publish(NatsUser::Operator, ev) && !may_publish(NatsUser::Operator, hb));
+        assert!(may_publish(
+            NatsUser::Operator,
+            "$JS.API.STREAM.CREATE.VETO_REVOCATIONS_us"
+        ));
+        assert!(!may_publish(NatsUser::Sidecar, ev) && !may_publish(NatsUser::Sidecar, hb));
+        assert!(!may_publish(
+            NatsUser::Revoker,
+            "$JS.API.STREAM.DELETE.VETO_REVOCATIONS_us"
+        ));
+        assert!(!may_publish(NatsUser::Revoker, "veto.authority.us.refresh"));
+    }
+
+    #[test]
+    fn tls_topology_has_tls_on_clients_leafs_and_gateways() {
+        let mut t = three();
+        t.tls = Some(tls_files_in(Path::new("/x/tls")));
+        let hub = t.hub_config("us").unwrap();
+        assert_eq!(
+            hub.matches("tls {").count(),
+            3,
+            "client, gateway, leaf listener:\n{hub}"
+        );
+        assert!(hub.contains("  ca_file: \"/x/tls/ca.pem\"\n"));
+        assert!(hub.contains("{ name: \"eu\", urls: [ \"tls://127.0.0.1:14011\" ] }"));
+        let js = t.js_config("us").unwrap();
+        assert_eq!(js.matches("tls {").count(), 2, "client, leaf remote:\n{js}");
+        assert!(t
+            .secrets_env()
+            .contains("VETO_NATS_US_LEAF_URL=tls://leaf:"));
+        assert_eq!(t.js_url("eu").unwrap(), "tls://127.0.0.1:14013");
+        assert!(t
+            .ports_env()
+            .contains("VETO_NATS_TLS_CA_FILE=/x/tls/ca.pem\n"));
     }
 
     #[test]

@@ -30,6 +30,27 @@ fn unavailable(m: impl Into<String>) -> Failure {
         message: m.into(),
     }
 }
+/// sysexits EX_NOPERM: the NATS user may not do this.
+fn noperm(m: impl Into<String>) -> Failure {
+    Failure {
+        code: 77,
+        message: m.into(),
+    }
+}
+
+/// The first permissions violation the server reports on this connection.
+async fn permission_denied(events: &mut bus::Events) -> String {
+    while let Some(ev) = events.recv().await {
+        if let async_nats::Event::ServerError(e) = ev {
+            let e = e.to_string();
+            if e.to_lowercase().contains("permissions violation") {
+                return e;
+            }
+        }
+    }
+    std::future::pending().await
+}
+
 fn other(m: impl Into<String>) -> Failure {
     Failure {
         code: 1,
@@ -185,7 +206,7 @@ pub async fn revoke(a: RevokeArgs) -> Result<(), Failure> {
         return Err(usage("--event-id: 1-128 characters of [A-Za-z0-9_-]"));
     }
     let cfg = a.bus.connection(a.timeout);
-    let (client, _events) = bus::connect(&cfg, "veto-revoke", Initial::Fail)
+    let (client, mut events) = bus::connect(&cfg, "veto-revoke", Initial::Fail)
         .await
         .map_err(|e| unavailable(format!("{e}")))?;
     let js = bus::jetstream(client.clone(), cfg.domain.as_deref());
@@ -208,7 +229,19 @@ pub async fn revoke(a: RevokeArgs) -> Result<(), Failure> {
         };
         // Another region's origin is reached through the gateways (its stream captures its
         // own subjects); a cut-off region answers no acknowledgement within the timeout.
-        match bus::publish_event(&js, &ev, a.timeout).await {
+        // A user that may not publish revocations gets a permissions violation from the
+        // server (and no acknowledgement): say so at once rather than time out.
+        let published = tokio::select! {
+            r = bus::publish_event(&js, &ev, a.timeout) => r,
+            denied = permission_denied(&mut events) => {
+                return Err(noperm(format!(
+                    "origin {origin}: the server refused the revocation: {denied}; publish as \
+                     a user allowed to (`veto nats topology`'s `revoker`: --nats-user revoker \
+                     --nats-password-file <out>/passwords/revoker)"
+                )));
+            }
+        };
+        match published {
             Ok(bus::Ack {
                 sequence: seq,
                 duplicate: dup,
@@ -259,15 +292,33 @@ pub struct NatsArgs {
         requires = "user"
     )]
     pub(crate) password_file: Option<PathBuf>,
+    /// CA file to trust for a TLS topology (`veto nats topology --tls`: <out>/tls/ca.pem).
+    #[arg(long = "nats-tls-ca-file", env = "VETO_NATS_TLS_CA_FILE")]
+    pub(crate) tls_ca_file: Option<PathBuf>,
 }
 
 impl NatsArgs {
     fn validate(&self) -> Result<(), Failure> {
-        if valid_region(&self.region) {
-            Ok(())
-        } else {
-            Err(usage("--region: 1-64 characters of [A-Za-z0-9_-]"))
+        if !valid_region(&self.region) {
+            return Err(usage("--region: 1-64 characters of [A-Za-z0-9_-]"));
         }
+        self.validate_files()
+    }
+
+    /// The files the flags name exist and can be read (exit 64 naming the flag, rather than
+    /// a connection error later).
+    pub(crate) fn validate_files(&self) -> Result<(), Failure> {
+        for (flag, path) in [
+            ("--nats-password-file", &self.password_file),
+            ("--nats-tls-ca-file", &self.tls_ca_file),
+        ] {
+            if let Some(p) = path {
+                if let Err(e) = std::fs::read(p) {
+                    return Err(usage(format!("{flag} {}: {e}", p.display())));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// How CLI commands connect: the flags' URL, domain and credentials, nothing else.
@@ -277,6 +328,7 @@ impl NatsArgs {
             credentials_file: self.credentials_file.clone(),
             user: self.user.clone(),
             password_file: self.password_file.clone(),
+            tls_ca_file: self.tls_ca_file.clone(),
             ..NatsConnection::plain(self.nats.clone(), connect_timeout)
         }
     }
@@ -296,7 +348,10 @@ pub async fn heartbeat(a: HeartbeatArgs) -> Result<(), Failure> {
         return Err(usage("--interval must be positive"));
     }
     veto::telemetry::init(&veto::config::Log::default());
-    let cfg = a.bus.connection(Duration::from_secs(5));
+    let mut cfg = a.bus.connection(Duration::from_secs(5));
+    // Heartbeats are user `authority`'s alone, whose inboxes (the streams' acknowledgements)
+    // are under its own prefix.
+    cfg.inbox_prefix = Some(veto::bus::names::AUTHORITY_INBOX_PREFIX.to_string());
     // Waits for the server rather than failing: a heartbeat publisher is a long-running
     // service, and its absence is what staleness alerts report.
     let (client, _events) = bus::connect(&cfg, "veto-heartbeat", Initial::Retry)

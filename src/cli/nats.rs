@@ -6,7 +6,9 @@ use clap::{Args, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
 use veto::bus::stream::{Outcome, Plan, ProvisionError};
-use veto::bus::topology::{parse_regions, write_files, NatsUser, Secrets, Topology};
+use veto::bus::topology::{
+    generate_tls, parse_regions, write_files, write_secrets, NatsUser, Secrets, Topology,
+};
 use veto::bus::{self, Initial};
 
 #[derive(Subcommand)]
@@ -40,11 +42,19 @@ pub struct TopologyArgs {
     /// One host per server instead of --host (Kubernetes): `{role}` (hub, js) and `{region}`
     /// are replaced, e.g. 'nats-{role}.veto-{region}.svc.cluster.local'. Servers listen on
     /// 0.0.0.0 with nats-server's default ports (client 4222, gateway 7222, leaf node 7422,
-    /// monitoring 8222), passwords are `$VETO_NATS_<USER>_PASSWORD` environment references
-    /// (the leaf remote: `$VETO_NATS_LEAF_URL`), and the files are <region>/nats/hub.conf and
-    /// <region>/nats/js.conf (no ports.env); --base-port, --host and the passwords are unused.
-    #[arg(long, value_name = "TEMPLATE", conflicts_with = "host")]
+    /// monitoring 8222), the leaf remote is `$VETO_NATS_LEAF_URL`, and the files are
+    /// <region>/nats/hub.conf and <region>/nats/js.conf (no ports.env, no secrets: the
+    /// servers' environment brings them, scripts/k8s-secrets.sh); --base-port, --host and the
+    /// passwords are unused.
+    #[arg(long, value_name = "TEMPLATE", conflicts_with_all = ["host", "tls"])]
     host_template: Option<String>,
+    /// TLS on every client, leaf-node and gateway connection: generates a local CA and a
+    /// server certificate for --host, 127.0.0.1 and localhost into <out>/tls (ca.pem,
+    /// server.pem, server-key.pem); the URLs become tls:// and clients need
+    /// `nats.tls_ca_file = "<out>/tls/ca.pem"` (`--nats-tls-ca-file`). Local use: a
+    /// deployment brings its own certificates.
+    #[arg(long)]
+    tls: bool,
     /// Password of the hubs' leaf-node user ([A-Za-z0-9._~-]).
     #[arg(long, env = "VETO_NATS_LEAF_PASSWORD", hide_env_values = true)]
     leaf_password: Option<String>,
@@ -57,10 +67,13 @@ pub struct TopologyArgs {
     /// Password of user `authority` (refresh traffic, session bucket) ([A-Za-z0-9._~-]).
     #[arg(long, env = "VETO_NATS_AUTHORITY_PASSWORD", hide_env_values = true)]
     authority_password: Option<String>,
-    /// Password of user `operator` (unrestricted: CLI, provisioning) ([A-Za-z0-9._~-]).
+    /// Password of user `revoker` (`veto revoke`: revocation events only) ([A-Za-z0-9._~-]).
+    #[arg(long, env = "VETO_NATS_REVOKER_PASSWORD", hide_env_values = true)]
+    revoker_password: Option<String>,
+    /// Password of user `operator` (provisioning, tools; no heartbeats) ([A-Za-z0-9._~-]).
     #[arg(long, env = "VETO_NATS_OPERATOR_PASSWORD", hide_env_values = true)]
     operator_password: Option<String>,
-    /// Let clients without credentials in as this user (sidecar, authority or operator):
+    /// Let clients without credentials in as this user (sidecar, authority, revoker or operator):
     /// local development and tests only. Without it, anonymous connections are refused.
     #[arg(long, value_name = "USER", value_parser = parse_user)]
     no_auth_user: Option<NatsUser>,
@@ -111,6 +124,9 @@ pub struct ProvisionArgs {
         requires = "user"
     )]
     password_file: Option<PathBuf>,
+    /// CA file to trust for a TLS topology (`veto nats topology --tls`: <out>/tls/ca.pem).
+    #[arg(long = "nats-tls-ca-file", env = "VETO_NATS_TLS_CA_FILE")]
+    tls_ca_file: Option<PathBuf>,
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     timeout: Duration,
 }
@@ -132,18 +148,40 @@ fn topology(a: TopologyArgs) -> Result<(), Failure> {
     if a.host_template.is_none() {
         t.host = a.host;
     }
-    let defaults = Secrets::default();
+    // Passwords not given are random; either way they land in <out>/secrets.env and
+    // <out>/passwords/<user>, never in the configs (environment references).
+    let random = Secrets::random();
     t.secrets = Secrets {
-        leaf_password: a.leaf_password.unwrap_or(defaults.leaf_password),
-        system_password: a.system_password.unwrap_or(defaults.system_password),
-        sidecar_password: a.sidecar_password.unwrap_or(defaults.sidecar_password),
-        authority_password: a.authority_password.unwrap_or(defaults.authority_password),
-        operator_password: a.operator_password.unwrap_or(defaults.operator_password),
+        leaf_password: a.leaf_password.unwrap_or(random.leaf_password),
+        system_password: a.system_password.unwrap_or(random.system_password),
+        sidecar_password: a.sidecar_password.unwrap_or(random.sidecar_password),
+        authority_password: a.authority_password.unwrap_or(random.authority_password),
+        revoker_password: a.revoker_password.unwrap_or(random.revoker_password),
+        operator_password: a.operator_password.unwrap_or(random.operator_password),
     };
     t.no_auth_user = a.no_auth_user;
     t.validate().map_err(|e| usage(e.to_string()))?;
-    let written =
-        write_files(&t, &a.out).map_err(|e| usage(format!("--out {}: {e}", a.out.display())))?;
+    let out_err = |e: std::io::Error| usage(format!("--out {}: {e}", a.out.display()));
+    if a.tls {
+        let mut sans: Vec<String> = Vec::new();
+        for san in [t.host.clone(), "127.0.0.1".into(), "localhost".into()] {
+            if !sans.contains(&san) {
+                sans.push(san);
+            }
+        }
+        t.tls = Some(generate_tls(&a.out.join("tls"), &sans).map_err(out_err)?);
+    }
+    let mut written = write_files(&t, &a.out).map_err(out_err)?;
+    if a.host_template.is_none() {
+        written.extend(write_secrets(&t, &a.out).map_err(out_err)?);
+    }
+    if let Some(tls) = &t.tls {
+        written.extend([
+            tls.ca_file.clone(),
+            tls.cert_file.clone(),
+            tls.key_file.clone(),
+        ]);
+    }
     for p in written {
         println!("wrote {}", p.display());
     }
@@ -184,8 +222,10 @@ async fn provision(a: ProvisionArgs) -> Result<(), Failure> {
         credentials_file: a.credentials_file,
         user: a.user,
         password_file: a.password_file,
-    }
-    .connection(a.timeout);
+        tls_ca_file: a.tls_ca_file,
+    };
+    cfg.validate_files()?;
+    let cfg = cfg.connection(a.timeout);
     let (client, _events) = bus::connect(&cfg, "veto-nats-provision", Initial::Fail)
         .await
         .map_err(|e| unavailable(e.to_string()))?;

@@ -51,6 +51,23 @@ impl LocalTopology {
     /// [`LocalTopology::start`] with another `no_auth_user`; `None` is the shipped shape:
     /// every client must log in.
     pub fn start_with(regions: &[&str], no_auth_user: Option<NatsUser>) -> LocalTopology {
+        Self::start_full(regions, no_auth_user, false)
+    }
+
+    /// The shipped shape with TLS (`veto nats topology --tls`): a local CA, every client,
+    /// leaf-node and gateway connection over TLS, no `no_auth_user`.
+    pub fn start_tls(regions: &[&str]) -> LocalTopology {
+        Self::start_full(regions, None, true)
+    }
+
+    /// Like `veto nats topology`: random passwords that the configs reference as environment
+    /// variables (each server is started with [`Topology::secret_vars`]), password files per
+    /// user; with `tls`, certificates of a fresh local CA.
+    pub fn start_full(
+        regions: &[&str],
+        no_auth_user: Option<NatsUser>,
+        tls: bool,
+    ) -> LocalTopology {
         let dir = tempfile::tempdir().expect("tempdir");
         let regions = regions
             .iter()
@@ -68,6 +85,15 @@ impl LocalTopology {
             .collect();
         let mut topology = Topology::new(regions, dir.path().join("store")).expect("topology");
         topology.no_auth_user = no_auth_user;
+        if tls {
+            topology.tls = Some(
+                veto::bus::topology::generate_tls(
+                    &dir.path().join("tls"),
+                    &["127.0.0.1".into(), "localhost".into()],
+                )
+                .expect("certificates"),
+            );
+        }
         veto::bus::topology::write_files(&topology, &dir.path().join("conf"))
             .expect("write configs");
         std::fs::create_dir_all(dir.path().join("logs")).expect("logs dir");
@@ -124,6 +150,7 @@ impl LocalTopology {
         let child = Command::new(nats_server_bin())
             .arg("-c")
             .arg(&conf)
+            .envs(self.topology.secret_vars())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -180,29 +207,45 @@ impl LocalTopology {
         veto::bus::NatsConnection {
             user: Some(user.name().to_string()),
             password_file: Some(self.password_file(user)),
+            tls_ca_file: self.ca_file(),
             ..veto::bus::NatsConnection::plain(self.js_url(region), Duration::from_secs(5))
         }
     }
 
+    /// The CA of a TLS topology.
+    pub fn ca_file(&self) -> Option<PathBuf> {
+        self.topology.tls.as_ref().map(|t| t.ca_file.clone())
+    }
+
     /// `[nats]` lines that make a sidecar log in as `user`.
     pub fn nats_login(&self, user: NatsUser) -> String {
-        format!(
+        let mut login = format!(
             "user = \"{}\"\npassword_file = \"{}\"\n",
             user.name(),
             self.password_file(user).display()
-        )
+        );
+        if let Some(ca) = self.ca_file() {
+            login.push_str(&format!("tls_ca_file = \"{}\"\n", ca.display()));
+        }
+        login
     }
 
     /// A client of `region`'s JetStream server logged in as `user` (password login).
     pub async fn client_as(&self, region: &str, user: NatsUser) -> async_nats::Client {
-        async_nats::ConnectOptions::with_user_and_password(
+        let mut opts = async_nats::ConnectOptions::with_user_and_password(
             user.name().to_string(),
             self.topology.secrets.password(user).to_string(),
         )
-        .name(format!("test-{region}-{user}"))
-        .connect(self.js_url(region))
-        .await
-        .unwrap_or_else(|e| panic!("connect to {region} as {user}: {e}"))
+        .name(format!("test-{region}-{user}"));
+        if let Some(ca) = self.ca_file() {
+            opts = opts.add_root_certificates(ca);
+        }
+        if user == NatsUser::Authority {
+            opts = opts.custom_inbox_prefix(veto::bus::names::AUTHORITY_INBOX_PREFIX);
+        }
+        opts.connect(self.js_url(region))
+            .await
+            .unwrap_or_else(|e| panic!("connect to {region} as {user}: {e}"))
     }
 
     /// A client of `region`'s JetStream server, logged in as `operator` (works with or
@@ -214,12 +257,38 @@ impl LocalTopology {
     /// `--nats-user operator --nats-password-file <file>`: what `veto revoke`, `veto heartbeat`
     /// and `veto nats provision` need without a `no_auth_user`.
     pub fn operator_args(&self) -> Vec<String> {
-        vec![
+        self.login_args(NatsUser::Operator)
+    }
+
+    /// `--nats-user <user> --nats-password-file <file>` (and `--nats-tls-ca-file` with TLS):
+    /// how a CLI command logs in as `user` (`veto revoke`: revoker; `veto heartbeat`:
+    /// authority).
+    pub fn login_args(&self, user: NatsUser) -> Vec<String> {
+        let mut args = vec![
             "--nats-user".into(),
-            "operator".into(),
+            user.name().into(),
             "--nats-password-file".into(),
-            self.password_file(NatsUser::Operator).display().to_string(),
-        ]
+            self.password_file(user).display().to_string(),
+        ];
+        if let Some(ca) = self.ca_file() {
+            args.extend(["--nats-tls-ca-file".into(), ca.display().to_string()]);
+        }
+        args
+    }
+
+    /// `veto heartbeat` for `region` every 250 ms, logged in as `authority` (the only user
+    /// allowed to publish heartbeats).
+    pub fn heartbeat(&self, region: &str) -> crate::support::Proc {
+        crate::support::heartbeat_with(
+            &self.js_url(region),
+            region,
+            &self.login_args(NatsUser::Authority),
+        )
+    }
+
+    /// JetStream of `region` as `user` (heartbeats: `authority`), addressed by domain.
+    pub async fn jetstream_as(&self, region: &str, user: NatsUser) -> jetstream::Context {
+        jetstream::with_domain(self.client_as(region, user).await, region)
     }
 
     /// JetStream of `region`, addressed by domain like `veto nats provision` does.
