@@ -55,31 +55,35 @@ start() { # name, log, command...
 }
 
 BASE=$(free_base)
-# Sidecars log in as the feed-only user `sidecar`; the demo's CLI commands (provision, heartbeat,
-# revoke) come in without credentials as `operator` (--no-auth-user: development only).
-SIDECAR_PASSWORD="demo-sidecar-$RANDOM$RANDOM"
-printf '%s' "$SIDECAR_PASSWORD" >"$WORK/sidecar.password"
-AUTHORITY_PASSWORD="demo-authority-$RANDOM$RANDOM"
-printf '%s' "$AUTHORITY_PASSWORD" >"$WORK/authority.password"
-"$VETO" nats topology --regions us,eu,ap --base-port "$BASE" --store "$WORK/js" --out "$WORK/nats" \
-    --sidecar-password "$SIDECAR_PASSWORD" --authority-password "$AUTHORITY_PASSWORD" \
-    --no-auth-user operator >/dev/null
+# The shipped shape: no anonymous user, a random password per NATS user (the configs only
+# reference them; the servers get them from <out>/secrets.env, clients from
+# <out>/passwords/<user>). Sidecars log in as the feed-only `sidecar`, authorities (which host
+# the heartbeats, theirs alone) as `authority`, `veto nats provision` as `operator` and
+# `veto revoke` as `revoker`.
+"$VETO" nats topology --regions us,eu,ap --base-port "$BASE" --store "$WORK/js" --out "$WORK/nats" >/dev/null
+PW="$WORK/nats/passwords"
+login() { echo --nats-user "$1" --nats-password-file "$PW/$1"; }
+# nats-server with the topology's secrets in its environment (and only nats-server); only
+# through `start` (exec: the PID it records is the server's own).
+# shellcheck disable=SC2046
+nats_server() { exec env $(grep -v '^#' "$WORK/nats/secrets.env") "$VETO_NATS_SERVER_BIN" "$@"; }
 # shellcheck disable=SC1091
 source "$WORK/nats/ports.env"
 url_of() { local v="VETO_NATS_${1^^}_URL"; echo "${!v}"; }
 hub_port_of() { local v="VETO_NATS_${1^^}_HUB_URL"; echo "${!v##*:}"; }
-start_hub() { start "$1-hub" "$WORK/$1-hub.log" "$VETO_NATS_SERVER_BIN" -c "$WORK/nats/$1-hub.conf"; wait_port "$(hub_port_of "$1")"; }
+start_hub() { start "$1-hub" "$WORK/$1-hub.log" nats_server -c "$WORK/nats/$1-hub.conf"; wait_port "$(hub_port_of "$1")"; }
 
 echo "== NATS: 3 hubs (gateways) + 3 JetStream domains (leaf nodes), base port $BASE"
 for r in "${REGIONS[@]}"; do start_hub "$r"; done
 for r in "${REGIONS[@]}"; do
-    start "$r-js" "$WORK/$r-js.log" "$VETO_NATS_SERVER_BIN" -c "$WORK/nats/$r-js.conf"
+    start "$r-js" "$WORK/$r-js.log" nats_server -c "$WORK/nats/$r-js.conf"
     u=$(url_of "$r"); wait_port "${u##*:}"
 done
 echo "== provisioning streams (each captures its region, sources the others)"
 for r in "${REGIONS[@]}"; do
     for _ in $(seq 1 50); do
-        if out=$("$VETO" nats provision --nats "$(url_of "$r")" --region "$r" --regions us,eu,ap --retention 1h --timeout 2s 2>&1); then
+        # shellcheck disable=SC2046
+        if out=$("$VETO" nats provision --nats "$(url_of "$r")" --region "$r" --regions us,eu,ap --retention 1h --timeout 2s $(login operator) 2>&1); then
             echo "   $r: $out"; break
         fi
         sleep 0.2
@@ -105,7 +109,7 @@ url = "$(url_of "$r")"
 region = "$r"
 regions = ["us", "eu", "ap"]
 user = "authority"
-password_file = "$WORK/authority.password"
+password_file = "$PW/authority"
 [revocation]
 retention = "1h"
 [shutdown]
@@ -165,7 +169,7 @@ region = "$r"
 regions = ["us", "eu", "ap"]
 catchup_after = "1500ms"
 user = "sidecar"
-password_file = "$WORK/sidecar.password"
+password_file = "$PW/sidecar"
 [revocation]
 retention = "1h"
 max_staleness = "${MAX_STALENESS}s"
@@ -214,7 +218,8 @@ for r in "${REGIONS[@]}"; do BEFORE[$r]=$(lag_sum "$r"); done
 echo
 echo "2) revoke session sess-1 in us"
 t0=$(now_ms)
-"$VETO" revoke --session sess-1 --nats "$(url_of us)" --region us --reason demo | sed 's/^/   /'
+# shellcheck disable=SC2046
+"$VETO" revoke --session sess-1 --nats "$(url_of us)" --region us --reason demo $(login revoker) | sed 's/^/   /'
 refused=0
 while (( refused < ${#REGIONS[@]} )) && (( $(now_ms) - t0 < 5000 )); do
     for r in "${REGIONS[@]}"; do
@@ -233,7 +238,8 @@ echo
 echo "3) cut eu off (kill its hub); revoke bob's session sess-2 (homed in us) in us"
 kill "${PID[eu-hub]}"; wait "${PID[eu-hub]}" 2>/dev/null || true; unset 'PID[eu-hub]'
 cut=$(now_ms)
-"$VETO" revoke --session sess-2 --nats "$(url_of us)" --region us --reason demo | sed 's/^/   /'
+# shellcheck disable=SC2046
+"$VETO" revoke --session sess-2 --nats "$(url_of us)" --region us --reason demo $(login revoker) | sed 's/^/   /'
 sleep 0.3
 for r in "${REGIONS[@]}"; do echo "   bob in $r -> $(code "$r" "$T2") $(reason)"; done
 echo "   (eu cannot know: it keeps its local state until revocations from us are ${MAX_STALENESS}s stale)"

@@ -457,7 +457,8 @@ POD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
 # from scripts/k8s-secrets.sh, whose output validate-k8s.sh appends to each render (their
 # names: docs/kubernetes.md). cert-manager Certificates' spec.secretName count as present.
 GENERATED_SECRETS = {"veto-nats-servers", "veto-nats-sidecar", "veto-nats-authority",
-                     "veto-nats-operator", "veto-authority-keys", "veto-authority"}
+                     "veto-nats-revoker", "veto-nats-operator", "veto-authority-keys",
+                     "veto-authority"}
 VETO_CONFIG_KEYS = ("veto.toml", "authority.toml")
 
 
