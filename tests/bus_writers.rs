@@ -377,3 +377,72 @@ async fn a_tls_topology_carries_a_revocation_to_every_region_and_refuses_plainte
         test_start.elapsed()
     );
 }
+
+/// `veto nats topology` keeps secrets out of the configs: random passwords (new on every run)
+/// in `secrets.env` and `passwords/<user>`, mode 0600; the configs the same on every run.
+#[test]
+fn topology_writes_random_secrets_next_to_configs_that_hold_none() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("nats");
+    let store = dir.path().join("js");
+    let run = || {
+        let (code, stdout, err) = veto(&[
+            "nats",
+            "topology",
+            "--regions",
+            "us,eu",
+            "--base-port",
+            "25000",
+            "--store",
+            store.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--tls",
+        ]);
+        assert_eq!(code, 0, "{stdout}{err}");
+        let read = |name: &str| std::fs::read_to_string(out.join(name)).expect(name);
+        let configs: Vec<String> = ["us-hub.conf", "us-js.conf", "eu-hub.conf", "eu-js.conf"]
+            .iter()
+            .map(|n| read(n))
+            .collect();
+        (configs, read("secrets.env"), read("passwords/revoker"))
+    };
+    let (configs, env, revoker) = run();
+    let (configs2, env2, revoker2) = run();
+    assert_eq!(
+        configs, configs2,
+        "the configs do not depend on the secrets"
+    );
+    assert_ne!(env, env2, "fresh passwords on every run");
+    assert_ne!(revoker, revoker2);
+    assert_eq!(revoker2.len(), 32);
+    assert!(revoker2.bytes().all(|b| b.is_ascii_alphanumeric()));
+    assert!(env2.contains(&format!("VETO_NATS_REVOKER_PASSWORD={revoker2}\n")));
+    for (k, v) in env2.lines().filter_map(|l| l.split_once('=')) {
+        if k.ends_with("_PASSWORD") {
+            for c in &configs2 {
+                assert!(!c.contains(v), "a config holds {k}");
+            }
+        }
+    }
+    for c in &configs2 {
+        assert!(c.contains("tls {"), "{c}");
+    }
+    for f in [
+        "secrets.env",
+        "passwords/sidecar",
+        "passwords/authority",
+        "passwords/revoker",
+        "passwords/operator",
+        "tls/server-key.pem",
+    ] {
+        let mode = std::fs::metadata(out.join(f))
+            .expect(f)
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "{f}");
+    }
+    assert!(out.join("tls/ca.pem").exists() && out.join("tls/server.pem").exists());
+}

@@ -548,6 +548,8 @@ pub enum TopologyError {
     BadStoreDir(PathBuf),
     #[error("unknown region {0:?}")]
     UnknownRegion(String),
+    #[error("TLS file {0:?} contains a quote, backslash or control character")]
+    BadTlsPath(PathBuf),
 }
 
 /// The name of a region's hub server.
@@ -734,6 +736,18 @@ impl Topology {
                 .any(|c| c == '"' || c == '\\' || c.is_control())
         {
             return Err(TopologyError::BadStoreDir(self.store_dir.clone()));
+        }
+        if let Some(t) = &self.tls {
+            for p in [&t.ca_file, &t.cert_file, &t.key_file] {
+                let text = p.to_string_lossy();
+                if text.is_empty()
+                    || text
+                        .chars()
+                        .any(|c| c == '"' || c == '\\' || c.is_control())
+                {
+                    return Err(TopologyError::BadTlsPath(p.clone()));
+                }
+            }
         }
         Ok(())
     }
