@@ -43,6 +43,8 @@ pub struct Settings {
     pub revocation: Revocation,
     #[serde(default)]
     pub shutdown: Shutdown,
+    #[serde(default)]
+    pub limits: ListenerLimits,
     /// `veto authority` only: sessions, refresh rotation, keys, back-channel logout.
     pub authority: Option<crate::authority::config::Authority>,
 }
@@ -66,6 +68,124 @@ impl Default for Shutdown {
             drain: Duration::from_secs(5),
             grace: Duration::from_secs(10),
         }
+    }
+}
+
+/// `[limits]`: what every listener (forward-auth and admin, gRPC, the authority's API)
+/// lets one connection hold and for how long; README "Listener limits".
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenerLimits {
+    /// From a request's first byte (a connection's opening, for the first request; the
+    /// HTTP/2 preface on gRPC) to its complete head.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// An HTTP/1 keep-alive connection with nothing in flight is closed after this. Longer
+    /// than the proxy's own idle timeout (Envoy's clusters: 60 s in deploy/envoy), so the
+    /// proxy, not veto, closes a pooled connection and never reuses one being closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// A request (its body read included) not answered within this has its connection
+    /// closed; on gRPC, the per-call deadline (DEADLINE_EXCEEDED).
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Connections per listener; more are accepted and closed at once.
+    pub max_connections: usize,
+    /// Request bodies on HTTP listeners: a larger Content-Length is answered 413 unread.
+    pub max_body_bytes: usize,
+    /// The largest gRPC message decoded (a CheckRequest: the headers Envoy forwards).
+    pub grpc_max_message_bytes: usize,
+    /// HTTP/2 streams one gRPC connection may have open.
+    pub grpc_max_concurrent_streams: u32,
+    /// Calls served at once per gRPC connection; more wait for a slot.
+    pub grpc_concurrency_per_connection: usize,
+    /// HTTP/2 PING to an idle gRPC peer every this long ...
+    #[serde(with = "humantime_serde")]
+    pub grpc_keepalive_interval: Duration,
+    /// ... which must answer within this, or the connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub grpc_keepalive_timeout: Duration,
+}
+
+impl Default for ListenerLimits {
+    fn default() -> Self {
+        ListenerLimits {
+            header_read_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(75),
+            request_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+            max_body_bytes: 64 * 1024,
+            grpc_max_message_bytes: 256 * 1024,
+            grpc_max_concurrent_streams: 256,
+            grpc_concurrency_per_connection: 256,
+            grpc_keepalive_interval: Duration::from_secs(30),
+            grpc_keepalive_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ListenerLimits {
+    /// The HTTP listeners' share.
+    pub fn http(&self) -> crate::listener::Limits {
+        crate::listener::Limits {
+            header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.idle_timeout,
+            request_timeout: self.request_timeout,
+            max_connections: self.max_connections,
+            max_body_bytes: self.max_body_bytes,
+        }
+    }
+
+    fn validate(&self, max_token_bytes: usize) -> Result<(), ConfigError> {
+        let positive = [
+            ("limits.header_read_timeout", self.header_read_timeout),
+            ("limits.idle_timeout", self.idle_timeout),
+            ("limits.request_timeout", self.request_timeout),
+            (
+                "limits.grpc_keepalive_interval",
+                self.grpc_keepalive_interval,
+            ),
+            ("limits.grpc_keepalive_timeout", self.grpc_keepalive_timeout),
+        ];
+        for (key, d) in positive {
+            if d.is_zero() {
+                return Err(bad(key, "must be positive"));
+            }
+        }
+        if self.idle_timeout < self.header_read_timeout {
+            return Err(bad(
+                "limits.idle_timeout",
+                "must be at least limits.header_read_timeout",
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.max_connections) {
+            return Err(bad("limits.max_connections", "must be 1-1000000"));
+        }
+        if !(1024..=64 * 1024 * 1024).contains(&self.max_body_bytes) {
+            return Err(bad("limits.max_body_bytes", "must be 1 KiB-64 MiB"));
+        }
+        // a CheckRequest carries the token plus the other request headers
+        if self.grpc_max_message_bytes < 2 * max_token_bytes + 16 * 1024
+            || self.grpc_max_message_bytes > 64 * 1024 * 1024
+        {
+            return Err(bad(
+                "limits.grpc_max_message_bytes",
+                "must be at least 2 × authz.max_token_bytes + 16 KiB, at most 64 MiB",
+            ));
+        }
+        if self.grpc_max_concurrent_streams == 0 {
+            return Err(bad(
+                "limits.grpc_max_concurrent_streams",
+                "must be positive",
+            ));
+        }
+        if self.grpc_concurrency_per_connection == 0 {
+            return Err(bad(
+                "limits.grpc_concurrency_per_connection",
+                "must be positive",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -471,6 +591,7 @@ impl Settings {
                 ));
             }
         }
+        self.limits.validate(self.authz.max_token_bytes)?;
         if self.authz.max_token_bytes < 256 {
             return Err(bad("authz.max_token_bytes", "must be at least 256"));
         }
@@ -724,6 +845,26 @@ region = "us"
             (
                 format!("{GOOD}\n[revocation]\nmax_staleness = \"soon\""),
                 "revocation.max_staleness",
+            ),
+            (
+                format!("{GOOD}\n[limits]\nheader_read_timeout = \"0s\""),
+                "limits.header_read_timeout",
+            ),
+            (
+                format!("{GOOD}\n[limits]\nidle_timeout = \"1s\""),
+                "limits.idle_timeout",
+            ),
+            (
+                format!("{GOOD}\n[limits]\nmax_connections = 0"),
+                "limits.max_connections",
+            ),
+            (
+                format!("{GOOD}\n[limits]\nmax_body_bytes = 10"),
+                "limits.max_body_bytes",
+            ),
+            (
+                format!("{GOOD}\n[limits]\ngrpc_max_message_bytes = 4096"),
+                "limits.grpc_max_message_bytes",
             ),
         ];
         for (text, key) in cases {

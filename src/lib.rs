@@ -22,6 +22,9 @@
 //!   the denial rendering both share (`authz::render`), the claim → header mapping
 //!   (`authz::identity`) and the per-token answers they cache (`authz::Answers`).
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`listener`]: the one HTTP/1 server every HTTP listener runs on (connection cap,
+//!   header read, idle and request timeouts, body limit, optional TLS), and the gRPC
+//!   listener's cap and preface deadline (`[limits]`).
 //! - [`source_repair`]: notices a region stream's source that stopped advancing while its
 //!   origin did not (the nats-server 2.9 duplicate-window wedge) and unsticks it.
 //! - [`metrics`]: the registry helper and rendering; each module registers its own families
@@ -51,6 +54,7 @@ pub mod decision;
 pub mod feed;
 pub mod inject;
 pub mod jwks;
+pub mod listener;
 pub mod metrics;
 pub mod readiness;
 pub mod revocation;

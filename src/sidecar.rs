@@ -11,6 +11,7 @@ use crate::config::Settings;
 use crate::decision::{DeciderConfig, DecisionMetrics, IssuerHooks, KeyRefetch};
 use crate::feed::{self, Applied, Applier, Feed, FeedMetrics};
 use crate::jwks::{JwksMetrics, Refetcher, RefetcherConfig, Source};
+use crate::listener::{ListenerMetrics, Server};
 use crate::readiness::{Component, Latch, Readiness};
 use crate::revocation::{Freshness, RevokedSet};
 use crate::source_repair::{RepairMetrics, SourceRepair};
@@ -53,6 +54,8 @@ pub struct Metrics {
     pub jwks: JwksMetrics,
     pub upkeep: feed::UpkeepMetrics,
     pub source_repair: RepairMetrics,
+    /// Every listener's connection cap and timeouts (`listener` label).
+    pub listeners: ListenerMetrics,
 }
 
 impl Metrics {
@@ -64,6 +67,7 @@ impl Metrics {
             jwks: JwksMetrics::register(r),
             upkeep: feed::UpkeepMetrics::register(r),
             source_repair: RepairMetrics::register(r),
+            listeners: ListenerMetrics::register(r),
         }
     }
 }
@@ -418,14 +422,30 @@ impl Sidecar {
         );
         if let Some(grpc) = grpc {
             let sd = servers_stop.clone();
+            let l = s.limits.clone();
+            let incoming = crate::listener::grpc_incoming(
+                tonic::transport::server::TcpIncoming::from(grpc)
+                    .with_nodelay(Some(true))
+                    // dead peers that never answer (a pod gone without a FIN)
+                    .with_keepalive(Some(l.grpc_keepalive_interval)),
+                "grpc",
+                l.http(),
+                self.metrics.listeners.clone(),
+            );
             servers.spawn(async move {
                 let result = tonic::transport::Server::builder()
+                    .timeout(l.request_timeout)
+                    .concurrency_limit_per_connection(l.grpc_concurrency_per_connection)
+                    .max_concurrent_streams(l.grpc_max_concurrent_streams)
+                    .http2_keepalive_interval(Some(l.grpc_keepalive_interval))
+                    .http2_keepalive_timeout(Some(l.grpc_keepalive_timeout))
+                    .http2_max_header_list_size(l.grpc_max_message_bytes as u32)
                     .add_service(health_svc)
-                    .add_service(AuthorizationServer::new(authz))
-                    .serve_with_incoming_shutdown(
-                        tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
-                        sd.cancelled_owned(),
+                    .add_service(
+                        AuthorizationServer::new(authz)
+                            .max_decoding_message_size(l.grpc_max_message_bytes),
                     )
+                    .serve_with_incoming_shutdown(incoming, sd.cancelled_owned())
                     .await;
                 if let Err(e) = result {
                     tracing::error!(error = %e, "gRPC server failed");
@@ -436,13 +456,9 @@ impl Sidecar {
         let draining = extra.draining.clone();
         for (name, listener, router) in extra.servers {
             let sd = servers_stop.clone();
+            let server = Server::new(name, s.limits.http(), self.metrics.listeners.clone());
             servers.spawn(async move {
-                if let Err(e) = axum::serve(listener, router)
-                    .with_graceful_shutdown(sd.cancelled_owned())
-                    .await
-                {
-                    tracing::error!(error = %e, server = name, "HTTP server failed");
-                }
+                server.serve(listener, router, sd).await;
                 Task::ExtraServer(name)
             });
         }
@@ -466,13 +482,9 @@ impl Sidecar {
             },
         );
         let sd = servers_stop.clone();
+        let server = Server::new("http", s.limits.http(), self.metrics.listeners.clone());
         servers.spawn(async move {
-            if let Err(e) = axum::serve(http, router)
-                .with_graceful_shutdown(sd.cancelled_owned())
-                .await
-            {
-                tracing::error!(error = %e, "HTTP server failed");
-            }
+            server.serve(http, router, sd).await;
             Task::Http
         });
 
@@ -644,6 +656,10 @@ mod tests {
         ("veto_feed_staleness_seconds", "gauge", "Seconds since the feed from this origin was last known fresh.", &["origin_region"]),
         ("veto_jwks_keys", "gauge", "Verification keys currently loaded, by issuer.", &["issuer"]),
         ("veto_jwks_refresh_total", "counter", "JWKS loads by issuer and result.", &["issuer", "result"]),
+        ("veto_listener_body_too_large_total", "counter", "Requests answered 413 because their Content-Length exceeded max_body_bytes.", &["listener"]),
+        ("veto_listener_connections", "gauge", "Connections open on the listener (upgraded ones excluded).", &["listener"]),
+        ("veto_listener_connections_refused_total", "counter", "Connections accepted and closed at once because the listener held max_connections.", &["listener"]),
+        ("veto_listener_timeouts_total", "counter", "Connections closed by the server, by listener and timeout (header, idle, request).", &["kind", "listener"]),
         ("veto_revocation_events_total", "counter", "Revocation events received, by path (durable/fast) and result.", &["path", "result"]),
         ("veto_revocation_propagation_seconds", "histogram", "Revocation propagation lag: time applied here minus revoked_at at the origin.", &["origin_region", "path"]),
         ("veto_revocations_capacity", "gauge", "Revocations the sidecar is configured to hold (revocation.max_entries).", &[]),
@@ -672,6 +688,7 @@ mod tests {
         m.decision.served_while_origin_stale("eu").inc();
         m.jwks.refresh("iss", crate::jwks::Load::Ok).inc();
         m.jwks.keys("iss").set(1);
+        m.listeners.touch("http");
         m.upkeep.held(Kind::Token).set(1);
         m.upkeep.staleness("eu").set(1.0);
         m.source_repair

@@ -349,13 +349,18 @@ async fn jwks_refetch_on_rotation_is_single_and_rate_limited() {
     assert_eq!(server.hits.load(Ordering::SeqCst), 2);
 
     // a flood of unknown kids, concurrently: 401s, and no further fetch inside the interval
+    // One client, built up front: building one is tens of milliseconds of CPU (its TLS
+    // roots), and 200 of them inside the tasks kept connected sockets silent for longer than
+    // limits.header_read_timeout.
+    let client = reqwest::Client::new();
     let mut tasks = Vec::new();
     for i in 0..200 {
         let k = SigningKey::from_pkcs8(Alg::ES256, &format!("junk-{i}"), k1.pkcs8_der()).unwrap();
         let t = k.sign(&claims).unwrap();
         let base = sidecar.base();
+        let client = client.clone();
         tasks.push(tokio::spawn(async move {
-            reqwest::Client::new()
+            client
                 .get(format!("{base}/check"))
                 .header("authorization", format!("Bearer {t}"))
                 .send()

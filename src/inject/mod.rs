@@ -5,8 +5,8 @@
 //! - [`patch`]: PURE, the decision about one pod and its RFC 6902 patch.
 //! - [`review`]: PURE, one AdmissionReview v1 in, the HTTP status and body out.
 //! - [`tls`]: the serving certificate, reloaded when its files' content changes.
-//! - this module: the HTTPS listener (bounded handshake, header and body reads, body
-//!   limit), the plain-HTTP `/healthz` `/readyz` `/metrics` listener, the metrics, and the
+//! - this module: the HTTPS listener (on [`crate::listener`]: bounded handshake, header
+//!   and body reads, body limit, connection cap), the plain-HTTP `/healthz` `/readyz` `/metrics` listener, the metrics, and the
 //!   ordered shutdown (unready at once, keep answering for `shutdown.drain`, then close
 //!   within `shutdown.grace`).
 
@@ -16,6 +16,7 @@ pub mod review;
 pub mod tls;
 
 use crate::admin::{admin_router, Admin};
+use crate::listener::{Limits, ListenerMetrics, Server, Tls};
 use crate::readiness::{Component, Readiness};
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -33,8 +34,11 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-/// Concurrent HTTPS connections; more wait in the accept queue.
+/// Concurrent connections per listener; more are accepted and closed at once.
 const MAX_CONNECTIONS: usize = 1024;
+
+/// A keep-alive connection (the API server's) with nothing in flight is closed after this.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
 
 /// The webhook's metric families.
 #[derive(Clone)]
@@ -183,13 +187,27 @@ impl Webhook {
             reloader.run(every, move |r| m.reload(r), sd).await;
             "certificate reload"
         });
-        let limits = ConnLimits {
-            handshake: cfg.handshake_timeout,
-            headers: cfg.request_timeout,
+        let listeners = ListenerMetrics::register(&self.registry);
+        // The handler reads the body itself (inject.request_timeout → 408, 413 by
+        // inject.max_body_bytes); the listener bounds the rest, one logic for every listener.
+        let limits = Limits {
+            header_read_timeout: cfg.request_timeout,
+            idle_timeout: IDLE_TIMEOUT.max(cfg.request_timeout),
+            // the handler's own body timeout answers 408 first
+            request_timeout: cfg.request_timeout + Duration::from_secs(5),
+            max_connections: MAX_CONNECTIONS,
+            // the handler refuses over inject.max_body_bytes itself, with a 413 the API
+            // server can read (an AdmissionReview-shaped status)
+            max_body_bytes: usize::MAX,
         };
-        let (m, sd) = (self.metrics.clone(), servers_stop.clone());
+        let webhook = Server::new("webhook", limits, listeners.clone()).with_tls(Tls {
+            acceptor,
+            handshake_timeout: cfg.handshake_timeout,
+            failures: self.metrics.handshakes_failed.clone(),
+        });
+        let sd = servers_stop.clone();
         servers.spawn(async move {
-            serve_tls(tls, acceptor, app, limits, m, sd).await;
+            webhook.serve(tls, app, sd).await;
             "webhook (HTTPS)"
         });
         let admin = admin_router(Admin {
@@ -197,13 +215,16 @@ impl Webhook {
             readiness: self.readiness.clone(),
         });
         let sd = servers_stop.clone();
+        let probes = Server::new(
+            "http",
+            Limits {
+                max_connections: MAX_CONNECTIONS,
+                ..Limits::default()
+            },
+            listeners,
+        );
         servers.spawn(async move {
-            if let Err(e) = axum::serve(http, admin)
-                .with_graceful_shutdown(sd.cancelled_owned())
-                .await
-            {
-                tracing::error!(error = %e, "HTTP server failed");
-            }
+            probes.serve(http, admin, sd).await;
             "http"
         });
 
@@ -360,101 +381,4 @@ async fn handle(s: Arc<Shared>, selection: Selection, req: Request) -> Response 
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     resp
-}
-
-#[derive(Clone, Copy)]
-struct ConnLimits {
-    handshake: Duration,
-    headers: Duration,
-}
-
-/// Accepts TLS connections until `stop`, then lets each finish its request (graceful).
-async fn serve_tls(
-    listener: TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
-    app: Router,
-    limits: ConnLimits,
-    metrics: InjectMetrics,
-    stop: CancellationToken,
-) {
-    let mut conns = JoinSet::new();
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        while conns.try_join_next().is_some() {}
-        let permit = tokio::select! {
-            _ = stop.cancelled() => break,
-            p = slots.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
-        let tcp = tokio::select! {
-            _ = stop.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok((tcp, _)) => tcp,
-                Err(e) => {
-                    // EMFILE and the like: back off instead of spinning
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = tcp.set_nodelay(true);
-        let (acceptor, app, metrics, stop) =
-            (acceptor.clone(), app.clone(), metrics.clone(), stop.clone());
-        conns.spawn(async move {
-            let _permit = permit;
-            serve_conn(tcp, acceptor, app, limits, metrics, stop).await;
-        });
-    }
-    while conns.join_next().await.is_some() {}
-}
-
-async fn serve_conn(
-    tcp: tokio::net::TcpStream,
-    acceptor: tokio_rustls::TlsAcceptor,
-    app: Router,
-    limits: ConnLimits,
-    metrics: InjectMetrics,
-    stop: CancellationToken,
-) {
-    let stream = match tokio::time::timeout(limits.handshake, acceptor.accept(tcp)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            // plaintext HTTP, garbage, an untrusting client: dropped, nothing else changes
-            tracing::debug!(error = %e, "TLS handshake failed");
-            metrics
-                .handshakes_failed
-                .with_label_values(&["error"])
-                .inc();
-            return;
-        }
-        Err(_) => {
-            metrics
-                .handshakes_failed
-                .with_label_values(&["timeout"])
-                .inc();
-            return;
-        }
-    };
-    let service = hyper_util::service::TowerToHyperService::new(app);
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(limits.headers)
-        .keep_alive(true);
-    let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-        }
-        _ = stop.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
-        }
-    }
 }
