@@ -57,8 +57,10 @@ async fn sigterm_drains_then_closes_within_the_grace() {
     sidecar.process().terminate();
     // during the drain: not ready, NOT_SERVING, and every check still gets its answer
     let mut checks = 0;
+    let mut last_check_started = Duration::ZERO;
     let mut saw_unready = false;
     while sent.elapsed() < Duration::from_millis(1500) {
+        last_check_started = sent.elapsed();
         let ready = reqwest::get(format!("{}/readyz", sidecar.base()))
             .await
             .expect("the HTTP listener stays open during the drain");
@@ -87,7 +89,13 @@ async fn sigterm_drains_then_closes_within_the_grace() {
         .unwrap();
     assert!(body["waiting_for"]["shutdown"].is_string(), "{body}");
     assert_eq!(serving(&mut health).await, ServingStatus::NotServing as i32);
-    assert!(checks >= 10, "only {checks} checks during the drain");
+    // Served through the drain, not just at its start (a count alone would measure the box:
+    // each round trip is tens of ms on a loaded 2-core CI machine).
+    assert!(checks >= 3, "only {checks} checks during the drain");
+    assert!(
+        last_check_started >= Duration::from_millis(1000),
+        "the last check of the drain started at {last_check_started:?}"
+    );
 
     // after the drain the listeners close and the process exits 0, within the grace
     let status =
