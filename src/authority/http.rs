@@ -91,7 +91,8 @@ fn media_type(h: &HeaderMap) -> String {
 
 /// A form body as name → value, each name at most once (RFC 6749 §3.2: "request and response
 /// parameters MUST NOT be included more than once"). Empty values count as absent (§3.1).
-fn form(h: &HeaderMap, body: &[u8]) -> Result<Vec<(String, String)>, OAuthError> {
+/// Public for the fuzz targets (`fuzz/`).
+pub fn form(h: &HeaderMap, body: &[u8]) -> Result<Vec<(String, String)>, OAuthError> {
     if media_type(h) != "application/x-www-form-urlencoded" {
         return Err(OAuthError::invalid_request(
             "the body must be application/x-www-form-urlencoded",
@@ -291,16 +292,25 @@ where
     cors(&api, &headers, answer(r))
 }
 
+/// The refresh token of a `/v1/token` form (RFC 6749 §6): `grant_type=refresh_token` and a
+/// `refresh_token`. Public for the fuzz targets (`fuzz/`).
+pub fn refresh_grant(f: &[(String, String)]) -> Result<&str, OAuthError> {
+    match param(f, "grant_type") {
+        None => return Err(OAuthError::invalid_request("grant_type is missing")),
+        Some("refresh_token") => {}
+        Some(_) => return Err(OAuthError::unsupported_grant_type()),
+    }
+    param(f, "refresh_token").ok_or_else(|| OAuthError::invalid_request("refresh_token is missing"))
+}
+
+/// The `token` of a `/v1/logout` form. Public for the fuzz targets (`fuzz/`).
+pub fn logout_token(f: &[(String, String)]) -> Result<&str, OAuthError> {
+    param(f, "token").ok_or_else(|| OAuthError::invalid_request("token is missing"))
+}
+
 async fn token(State(api): State<Api>, req: Request) -> Response {
     browser_form(api, req, |api, f| async move {
-        match param(&f, "grant_type") {
-            None => return Err(OAuthError::invalid_request("grant_type is missing")),
-            Some("refresh_token") => {}
-            Some(_) => return Err(OAuthError::unsupported_grant_type()),
-        }
-        let rt = param(&f, "refresh_token")
-            .ok_or_else(|| OAuthError::invalid_request("refresh_token is missing"))?;
-        let t = api.service.refresh(rt).await?;
+        let t = api.service.refresh(refresh_grant(&f)?).await?;
         Ok(json_ok(StatusCode::OK, &t))
     })
     .await
@@ -308,9 +318,7 @@ async fn token(State(api): State<Api>, req: Request) -> Response {
 
 async fn logout(State(api): State<Api>, req: Request) -> Response {
     browser_form(api, req, |api, f| async move {
-        let t =
-            param(&f, "token").ok_or_else(|| OAuthError::invalid_request("token is missing"))?;
-        api.service.logout(t).await?;
+        api.service.logout(logout_token(&f)?).await?;
         Ok(no_store(StatusCode::OK.into_response()))
     })
     .await

@@ -185,9 +185,10 @@ pub fn parse(keys: &MacKeys, token: &str) -> Result<Presented, Garbled> {
     if prefix != PREFIX || !valid_part(home, 64) || !valid_part(sid, MAX_SID_BYTES) {
         return Err(Garbled::Format);
     }
-    // canonical decimal only: "01" or "+1" would be a second spelling of one token
+    // canonical decimal only: "01" or "+1" would be a second spelling of one token; up to
+    // 20 digits, as `mint` writes every u64 (u64::MAX has 20; overflow fails the parse)
     if generation.is_empty()
-        || generation.len() > 19
+        || generation.len() > 20
         || !generation.bytes().all(|b| b.is_ascii_digit())
         || (generation.len() > 1 && generation.starts_with('0'))
     {
@@ -224,6 +225,25 @@ mod tests {
             b64().encode([9u8; 32])
         ))
         .unwrap()
+    }
+
+    /// Found by `fuzz/fuzz_targets/refresh_token.rs`: a generation of 20 digits (≥ 10^19)
+    /// was minted but refused by the parser.
+    #[test]
+    fn every_u64_generation_round_trips() {
+        let k = keys();
+        for generation in [
+            0,
+            9_999_999_999_999_999_999,
+            10_000_000_000_000_000_000,
+            u64::MAX,
+        ] {
+            let t = mint(&k, "us", "s", generation, &[1u8; 32]);
+            assert_eq!(parse(&k, &t).map(|p| p.generation), Ok(generation), "{t}");
+        }
+        let over = mint(&k, "us", "s", u64::MAX, &[1u8; 32])
+            .replace(".18446744073709551615.", ".18446744073709551616.");
+        assert_eq!(parse(&k, &over), Err(Garbled::Format));
     }
 
     #[test]

@@ -49,8 +49,8 @@ impl AuthzService {
 }
 
 /// The `authorization` header of the checked request, from `headers` (Envoy lowercases keys)
-/// or, when Envoy sends raw headers, from `header_map`.
-fn credential(req: &CheckRequest) -> Credential<'_> {
+/// or, when Envoy sends raw headers, from `header_map`. Public for the fuzz targets (`fuzz/`).
+pub fn credential(req: &CheckRequest) -> Credential<'_> {
     let Some(http) = req
         .attributes
         .as_ref()

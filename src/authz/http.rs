@@ -19,19 +19,23 @@ pub struct ForwardAuth {
 
 pub async fn check(State(s): State<ForwardAuth>, headers: HeaderMap) -> Response<Body> {
     let started = Instant::now();
-    // More than one Authorization header is ambiguous: refused rather than picked from.
+    let d = s.decider.decide(credential(&headers)).await;
+    s.metrics.observe(Transport::Http, started, &d);
+    respond(&s.identity, &d)
+}
+
+/// The credential of a forward-auth request. More than one `Authorization` header is
+/// ambiguous: refused rather than picked from. Public for the fuzz targets (`fuzz/`).
+pub fn credential(headers: &HeaderMap) -> Credential<'_> {
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
-    let credential = match (values.next(), values.next()) {
+    match (values.next(), values.next()) {
         (Some(v), None) => match v.to_str() {
             Ok(v) => Credential::Authorization(v),
             Err(_) => Credential::NotText,
         },
         (Some(_), Some(_)) => Credential::Ambiguous,
         (None, _) => Credential::Absent,
-    };
-    let d = s.decider.decide(credential).await;
-    s.metrics.observe(Transport::Http, started, &d);
-    respond(&s.identity, &d)
+    }
 }
 
 fn respond(identity: &Identity, d: &Decision<Answers>) -> Response<Body> {

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Runs the cargo-fuzz targets of fuzz/ (libFuzzer, nightly), each on a seed corpus it writes
+# itself (VETO_FUZZ_SEEDS: every target's init writes its seeds, signed with the fixed test
+# keys of fuzz/keys/), and reports per target: executions, exec/s, coverage (cov, ft: the
+# final libFuzzer stats) and findings (crash/timeout/oom artifacts). Exits 1 on any finding.
+#
+#   scripts/fuzz.sh [--minutes N] [--smoke SECONDS] [--jobs J] [TARGET...]
+#
+#   --minutes N    per target (default 5): the long campaign
+#   --smoke S      per target, in seconds: what CI runs (scripts/test.sh)
+#   --jobs J       targets run at once (default 1; at most the cores you can spare)
+#
+# Needs: rustup nightly and cargo-fuzz (scripts/install-deps.sh). Corpora grow in
+# fuzz/corpus/<target>/, findings land in fuzz/artifacts/<target>/, logs in fuzz/logs/ (all
+# gitignored). Reproduce a finding: fuzz/target/x86_64-unknown-linux-gnu/release/<target> FILE
+set -euo pipefail
+cd "$(dirname "$0")/../fuzz"
+
+ALL=(jws jwks revocation_events bearer refresh_token token_form logout_token)
+secs=300
+jobs=1
+targets=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --minutes) secs=$(( $2 * 60 )); shift 2 ;;
+    --smoke) secs=$2; shift 2 ;;
+    --jobs) jobs=$2; shift 2 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -*) echo "unknown option $1" >&2; exit 64 ;;
+    *) targets+=("$1"); shift ;;
+  esac
+done
+[ ${#targets[@]} -gt 0 ] || targets=("${ALL[@]}")
+
+t0=$(date +%s)
+# one build of every target (they share the veto_fuzz lib): cheaper than one per target
+cargo +nightly fuzz build
+echo "fuzz build: $(( $(date +%s) - t0 )) s"
+bin=target/x86_64-unknown-linux-gnu/release
+mkdir -p logs
+
+run_one() {
+  local t=$1
+  mkdir -p "corpus/$t" "artifacts/$t"
+  VETO_FUZZ_SEEDS="corpus/$t" "$bin/$t" "corpus/$t" \
+    -max_total_time="$secs" -rss_limit_mb=2048 -timeout=5 -print_final_stats=1 \
+    -artifact_prefix="artifacts/$t/" >"logs/$t.log" 2>&1
+}
+
+pids=()
+status=0
+for t in "${targets[@]}"; do
+  run_one "$t" &
+  pids+=($!)
+  if [ ${#pids[@]} -ge "$jobs" ]; then
+    wait "${pids[0]}" || true
+    pids=("${pids[@]:1}")
+  fi
+done
+for p in "${pids[@]}"; do wait "$p" || true; done
+
+printf '%-18s %12s %8s %6s %7s %8s\n' target execs exec/s cov ft findings
+for t in "${targets[@]}"; do
+  log="logs/$t.log"
+  execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
+  rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
+  cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
+  ft=$(grep -o 'ft: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
+  found=$(find "artifacts/$t" -type f | wc -l)
+  if [ "$found" -gt 0 ] || grep -q 'ERROR: libFuzzer\|==ERROR\|panicked at' "$log" || [ -z "$execs" ]; then
+    status=1
+    [ "$found" -gt 0 ] || found="error"
+  fi
+  printf '%-18s %12s %8s %6s %7s %8s\n' "$t" "${execs:-?}" "${rate:-?}" "${cov:-?}" "${ft:-?}" "$found"
+done
+echo "total: $(( $(date +%s) - t0 )) s"
+if [ "$status" -ne 0 ]; then
+  echo "FINDINGS: see fuzz/artifacts/ and fuzz/logs/" >&2
+  for t in "${targets[@]}"; do
+    grep -m3 -A3 'panicked at\|==ERROR\|ERROR: libFuzzer' "logs/$t.log" >&2 || true
+  done
+fi
+exit "$status"
