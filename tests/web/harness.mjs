@@ -74,11 +74,11 @@ async function waitOk(url, ms = 30000, what = url) {
 }
 
 class Proc {
-  constructor(name, bin, args, logFile) {
+  constructor(name, bin, args, logFile, env = undefined) {
     this.name = name;
     this.logFile = logFile;
     writeFileSync(logFile, "");
-    this.child = spawn(bin, args, { stdio: ["ignore", "ignore", "pipe"] });
+    this.child = spawn(bin, args, { stdio: ["ignore", "ignore", "pipe"], env: env ? { ...process.env, ...env } : process.env });
     this.child.stderr.on("data", (d) => {
       try {
         writeFileSync(logFile, d, { flag: "a" });
@@ -335,8 +335,11 @@ async function freeBase(n) {
 
 /**
  * `veto nats topology --regions ... --no-auth-user operator`, every hub then every JetStream
- * server, each region's stream provisioned (retried while gateways and leaf nodes form).
- * Returns { procs, url(region), hubUrl(region), stop() }.
+ * server (with the random passwords of its secrets.env in their environment), each region's
+ * stream provisioned (retried while gateways and leaf nodes form). Returns { procs,
+ * url(region), hubUrl(region), login(user), stop() }; `login(user)` is the [nats] lines that
+ * log a veto program in as that user (authorities must: only `authority` may publish
+ * heartbeats).
  */
 export async function startTopology(dir, veto, nats, regions) {
   const base = await freeBase(regions.length);
@@ -346,15 +349,21 @@ export async function startTopology(dir, veto, nats, regions) {
     ["nats", "topology", "--regions", regions.join(","), "--base-port", String(base), "--store", join(dir, "js"), "--out", conf, "--no-auth-user", "operator"],
     { stdio: "ignore" },
   );
-  const env = {};
-  for (const line of readFileSync(join(conf, "ports.env"), "utf8").split("\n")) {
-    const m = /^(VETO_NATS_\w+)=(.*)$/.exec(line);
-    if (m) env[m[1]] = m[2];
-  }
+  const readEnv = (file) => {
+    const out = {};
+    for (const line of readFileSync(join(conf, file), "utf8").split("\n")) {
+      const m = /^(VETO_NATS_\w+)=(.*)$/.exec(line);
+      if (m) out[m[1]] = m[2];
+    }
+    return out;
+  };
+  const env = readEnv("ports.env");
+  const secrets = readEnv("secrets.env");
   const t = {
     procs: [],
     url: (r) => env[`VETO_NATS_${r.toUpperCase()}_URL`],
     hubUrl: (r) => env[`VETO_NATS_${r.toUpperCase()}_HUB_URL`],
+    login: (user) => `user = "${user}"\npassword_file = "${join(conf, "passwords", user)}"\n`,
     stop: async () => {
       for (const p of t.procs.reverse()) await p.stop();
     },
@@ -362,7 +371,7 @@ export async function startTopology(dir, veto, nats, regions) {
   const portOf = (u) => Number(u.split(":").pop());
   for (const role of ["hub", "js"]) {
     for (const r of regions) {
-      const p = new Proc(`${r}-${role}`, nats, ["-c", join(conf, `${r}-${role}.conf`)], join(dir, `${r}-${role}.log`));
+      const p = new Proc(`${r}-${role}`, nats, ["-c", join(conf, `${r}-${role}.conf`)], join(dir, `${r}-${role}.log`), secrets);
       t.procs.push(p);
       try {
         await waitPort(portOf(role === "hub" ? t.hubUrl(r) : t.url(r)));

@@ -67,13 +67,13 @@ before(async () => {
   const natsExtra = 'catchup_after = "1s"\n';
   const auths = await Promise.all(
     REGIONS.map((r) =>
-      h.startAuthority(join(env.dir, `auth-${r}`), veto, env.kit, env.topo.url(r), { corsOrigins: [origin], region: r, regions: REGIONS, natsExtra }),
+      h.startAuthority(join(env.dir, `auth-${r}`), veto, env.kit, env.topo.url(r), { corsOrigins: [origin], region: r, regions: REGIONS, natsExtra: natsExtra + env.topo.login("authority") }),
     ).concat(
       h.startAuthority(join(env.dir, "auth-us-short"), veto, env.kit, env.topo.url("us"), {
         corsOrigins: [origin],
         region: "us",
         regions: REGIONS,
-        natsExtra,
+        natsExtra: natsExtra + env.topo.login("authority"),
         extra: 'access_token_ttl = "4s"\nleeway = "1s"', // the socket closes at exp + leeway
       }),
     ),
@@ -83,7 +83,7 @@ before(async () => {
   env.short.name = "authority-us-short";
   const scs = await Promise.all(
     REGIONS.map((r) =>
-      h.startSidecar(join(env.dir, `sc-${r}`), veto, env.auth[r].base + "/.well-known/jwks.json", env.topo.url(r), { region: r, regions: REGIONS, natsExtra }),
+      h.startSidecar(join(env.dir, `sc-${r}`), veto, env.auth[r].base + "/.well-known/jwks.json", env.topo.url(r), { region: r, regions: REGIONS, natsExtra: natsExtra + env.topo.login("sidecar") }),
     ),
   );
   REGIONS.forEach((r, i) => (env.sidecars[r] = scs[i]));
