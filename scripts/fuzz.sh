@@ -38,6 +38,9 @@ cargo +nightly fuzz build
 echo "fuzz build: $(( $(date +%s) - t0 )) s"
 bin=target/x86_64-unknown-linux-gnu/release
 mkdir -p logs
+# findings of this run only: artifacts left by an earlier run (kept to reproduce) do not count
+started=logs/.started
+touch "$started"
 
 run_one() {
   local t=$1
@@ -66,7 +69,7 @@ for t in "${targets[@]}"; do
   rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
   cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
   ft=$(grep -o 'ft: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
-  found=$(find "artifacts/$t" -type f | wc -l)
+  found=$(find "artifacts/$t" -type f -newer "$started" | wc -l)
   if [ "$found" -gt 0 ] || grep -q 'ERROR: libFuzzer\|==ERROR\|panicked at' "$log" || [ -z "$execs" ]; then
     status=1
     [ "$found" -gt 0 ] || found="error"

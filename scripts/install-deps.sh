@@ -56,6 +56,18 @@ if command -v rustup >/dev/null 2>&1 && ! rustup target list --installed | grep 
     rustup target add x86_64-unknown-linux-musl
 fi
 
+# fuzzing (scripts/fuzz.sh, a smoke of every target in scripts/test.sh): nightly + cargo-fuzz
+if command -v rustup >/dev/null 2>&1; then
+    rustup toolchain list | grep -q '^nightly' || {
+        log "rustup toolchain install nightly"
+        rustup toolchain install nightly --profile minimal
+    }
+    command -v cargo-fuzz >/dev/null 2>&1 || {
+        log "cargo +nightly install cargo-fuzz (about 2 min)"
+        cargo +nightly install cargo-fuzz --locked --quiet
+    }
+fi
+
 # Debian's nats-server package starts a system service on 127.0.0.1:4222. Tests
 # start their own servers on free ports and never rely on it, so it is left alone.
 

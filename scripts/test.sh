@@ -8,6 +8,7 @@
 #   cargo fmt --check; cargo clippy --all-targets -D warnings; cargo test --all-targets
 #   scripts/test-web.sh (clients/web: node tests, tsc of the Angular example, Chromium tests)
 #   scripts/build-image.sh + scripts/test-image.sh (the FROM scratch image, run with podman)
+#   scripts/fuzz.sh --smoke 30 --jobs 2 (every fuzz target, 30 s each)
 #   promtool check rules + promtool test rules (deploy/prometheus)
 #   Envoy templates rendered with envsubst and `envoy --mode validate`d (deploy/envoy)
 #   Grafana dashboard structure, metric names and PromQL (deploy/grafana)
@@ -74,6 +75,8 @@ if ((run_cargo)); then
     # nats-server: allow -> revoke -> deny, clean stop (docs/container.md)
     step "container image" scripts/build-image.sh
     step "container smoke test" scripts/test-image.sh
+    # every cargo-fuzz target for 30 s, two at a time, on the seed corpora they write (fuzz/)
+    step "fuzz smoke" scripts/fuzz.sh --smoke 30 --jobs 2
 fi
 step "promtool check rules" "$PROMTOOL" check rules deploy/prometheus/alerts.yaml
 step "promtool test rules" "$PROMTOOL" test rules deploy/prometheus/alerts_test.yaml
