@@ -34,6 +34,8 @@ cd "$REPO"
 # env.sh also looks for promtool, which this script does not need: judge what it found here.
 # shellcheck source=scripts/env.sh
 source scripts/env.sh 2>/dev/null || true
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh # free_ports, wait_port, wait_http, stop_pids
 
 ROUNDS="${ROUNDS:-3}"
 DURATION="${DURATION:-10}"
@@ -61,19 +63,7 @@ done
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/veto-bench.XXXXXX")"
 PIDS=()
 cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        # at most ~5 s each, then KILL
-        for _ in $(seq 50); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
+    stop_pids "${PIDS[@]}"
     if [[ "${KEEP_TMP:-0}" == 1 ]]; then
         echo "bench-envoy: logs kept in $TMP" >&2
     else
@@ -97,36 +87,8 @@ done
 # --- ports -------------------------------------------------------------------------------
 # All at once, so they are distinct; each socket is closed before its server binds it.
 read -r P_NATS P_VETO_GRPC P_VETO_HTTP P_NOOP P_RICH P_ENVOY_A P_ADMIN_A P_ENVOY_B P_ADMIN_B \
-    P_ENVOY_C P_ADMIN_C P_UNUSED < <(
-    python3 -c '
-import socket
-socks = [socket.socket() for _ in range(12)]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-'
-)
+    P_ENVOY_C P_ADMIN_C P_UNUSED < <(free_ports 12)
 
-wait_http() { # url expected-substring seconds
-    local deadline=$((SECONDS + $3))
-    while ((SECONDS < deadline)); do
-        if curl -fsS --max-time 1 "$1" 2>/dev/null | grep -q "$2"; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    return 1
-}
-wait_port() { # port seconds
-    local deadline=$((SECONDS + $2))
-    while ((SECONDS < deadline)); do
-        if (: </dev/tcp/127.0.0.1/"$1") 2>/dev/null; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    return 1
-}
 
 # --- NATS JetStream (the revocation feed is live during the run) -------------------------
 "$VETO_NATS_SERVER_BIN" -a 127.0.0.1 -p "$P_NATS" -js -sd "$TMP/js" >"$TMP/nats.log" 2>&1 &

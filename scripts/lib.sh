@@ -14,14 +14,55 @@ prepare_demo() {
 # A free TCP port on 127.0.0.1.
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# Waits until something listens on 127.0.0.1:$1 (10 s at most).
+# $1 distinct free TCP ports on 127.0.0.1, on one line (all bound at once, so distinct; each
+# is closed before its server binds it).
+free_ports() {
+    python3 -c '
+import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+' "$1"
+}
+
+# Waits until something listens on 127.0.0.1:$1 ($2 seconds at most, default 10).
 wait_port() {
-    for _ in $(seq 1 400); do
+    local deadline=$((SECONDS + ${2:-10}))
+    while ((SECONDS < deadline)); do
         (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
         sleep 0.025
     done
     echo "port $1 never opened" >&2
     return 1
+}
+
+# Waits until GET $1 answers 2xx with a body containing $2 ($3 seconds at most).
+wait_http() {
+    local deadline=$((SECONDS + $3))
+    while ((SECONDS < deadline)); do
+        if curl -fsS --max-time 1 "$1" 2>/dev/null | grep -q "$2"; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    return 1
+}
+
+# Stops the given processes: TERM to all, then at most ~5 s each before KILL, and reaps them.
+stop_pids() {
+    local pid
+    for pid in "$@"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "$@"; do
+        for _ in $(seq 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
 }
 
 now_ms() { date +%s%3N; }

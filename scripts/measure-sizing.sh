@@ -32,6 +32,8 @@ cd "$REPO"
 # env.sh also looks for Envoy and promtool, which this script does not need.
 # shellcheck source=scripts/env.sh
 source scripts/env.sh 2>/dev/null || true
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh # free_ports, wait_port, wait_http, stop_pids
 
 ROUNDS="${ROUNDS:-2}"
 DURATION="${DURATION:-10}"
@@ -57,18 +59,7 @@ done
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/veto-sizing.XXXXXX")"
 PIDS=()
 cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 50); do # at most ~5 s each, then KILL
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
+    stop_pids "${PIDS[@]}"
     if [[ "${KEEP_TMP:-0}" == 1 ]]; then
         echo "measure-sizing: files kept in $TMP" >&2
     else
@@ -85,26 +76,8 @@ fi
 VETO="$TARGET/veto"
 [[ -x "$VETO" ]] || die "$VETO is missing (run without NO_BUILD=1)"
 
-read -r P_NATS P_MON P_A_GRPC P_A_HTTP P_B_GRPC P_B_HTTP < <(
-    python3 -c '
-import socket
-socks = [socket.socket() for _ in range(6)]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-'
-)
+read -r P_NATS P_MON P_A_GRPC P_A_HTTP P_B_GRPC P_B_HTTP < <(free_ports 6)
 
-wait_http() { # url expected-substring seconds
-    local deadline=$((SECONDS + $3))
-    while ((SECONDS < deadline)); do
-        if curl -fsS --max-time 1 "$1" 2>/dev/null | grep -q "$2"; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    return 1
-}
 
 # --- NATS JetStream ------------------------------------------------------------------------
 "$VETO_NATS_SERVER_BIN" -a 127.0.0.1 -p "$P_NATS" -m "$P_MON" -js -sd "$TMP/js" >"$TMP/nats.log" 2>&1 &

@@ -49,6 +49,8 @@ cd "$REPO"
 # env.sh also looks for promtool, which this script does not need: judge what it found here.
 # shellcheck source=scripts/env.sh
 source scripts/env.sh 2>/dev/null || true
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh # free_ports, wait_port, wait_http, stop_pids
 
 MINUTES=60 RATE=10000 REVOCATIONS=100 OUT="" TTL=15m PRUNE=60s CONNECTIONS=32
 ENVOY_CONCURRENCY=2 WARMUP=10s BUILD=1
@@ -93,18 +95,7 @@ REGION="soak"
 
 PIDS=()
 cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 50); do # at most ~5 s each, then KILL
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
+    stop_pids "${PIDS[@]}"
     rm -rf "$WORK/js"
 }
 trap cleanup EXIT
@@ -122,35 +113,7 @@ for b in "$VETO" "$LOAD"; do
 done
 
 # --- ports (all at once, so they are distinct) -------------------------------------------
-read -r P_NATS P_MON P_GRPC P_HTTP P_UP P_ENVOY P_ADMIN < <(
-    python3 -c '
-import socket
-socks = [socket.socket() for _ in range(7)]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-'
-)
-wait_http() { # url expected-substring seconds
-    local deadline=$((SECONDS + $3))
-    while ((SECONDS < deadline)); do
-        if curl -fsS --max-time 1 "$1" 2>/dev/null | grep -q "$2"; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    return 1
-}
-wait_port() { # port seconds
-    local deadline=$((SECONDS + $2))
-    while ((SECONDS < deadline)); do
-        if (: </dev/tcp/127.0.0.1/"$1") 2>/dev/null; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    return 1
-}
+read -r P_NATS P_MON P_GRPC P_HTTP P_UP P_ENVOY P_ADMIN < <(free_ports 7)
 
 # --- NATS JetStream, the stream ------------------------------------------------------------
 # The region's JetStream domain is the region's name, as `veto nats topology` lays it out.
