@@ -472,11 +472,22 @@ where
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         if declared.is_some_and(|n| n > self.max_body as u64) {
             self.too_large.inc();
-            let mut r = Response::new(Body::from("request body too large\n"));
+            // RFC 6749 §5.2's shape, which every listener's JSON errors share (the authority's
+            // OAuth endpoints are behind this check too)
+            let body = serde_json::json!({
+                "error": "invalid_request",
+                "error_description": format!("request body over {} bytes", self.max_body),
+            });
+            let mut r = Response::new(Body::from(body.to_string()));
             *r.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+            let h = r.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             // the body is not read: the connection cannot be reused
-            r.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
             return Box::pin(async move {
                 drop(guard);
                 Ok(r)
