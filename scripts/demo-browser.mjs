@@ -69,16 +69,7 @@ const bail = async (code, msg) => {
 const deadline = setTimeout(() => bail(1, `step 6 did not finish within ${DEADLINE} ms`), DEADLINE);
 for (const sig of ["SIGINT", "SIGTERM"]) process.on(sig, () => bail(1, `interrupted (${sig})`));
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-async function until(cond, ms, what) {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await cond();
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await sleep(20);
-  }
-}
+const { sleep, until } = h;
 
 async function main() {
   const t0 = Date.now();

@@ -32,16 +32,7 @@ const SKIP = missing.length ? `missing ${missing.join(", ")}` : false;
 if (SKIP) console.log(`# browser tests skipped: ${SKIP}`);
 
 const env = {};
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-async function until(cond, ms = 10000, what = "condition") {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await cond();
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(50);
-  }
-}
+const { sleep, until } = h;
 
 before(async () => {
   if (SKIP) return;

@@ -15,6 +15,19 @@ export const REPO = resolve(here, "../..");
 export const ISSUER = "https://auth.veto.test";
 export const ADMIN_TOKEN = "admin-secret-for-web-tests-0123456789abcdef";
 
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Polls `cond` every 25 ms until it returns something truthy (returned), at most `ms`. */
+export async function until(cond, ms = 10000, what = "condition") {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await cond();
+    if (v) return v;
+    if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await sleep(25);
+  }
+}
+
 export function vetoBin() {
   const p = process.env.VETO_BIN || join(process.env.CARGO_TARGET_DIR || join(REPO, "target"), "debug/veto");
   return existsSync(p) ? p : null;

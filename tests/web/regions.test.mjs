@@ -38,16 +38,7 @@ const SKIP = missing.length ? `missing ${missing.join(", ")}` : false;
 if (SKIP) console.log(`# region browser tests skipped: ${SKIP}`);
 
 const env = { auth: {}, sidecars: {} };
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-async function until(cond, ms, what) {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await cond();
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await sleep(25);
-  }
-}
+const { sleep, until } = h;
 
 /** The last lines of every process log, for failure messages. */
 function logs(n = 25) {
