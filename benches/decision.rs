@@ -304,6 +304,7 @@ fn filled(n: usize, mix: Mix) -> RevokedSet {
         origin_region: "bench".into(),
         reason: String::new(),
         urgent: false,
+        revoked_at_us: 0,
     };
     // The event is reused, so the only allocations that stay are the set's own.
     let started = Instant::now();

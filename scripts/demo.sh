@@ -230,8 +230,8 @@ done
 for r in "${REGIONS[@]}"; do : "${REACHED[$r]:=not refused after 5 s}"; done
 sleep 0.2
 for r in "${REGIONS[@]}"; do
-    LAG[$r]=$(python3 -c "print(f'{(float(\"$(lag_sum "$r")\") - float(\"${BEFORE[$r]}\")) * 1000:.2f}')")
-    echo "   $r -> $(code "$r" "$T1") $(reason)   lag measured by the sidecar: ${LAG[$r]} ms"
+    LAG[$r]=$(python3 -c "print(f'{(float(\"$(lag_sum "$r")\") - float(\"${BEFORE[$r]}\")) * 1e6:.0f}')")
+    echo "   $r -> $(code "$r" "$T1") $(reason)   lag measured by the sidecar: ${LAG[$r]} µs"
 done
 
 echo
@@ -335,7 +335,7 @@ echo "== summary"
 printf '   %-8s %-22s %-22s %-18s\n' region "sess-1 lag (sidecar)" "sess-1 refused (curl)" "after partition"
 for r in "${REGIONS[@]}"; do
     after="refused"; [ "$r" = eu ] && after="caught up in ${CATCHUP} ms"
-    printf '   %-8s %-22s %-22s %-18s\n' "$r" "${LAG[$r]} ms" "${REACHED[$r]} ms" "$after"
+    printf '   %-8s %-22s %-22s %-18s\n' "$r" "${LAG[$r]} µs" "${REACHED[$r]} ms" "$after"
 done
 echo "   (curl times include starting curl and Envoy round trips; the sidecar lag is applied time - revoked_at)"
 echo "   step 6, browser tabs on the us socket, revocation in eu: ${BROWSER}"

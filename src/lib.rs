@@ -63,12 +63,17 @@ pub mod source_repair;
 pub mod telemetry;
 pub mod token;
 
-/// Milliseconds since the Unix epoch, from the system clock.
-pub fn now_ms() -> i64 {
+/// Microseconds since the Unix epoch, from the system clock (0 before 1970).
+pub fn now_us() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
+        .map(|d| d.as_micros() as i64)
         .unwrap_or(0)
+}
+
+/// Milliseconds since the Unix epoch, from the system clock.
+pub fn now_ms() -> i64 {
+    now_us() / 1000
 }
 
 /// Resolves on SIGTERM or Ctrl-C: what every long-running command shuts down on.

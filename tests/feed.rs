@@ -109,6 +109,7 @@ fn event(id: &str, event_id: &str, revoked_at: i64, expires_at: i64) -> Revocati
         origin_region: "us".into(),
         reason: "test".into(),
         urgent: false,
+        revoked_at_us: 0,
     }
 }
 

@@ -180,6 +180,7 @@ async fn decider_grpc_and_http_agree_on_every_case() {
             origin_region: "us".into(),
             reason: "test".into(),
             urgent: false,
+            revoked_at_us: 0,
         },
         now,
     );

@@ -145,6 +145,7 @@ async fn revoke_anywhere_denied_everywhere_through_partitions_and_restarts() {
             origin_region: origin.into(),
             reason: "test".into(),
             urgent: false,
+            revoked_at_us: 0,
         };
         let sid = format!("dup-{origin}");
         // newer first, then an older one for the same session, then the newer again

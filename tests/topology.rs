@@ -148,6 +148,7 @@ fn event(origin: &str, event_id: &str) -> RevocationEvent {
         origin_region: origin.into(),
         reason: "test".into(),
         urgent: false,
+        revoked_at_us: 0,
     }
 }
 

@@ -217,7 +217,7 @@ async fn lag_run(
         for (r, js) in &publishers {
             for i in 0..10 {
                 let id = format!("{tag}w{round}-{r}-{i}");
-                if let Ok(f) = send_event(js, &event(r, &id, veto::now_ms())).await {
+                if let Ok(f) = send_event(js, &event(r, &id, veto::now_us())).await {
                     let _ = f.await;
                 }
                 ids.push(id);
@@ -254,7 +254,7 @@ async fn lag_run(
         let mut acks = Vec::with_capacity(n);
         for i in 0..n {
             let id = format!("{tag}-{origin}-{i}");
-            let ev = event(origin, &id, veto::now_ms());
+            let ev = event(origin, &id, veto::now_us());
             let at = Instant::now();
             if let Ok(f) = send_event(js, &ev).await {
                 acks.push(f);

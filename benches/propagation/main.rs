@@ -63,16 +63,16 @@ pub const REGIONS: [&str; 3] = ["us", "eu", "ap"];
 // ---------------------------------------------------------------------------------------
 // Small helpers shared by the parts.
 
-/// A session revocation from `origin`, held for an hour.
-pub fn event(origin: &str, event_id: &str, now_ms: i64) -> RevocationEvent {
+/// A session revocation from `origin` stamped at `now_us`, held for an hour.
+pub fn event(origin: &str, event_id: &str, now_us: i64) -> RevocationEvent {
     RevocationEvent {
         reason: "bench".into(),
-        ..RevocationEvent::new(
+        ..RevocationEvent::new_at_us(
             event_id,
             Kind::Session,
             format!("sid-{event_id}"),
             origin,
-            now_ms,
+            now_us,
             Duration::from_secs(3600),
         )
     }
@@ -89,7 +89,7 @@ pub async fn publish_bulk(
     deadline: Duration,
 ) -> (Duration, usize, usize) {
     let start = Instant::now();
-    let now = veto::now_ms();
+    let now = veto::now_us();
     let mut acks = VecDeque::with_capacity(inflight + 1);
     let (mut ok, mut failed) = (0usize, 0usize);
     for i in 0..n {

@@ -483,7 +483,7 @@ pub async fn part(issuer: &Issuer, report: &mut String) -> Result<(), String> {
             Arc::new(Freshness::default()),
             FeedMetrics::register(&prometheus::Registry::new()),
         );
-        let now = veto::now_ms();
+        let now = veto::now_us();
         let mut t = Duration::ZERO;
         let chunk = 100_000;
         let mut i = 0;

@@ -211,7 +211,7 @@ impl Hub {
             }
             if s.tx.try_send(Cmd::Revoked(msg.clone())).is_ok() {
                 self.metrics.pushes(reason).inc();
-                let lag = (crate::now_ms() - a.revoked_at).max(0) as f64 / 1000.0;
+                let lag = (crate::now_us() - a.revoked_at_us).max(0) as f64 / 1e6;
                 self.metrics.push_latency.observe(lag);
             }
         }

@@ -209,6 +209,12 @@ impl Service {
         crate::now_ms()
     }
 
+    /// Now in Unix µs, and its millisecond: what a revocation is stamped with.
+    fn now_us() -> (i64, i64) {
+        let us = crate::now_us();
+        (us, us.div_euclid(1000))
+    }
+
     /// The bucket, or 503 while it is not open yet.
     fn store(&self) -> Result<&Sessions, OAuthError> {
         self.sessions
@@ -465,7 +471,7 @@ impl Service {
                 },
                 State::Revoked { .. } => None,
             };
-            let now = Self::now();
+            let (now_us, now) = Self::now_us();
             let step = session::decide(&rec, &p, now, nb, self.rules);
             let writes = matches!(
                 step,
@@ -534,7 +540,7 @@ impl Service {
                         &p.sid,
                         EndReason::RefreshReuse.label(),
                         true,
-                        now,
+                        now_us,
                         Also::Nowhere,
                     )
                     .await?;
@@ -590,20 +596,21 @@ impl Service {
         id: &str,
         reason: &str,
         urgent: bool,
-        revoked_at: i64,
+        revoked_at_us: i64,
         also: Also<'_>,
     ) -> Result<RevocationEvent, OAuthError> {
+        let revoked_at = revoked_at_us.div_euclid(1000);
         let extra = match kind {
             Kind::Subject => revoked_at.to_string(),
             _ => String::new(),
         };
         let event = |origin: &str| {
-            let mut ev = RevocationEvent::new(
+            let mut ev = RevocationEvent::new_at_us(
                 event_id(kind.label(), &self.cfg.issuer, id, &extra),
                 kind,
                 id,
                 origin,
-                revoked_at,
+                revoked_at_us,
                 self.cfg.revocation_ttl(),
             );
             ev.issuer = self.cfg.issuer.clone();
@@ -694,7 +701,7 @@ impl Service {
             self.metrics.logouts("unknown").inc();
             return Ok(false);
         };
-        let now = Self::now();
+        let (now_us, now) = Self::now_us();
         let also = match &home {
             Some(h) => Also::Home(h),
             None => Also::Everywhere,
@@ -704,7 +711,7 @@ impl Service {
             &sid,
             EndReason::Logout.label(),
             true,
-            now,
+            now_us,
             also,
         )
         .await?;
@@ -736,9 +743,9 @@ impl Service {
             RevokeKind::Token => Kind::Token,
             RevokeKind::Subject => Kind::Subject,
         };
-        let now = Self::now();
+        let (now_us, now) = Self::now_us();
         let ev = self
-            .publish(kind, &req.id, &reason, req.urgent, now, Also::Everywhere)
+            .publish(kind, &req.id, &reason, req.urgent, now_us, Also::Everywhere)
             .await?;
         match kind {
             Kind::Session => {
@@ -790,14 +797,14 @@ impl Service {
             .upstream_sessions(iss, sid)
             .await
             .map_err(store_err)?;
-        let now = Self::now();
+        let (now_us, now) = Self::now_us();
         for s in &ours {
             self.publish(
                 Kind::Session,
                 s,
                 EndReason::UpstreamLogout.label(),
                 true,
-                now,
+                now_us,
                 Also::Nowhere,
             )
             .await?;
@@ -918,7 +925,7 @@ impl super::backchannel::LogoutEffect for Service {
                         sub,
                         EndReason::UpstreamLogout.label(),
                         true,
-                        at,
+                        at.saturating_mul(1000),
                         Also::Everywhere,
                     )
                         .await

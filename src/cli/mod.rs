@@ -211,19 +211,19 @@ pub async fn revoke(a: RevokeArgs) -> Result<(), Failure> {
         .map_err(|e| unavailable(format!("{e}")))?;
     let js = bus::jetstream(client.clone(), cfg.domain.as_deref());
     // Stamped once connected, so propagation lag measures the bus, not this CLI's start-up.
-    let now = veto::now_ms();
+    let now_us = veto::now_us();
     let mut failed = Vec::new();
     for origin in origins {
         let ev = RevocationEvent {
             issuer: a.issuer.clone(),
             reason: a.reason.clone(),
             urgent: a.urgent,
-            ..RevocationEvent::new(
+            ..RevocationEvent::new_at_us(
                 event_id.clone(),
                 kind,
                 id.clone(),
                 origin.clone(),
-                now,
+                now_us,
                 a.ttl,
             )
         };

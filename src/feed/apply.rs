@@ -74,12 +74,15 @@ pub struct Applied {
     pub origin: String,
     /// When it was revoked, Unix ms (for a subject: tokens issued before it are revoked).
     pub revoked_at: i64,
+    /// The same, Unix µs as precisely as the publisher stamped it
+    /// ([`RevocationEvent::revoked_at_micros`]): what latencies are measured from.
+    pub revoked_at_us: i64,
     /// Why (`logout`, `admin`, `refresh_reuse`, `upstream_logout`, ... or empty).
     pub reason: String,
     /// The path that delivered it first.
     pub path: Path,
-    /// When it was applied, Unix ms (comparable with the event's `revoked_at`).
-    pub at: i64,
+    /// When it was applied, Unix µs (comparable with `revoked_at_us`).
+    pub at_us: i64,
     /// When it was applied, on this process's monotonic clock: in-process latency (the
     /// propagation benchmark) without the wall clock's millisecond grain.
     pub instant: Instant,
@@ -128,7 +131,8 @@ impl Applier {
 
     /// Applies a message published on `subject` that arrived through `path`.
     pub fn apply(&self, subject: &str, payload: &[u8], path: Path) -> Outcome {
-        let now = crate::now_ms();
+        let now_us = crate::now_us();
+        let now = now_us.div_euclid(1000);
         let (origin, id) = match names::parse(subject) {
             Some(Subject::Heartbeat { origin }) => {
                 return match decode_heartbeat(payload, Some(origin)) {
@@ -171,7 +175,8 @@ impl Applier {
         };
         let outcome = match self.revoked.apply(&ev, now) {
             SetOutcome::New => {
-                let lag = (now - ev.revoked_at).max(0) as f64 / 1000.0;
+                let revoked_at_us = ev.revoked_at_micros();
+                let lag = (now_us - revoked_at_us).max(0) as f64 / 1e6;
                 self.metrics
                     .propagation(&ev.origin_region, path)
                     .observe(lag);
@@ -184,9 +189,10 @@ impl Applier {
                         issuer: ev.issuer,
                         origin: ev.origin_region,
                         revoked_at: ev.revoked_at,
+                        revoked_at_us,
                         reason: ev.reason,
                         path,
-                        at: now,
+                        at_us: now_us,
                         instant: Instant::now(),
                     });
                 }
@@ -227,6 +233,7 @@ mod tests {
             origin_region: origin.into(),
             reason: "test".into(),
             urgent: false,
+            revoked_at_us: 0,
         }
     }
 
@@ -236,6 +243,24 @@ mod tests {
             &e.encode_to_vec(),
             path,
         )
+    }
+
+    #[test]
+    fn lag_is_measured_from_the_microsecond_stamp() {
+        let a = applier();
+        let mut rx = a.subscribe();
+        // stamped 300 µs ago: at millisecond grain this could read as 0
+        let stamp = crate::now_us() - 300;
+        let mut e = ev("e1", "j1", "eu", stamp.div_euclid(1000));
+        e.revoked_at_us = stamp;
+        assert_eq!(send(&a, &e, Path::Fast), Outcome::Applied);
+        let h = a.metrics.propagation("eu", Path::Fast);
+        assert_eq!(h.get_sample_count(), 1);
+        let lag = h.get_sample_sum();
+        assert!((0.0003..1.0).contains(&lag), "lag {lag} s");
+        let got = rx.try_recv().expect("announced");
+        assert_eq!(got.revoked_at_us, stamp);
+        assert!(got.at_us - got.revoked_at_us >= 300);
     }
 
     #[test]
@@ -255,7 +280,12 @@ mod tests {
             (got.issuer.as_str(), got.origin.as_str(), got.path),
             ("https://iss", "eu", Path::Fast)
         );
-        assert!(got.at >= before && got.at <= crate::now_ms());
+        assert!(got.at_us >= before * 1000 && got.at_us <= crate::now_us());
+        assert_eq!(
+            got.revoked_at_us,
+            now * 1000,
+            "a ms-only event measures from its ms"
+        );
         // the same event through the durable path: a duplicate, not announced again
         assert_eq!(send(&a, &e, Path::Durable), Outcome::Duplicate);
         // the same revocation under another event id: also a duplicate

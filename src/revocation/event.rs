@@ -48,6 +48,9 @@ pub struct RevocationEvent {
     pub reason: String,
     #[prost(bool, tag = "9")]
     pub urgent: bool,
+    /// `revoked_at` in Unix microseconds; 0 when the publisher only knows milliseconds.
+    #[prost(int64, tag = "10")]
+    pub revoked_at_us: i64,
 }
 
 impl RevocationEvent {
@@ -71,6 +74,44 @@ impl RevocationEvent {
             origin_region: origin.into(),
             reason: String::new(),
             urgent: false,
+            revoked_at_us: 0,
+        }
+    }
+
+    /// [`RevocationEvent::new`] stamped at `revoked_at_us` (Unix µs): `revoked_at` is its
+    /// millisecond (floor) and `revoked_at_us` carries the rest, for propagation lag below a
+    /// millisecond.
+    pub fn new_at_us(
+        event_id: impl Into<String>,
+        kind: Kind,
+        id: impl Into<String>,
+        origin: impl Into<String>,
+        revoked_at_us: i64,
+        ttl: std::time::Duration,
+    ) -> RevocationEvent {
+        RevocationEvent {
+            revoked_at_us,
+            ..RevocationEvent::new(
+                event_id,
+                kind,
+                id,
+                origin,
+                revoked_at_us.div_euclid(1000),
+                ttl,
+            )
+        }
+    }
+
+    /// When it was revoked, Unix µs, as precisely as the publisher said: `revoked_at_us` when
+    /// it is set and names an instant inside `revoked_at`'s millisecond, else `revoked_at`
+    /// × 1000. A `revoked_at_us` that disagrees with `revoked_at` is ignored, never a reason
+    /// to drop the revocation: it only ever feeds the lag measurement, while `revoked_at`
+    /// stays the not-before of a subject revocation.
+    pub fn revoked_at_micros(&self) -> i64 {
+        if self.revoked_at_us != 0 && self.revoked_at_us.div_euclid(1000) == self.revoked_at {
+            self.revoked_at_us
+        } else {
+            self.revoked_at.saturating_mul(1000)
         }
     }
 }
@@ -170,7 +211,50 @@ mod tests {
             origin_region: "us".into(),
             reason: "logout".into(),
             urgent: false,
+            revoked_at_us: 0,
         }
+    }
+
+    #[test]
+    fn microseconds_are_field_10_and_only_refine_the_millisecond() {
+        // field 5 revoked_at 2, field 10 revoked_at_us 2345 (varint 0xa9 0x12)
+        let bytes = [0x28, 2, 0x50, 0xa9, 0x12];
+        let e = RevocationEvent::decode(&bytes[..]).unwrap();
+        assert_eq!((e.revoked_at, e.revoked_at_us), (2, 2345));
+        assert_eq!(e.revoked_at_micros(), 2345);
+        assert_eq!(e.encode_to_vec(), bytes);
+        // a ms-only publisher (field 10 absent) measures at ms grain
+        let ms_only = ev();
+        assert_eq!(ms_only.revoked_at_micros(), 1_000_000);
+        // a µs value outside revoked_at's millisecond is ignored, and the event stays valid
+        for us in [999_999, 1_001_000, -5] {
+            let e = RevocationEvent {
+                revoked_at_us: us,
+                ..ev()
+            };
+            assert_eq!(e.revoked_at_micros(), 1_000_000, "{us}");
+            assert!(decode_event(&e.encode_to_vec(), None).is_ok());
+        }
+        let e = RevocationEvent::new_at_us(
+            "e",
+            Kind::Session,
+            "s",
+            "us",
+            1_700_000_000_123_456,
+            std::time::Duration::from_secs(1),
+        );
+        assert_eq!(
+            (e.revoked_at, e.revoked_at_micros()),
+            (1_700_000_000_123, 1_700_000_000_123_456)
+        );
+        assert_eq!(e.expires_at, 1_700_000_001_123);
+        // an older sidecar skips field 10 as unknown: the same event without it
+        let old = RevocationEvent {
+            revoked_at_us: 0,
+            ..e.clone()
+        };
+        assert_eq!(RevocationEvent::decode(&e.encode_to_vec()[..]).unwrap(), e);
+        assert_ne!(old, e);
     }
 
     #[test]

@@ -14,6 +14,7 @@ fn ev(kind: Kind, id: &str, issuer: &str, revoked_at: i64, expires_at: i64) -> R
         origin_region: "us".into(),
         reason: String::new(),
         urgent: false,
+        revoked_at_us: 0,
     }
 }
 
@@ -315,6 +316,7 @@ fn random_event(r: &mut Rng, ids: u64, n: usize) -> RevocationEvent {
         origin_region: ["us", "eu"][r.below(2) as usize].into(),
         reason: String::new(),
         urgent: false,
+        revoked_at_us: 0,
     }
 }
 
