@@ -195,7 +195,7 @@ impl Hub {
             "type": "revoked",
             "kind": a.kind.label(),
             "reason": reason,
-            "revoked_at": a.revoked_at,
+            "revoked_at": a.revoked_at(),
             "origin_region": a.origin,
         });
         for id in ids {
@@ -206,7 +206,7 @@ impl Hub {
                 continue;
             }
             // a subject revocation ends the tokens issued before it
-            if a.kind == Kind::Subject && s.iat.saturating_mul(1000) >= a.revoked_at {
+            if a.kind == Kind::Subject && s.iat.saturating_mul(1000) >= a.revoked_at() {
                 continue;
             }
             if s.tx.try_send(Cmd::Revoked(msg.clone())).is_ok() {

@@ -777,12 +777,12 @@ impl Service {
         }
         match a.kind {
             Kind::Session => self
-                .end_session(&a.id, EndReason::of(&a.reason), a.revoked_at)
+                .end_session(&a.id, EndReason::of(&a.reason), a.revoked_at())
                 .await
                 .map(|_| ()),
             Kind::Subject => {
                 self.bucket()?
-                    .raise_not_before(&self.cfg.issuer, &a.id, a.revoked_at)
+                    .raise_not_before(&self.cfg.issuer, &a.id, a.revoked_at())
                     .await
             }
             _ => Ok(()),
