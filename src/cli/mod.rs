@@ -137,16 +137,18 @@ pub async fn authority(config: &Path) -> Result<(), Failure> {
 }
 
 #[derive(Args)]
+// The ids may begin with `-` (the authority's base64url session ids do, 1 in 64): they are
+// values, never options.
 #[command(group(clap::ArgGroup::new("what").required(true).args(["session", "token", "subject"])))]
 pub struct RevokeArgs {
     /// Revoke every token of this session (`sid`).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     session: Option<String>,
     /// Revoke the token with this `jti`.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     token: Option<String>,
     /// Revoke every token of this subject issued before now.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     subject: Option<String>,
     /// Only tokens of this issuer (default: every issuer).
     #[arg(long, default_value = "")]
