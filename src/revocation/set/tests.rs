@@ -432,3 +432,44 @@ fn convergence_holds_across_shards_and_filter_rebuilds() {
         converges(seed, 5_000, 2_000, 5_000);
     }
 }
+
+/// A set at a steady count (as many revocations expire as arrive, pruned every step) keeps
+/// its tables' size: the one-hour soak saw hashbrown double them at a flat 90k entries once
+/// removals' tombstones had used up the room for inserts.
+#[test]
+fn tables_do_not_grow_under_churn_at_a_steady_count() {
+    const PER_STEP: i64 = 1_000; // revocations per step (a step: one prune interval)
+    const TTL_STEPS: i64 = 20; // each held for 20 steps: a plateau of 20k entries
+    const STEP_MS: i64 = 60_000;
+    let s = RevokedSet::new();
+    let mut plateau_bytes = None;
+    for step in 0..120 {
+        let now = T + step * STEP_MS;
+        for i in 0..PER_STEP {
+            let id = format!("s-{step}-{i}");
+            let e = ev(
+                Kind::Session,
+                &id,
+                "iss",
+                now,
+                now + TTL_STEPS * STEP_MS - 1,
+            );
+            s.apply(&e, now);
+        }
+        s.prune(now);
+        let stats = s.stats();
+        if step == TTL_STEPS {
+            assert_eq!(s.len() as i64, PER_STEP * TTL_STEPS, "at the plateau");
+            plateau_bytes = Some(stats.table_bytes);
+        }
+        if let Some(b) = plateau_bytes {
+            assert_eq!(s.len() as i64, PER_STEP * TTL_STEPS, "step {step}");
+            assert!(
+                stats.table_bytes <= b,
+                "step {step}: tables grew from {b} to {} B at a flat {} entries",
+                stats.table_bytes,
+                s.len()
+            );
+        }
+    }
+}
