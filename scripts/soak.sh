@@ -24,8 +24,10 @@
 # could not send (its backlog cap of 2 s), errors by kind, revoked tokens refused, p50/p99/
 # p99.9/max latency, sidecar RSS (VmRSS), sidecar and Envoy CPU per check (utime+stime),
 # veto_revocations_held against the expected count, veto_revocations_table_bytes, load
-# average. At the end (OUT/summary.txt, OUT/soak.svg): the RSS slope (least squares, MiB/h)
-# over the samples after the plateau against the tables' own slope, p99 of the last quarter
+# average. At the end (OUT/summary.txt, OUT/soak.svg): the RSS slope (least squares, MiB/h,
+# through the maxima of 5-sample windows: the allocator may flip between two states a MiB
+# apart, which tilts a line through the raw samples; that slope is printed too) over the
+# samples after the plateau against the tables' own slope, p99 of the last quarter
 # against the first, total errors, the achieved rate; PASS/FAIL against the targets:
 #   memory flat beyond the revoked set's own growth (<= 1 MiB/h), no error, p99 last/first
 #   quarter <= 1.5, revoked set at rate x TTL (pruning works), rate achieved >= 98%.
