@@ -6,8 +6,17 @@
 #
 #   scripts/bench-decision.sh                 everything (~6 min on 2 cores, plus the build)
 #   scripts/bench-decision.sh 'cold/ES256'    criterion arguments pass through (a filter here)
+#   scripts/bench-decision.sh --against REV 'revoked_set_1M'
+#       the same benchmarks of git revision REV first (built in a worktree of its own, target
+#       dir target/bench-against/), then of this tree, in one run; prints both medians and
+#       this tree's over REV's: before and after a change, measured side by side
 # Needs jq. Criterion's own output (with confidence intervals) is printed as it runs.
 set -euo pipefail
+AGAINST=""
+if [ "${1:-}" = "--against" ]; then
+    AGAINST="${2:?--against needs a git revision}"
+    shift 2
+fi
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
@@ -15,17 +24,35 @@ command -v jq >/dev/null || { echo "bench-decision: jq is not installed" >&2; ex
 CRITERION_DIR="${CARGO_TARGET_DIR:-$REPO/target}/criterion"
 
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/veto-bench.XXXXXX")"
-trap 'rm -rf "$TMP"' EXIT
+cleanup() {
+    [ -z "$AGAINST" ] || git worktree remove --force "$TMP/against" 2>/dev/null || true
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+# full_id median_ns of the benchmarks under criterion dir $1 newer than file $2
+medians() {
+    find "$1" -path '*/new/estimates.json' -newer "$2" 2>/dev/null \
+        | while read -r est; do
+            printf '%s %s\n' "$(jq -r .full_id "$(dirname "$est")/benchmark.json")" \
+                "$(jq -r .median.point_estimate "$est")"
+        done | sort
+}
+
+if [ -n "$AGAINST" ]; then
+    rev="$(git rev-parse --short "$AGAINST")"
+    echo "==> $AGAINST ($rev) first, in its own worktree"
+    git worktree add --detach "$TMP/against" "$rev" >/dev/null
+    touch "$TMP/started-against"
+    (cd "$TMP/against" && CARGO_TARGET_DIR="$REPO/target/bench-against" \
+        cargo bench --bench decision -- "$@") | tee "$TMP/out-against"
+    medians "$REPO/target/bench-against/criterion" "$TMP/started-against" >"$TMP/medians-against"
+    echo "==> this tree"
+fi
+
 touch "$TMP/started"
-
 cargo bench --bench decision -- "$@" | tee "$TMP/out"
-
-# full_id median_ns, for the benchmarks this run measured
-find "$CRITERION_DIR" -path '*/new/estimates.json' -newer "$TMP/started" 2>/dev/null \
-    | while read -r est; do
-        printf '%s %s\n' "$(jq -r .full_id "$(dirname "$est")/benchmark.json")" \
-            "$(jq -r .median.point_estimate "$est")"
-    done | sort >"$TMP/medians"
+medians "$CRITERION_DIR" "$TMP/started" >"$TMP/medians"
 
 echo
 echo "==> summary of this run (criterion medians)"
@@ -67,3 +94,14 @@ END {
         for (i = 1; i <= r; i++) printf "    %-34s %s  %s\n", rs[i], fmt(m[rs[i]]), (m[rs[i]] <= 50 ? "met" : sprintf("MISSED (%.1fx)", m[rs[i]] / 50))
     }
 }' "$TMP/medians"
+
+if [ -n "$AGAINST" ]; then
+    echo
+    echo "==> this tree against $AGAINST ($rev), one run (criterion medians)"
+    grep -E '^bytes_per_entry:' "$TMP/out-against" | sed -E "s/^bytes_per_entry: /    $rev: /" || true
+    grep -E '^bytes_per_entry:' "$TMP/out" | sed -E 's/^bytes_per_entry: /    now: /' || true
+    join "$TMP/medians-against" "$TMP/medians" | awk -v rev="$rev" '
+    function fmt(ns) { return ns >= 1000 ? sprintf("%8.2f us", ns / 1000) : sprintf("%8.1f ns", ns) }
+    BEGIN { printf "    %-40s %11s %11s %8s\n", "benchmark", rev, "now", "now/" rev }
+    { printf "    %-40s %11s %11s %7.2fx\n", $1, fmt($2), fmt($3), $3 / $2 }'
+fi

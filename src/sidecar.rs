@@ -200,7 +200,7 @@ impl Sidecar {
             issuers: policies,
             max_token_bytes: s.authz.max_token_bytes,
         };
-        let revoked = Arc::new(RevokedSet::new());
+        let revoked = Arc::new(RevokedSet::with_max_entries(s.revocation.max_entries));
         let freshness = Arc::new(match &s.nats {
             Some(n) => Freshness::expecting(std::iter::once(&n.region).chain(&n.regions)),
             None => Freshness::default(),

@@ -177,7 +177,10 @@ fn agree(a: &RevokedSet, b: &RevokedSet, model: &Model, now: i64) {
 }
 
 fuzz_target!(|ops: Vec<Op>| {
-    let (a, b) = (RevokedSet::new(), RevokedSet::new());
+    let (a, b) = (
+        RevokedSet::with_max_entries(20_000),
+        RevokedSet::with_max_entries(20_000),
+    );
     let mut model = Model::default();
     let mut now = T0;
     let mut n = 0;

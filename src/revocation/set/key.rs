@@ -6,7 +6,9 @@
 //! then looked up under. The any-issuer scope uses `H_iss("")` as its issuer half.
 
 use siphasher::sip128::{Hasher128, SipHasher13};
+use std::cell::RefCell;
 use std::hash::Hasher;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A 128-bit entry key, uniformly random. Its four words are spent on different jobs so they
 /// never correlate: word 0 picks the shard, words 1–2 feed the table's hasher, words 1–3 the
@@ -49,6 +51,19 @@ pub(super) struct Hashers {
     issuer: (u64, u64),
     /// `H_iss("")`, computed once: every lookup under "any issuer" uses it.
     any_issuer: Half,
+    /// Tells these keys apart from every other set's in the thread's issuer memo.
+    tag: u64,
+}
+
+/// Tags of sets; 0 is nobody's.
+static TAGS: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// The last issuer half a check on this thread computed, with the tag of the keys it
+    /// was computed under: a sidecar's tokens come from a handful of issuers, so the
+    /// issuer's hash is nearly always the previous check's.
+    static LAST_ISSUER: RefCell<(u64, String, Half)> =
+        const { RefCell::new((0, String::new(), Half([0, 0]))) };
 }
 
 impl Hashers {
@@ -59,6 +74,7 @@ impl Hashers {
             id: random_keys(),
             issuer,
             any_issuer: sip(issuer, b""),
+            tag: TAGS.fetch_add(1, Ordering::Relaxed),
         }
     }
 
@@ -69,6 +85,23 @@ impl Hashers {
     /// The issuer half; `""` is the any-issuer scope.
     pub(super) fn issuer(&self, issuer: &str) -> Half {
         sip(self.issuer, issuer.as_bytes())
+    }
+
+    /// [`Self::issuer`], from this thread's memo of the last issuer when it is the same
+    /// issuer under the same keys.
+    pub(super) fn issuer_memo(&self, issuer: &str) -> Half {
+        LAST_ISSUER.with(|last| {
+            let mut last = last.borrow_mut();
+            if last.0 == self.tag && last.1 == issuer {
+                return last.2;
+            }
+            let half = self.issuer(issuer);
+            last.0 = self.tag;
+            last.1.clear();
+            last.1.push_str(issuer);
+            last.2 = half;
+            half
+        })
     }
 
     pub(super) fn any_issuer(&self) -> Half {

@@ -2,8 +2,10 @@
 //!
 //! Why this shape: the set must hold millions of entries cheaply and never forget one before
 //! it expires (no size-based eviction, ever), so it is plain open-addressing tables of small
-//! fixed-size entries ([`table`]), each behind a blocked Bloom filter ([`bloom`]), split into
-//! shards so that pruning and writes never stall readers for long. moka would cost ~20x the
+//! fixed-size entries ([`table`]), split into shards so that pruning and writes never stall
+//! readers for long, each shard behind one blocked Bloom filter ([`bloom`]) that a check
+//! reads without taking the shard's lock: a claim that is not revoked (nearly every claim)
+//! costs its hash and one cache line of filter, no lock and no table probe. moka would cost ~20x the
 //! memory and may evict; it is used only for the verified-token cache.
 //!
 //! Entries are keyed by a digest of (id, issuer) under per-process random keys ([`key`]).
@@ -16,6 +18,7 @@ mod key;
 mod table;
 
 use super::event::{Kind, RevocationEvent};
+use bloom::Filter;
 use key::{Hashers, Key};
 use parking_lot::RwLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -45,6 +48,16 @@ pub enum RevokedBy {
 impl RevokedBy {
     /// In the order a check looks them up.
     const ALL: [RevokedBy; 3] = [RevokedBy::Session, RevokedBy::Token, RevokedBy::Subject];
+
+    /// The filter's name for the table of this kind and `scope` (0–5).
+    fn table(self, scope: Scope) -> usize {
+        let kind = match self {
+            RevokedBy::Session => 0,
+            RevokedBy::Token => 1,
+            RevokedBy::Subject => 2,
+        };
+        kind * 2 + usize::from(scope == Scope::AnyIssuer)
+    }
 
     /// The table an event of `kind` goes to; an unspecified kind counts as a session.
     fn of(kind: Kind) -> RevokedBy {
@@ -214,13 +227,51 @@ impl Shard {
         }
     }
 
-    /// Forgets what is not live at `now_ms`, adding what it removed to `removed`.
-    fn prune(&mut self, now_ms: i64, removed: &mut PerKind<PerScope<usize>>) {
+    /// Forgets what is not live at `now_ms`, adding what it removed to `removed`; returns
+    /// how many it removed.
+    fn prune(&mut self, now_ms: i64, removed: &mut PerKind<PerScope<usize>>) -> usize {
+        let mut n = 0;
         for scope in Scope::ALL {
-            *removed.session.get_mut(scope) += self.session.get_mut(scope).prune(now_ms);
-            *removed.token.get_mut(scope) += self.token.get_mut(scope).prune(now_ms);
-            *removed.subject.get_mut(scope) += self.subject.get_mut(scope).prune(now_ms);
+            let counts = [
+                self.session.get_mut(scope).prune(now_ms),
+                self.token.get_mut(scope).prune(now_ms),
+                self.subject.get_mut(scope).prune(now_ms),
+            ];
+            *removed.session.get_mut(scope) += counts[0];
+            *removed.token.get_mut(scope) += counts[1];
+            *removed.subject.get_mut(scope) += counts[2];
+            n += counts.iter().sum::<usize>();
         }
+        n
+    }
+
+    /// Entries held, every table.
+    fn len(&self) -> usize {
+        Scope::ALL
+            .into_iter()
+            .map(|s| {
+                self.session.get(s).len() + self.token.get(s).len() + self.subject.get(s).len()
+            })
+            .sum()
+    }
+
+    /// Every key held, with the filter's name for its table.
+    fn keys(&self) -> impl Iterator<Item = (Key, usize)> + '_ {
+        Scope::ALL.into_iter().flat_map(move |scope| {
+            let tagged = move |kind: RevokedBy| move |k| (k, kind.table(scope));
+            (self
+                .session
+                .get(scope)
+                .keys()
+                .map(tagged(RevokedBy::Session)))
+            .chain(self.token.get(scope).keys().map(tagged(RevokedBy::Token)))
+            .chain(
+                self.subject
+                    .get(scope)
+                    .keys()
+                    .map(tagged(RevokedBy::Subject)),
+            )
+        })
     }
 
     fn bytes(&self) -> usize {
@@ -250,8 +301,28 @@ impl SetStats {
     }
 }
 
+/// A shard's tables behind their lock, and the filter in front that checks read without it.
+struct ShardCell {
+    filter: Filter,
+    tables: RwLock<Shard>,
+}
+
+impl ShardCell {
+    /// Files a key [`Shard::upsert`] just inserted into the filter, growing the filter
+    /// (rebuilt from every key) when the shard has outgrown it. With the write lock held.
+    fn filed(&self, shard: &Shard, key: &Key, table: usize) {
+        let held = shard.len();
+        if held > self.filter.capacity() && self.filter.can_grow() {
+            // the next power-of-two blocks: 10–20 bits per entry, doubling as the shard grows
+            self.filter.rebuild(held + 1, shard.keys());
+        } else {
+            self.filter.insert(key, table);
+        }
+    }
+}
+
 pub struct RevokedSet {
-    shards: Box<[RwLock<Shard>]>,
+    shards: Box<[ShardCell]>,
     hashers: Hashers,
     /// Live entries per kind and scope: a check skips the tables these say are empty.
     counts: PerKind<PerScope<AtomicUsize>>,
@@ -273,16 +344,34 @@ fn live(exp: u32, now_ms: i64) -> bool {
     i64::from(exp) * 1000 > now_ms
 }
 
+/// The entries the filters are sized to grow to when no bound is given.
+const DEFAULT_MAX_ENTRIES: usize = 10_000_000;
+
 impl RevokedSet {
+    /// A set whose filters can grow to [`DEFAULT_MAX_ENTRIES`] (10M) at full strength.
     pub fn new() -> RevokedSet {
+        RevokedSet::with_max_entries(DEFAULT_MAX_ENTRIES)
+    }
+
+    /// A set whose filters can grow to `max_entries` at full strength
+    /// (`revocation.max_entries`). It holds more than that all the same (nothing is ever
+    /// evicted); past it only its filters' false-positive rate rises.
+    pub fn with_max_entries(max_entries: usize) -> RevokedSet {
+        // headroom for shards above the mean (a shard's share of random keys varies)
+        let per_shard = max_entries.div_ceil(SHARDS).saturating_mul(5) / 4;
         RevokedSet {
-            shards: (0..SHARDS).map(|_| RwLock::new(Shard::default())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| ShardCell {
+                    filter: Filter::new(per_shard),
+                    tables: RwLock::new(Shard::default()),
+                })
+                .collect(),
             hashers: Hashers::random(),
             counts: PerKind::default(),
         }
     }
 
-    fn shard(&self, k: &Key) -> &RwLock<Shard> {
+    fn shard(&self, k: &Key) -> &ShardCell {
         &self.shards[k.shard_bits() as usize % SHARDS]
     }
 
@@ -305,10 +394,13 @@ impl RevokedSet {
         let scope = Scope::of(&ev.issuer);
         let key = self.hashers.id(&ev.id).key(self.hashers.issuer(&ev.issuer));
         let (expires, not_before) = (secs_ceil(ev.expires_at), secs_ceil(ev.revoked_at));
-        let done = self
-            .shard(&key)
-            .write()
-            .upsert(kind, scope, key, expires, not_before);
+        let cell = self.shard(&key);
+        let mut shard = cell.tables.write();
+        let done = shard.upsert(kind, scope, key, expires, not_before);
+        if done == Upsert::Inserted {
+            cell.filed(&shard, &key, kind.table(scope));
+        }
+        drop(shard);
         match done {
             Upsert::Inserted => {
                 self.counts
@@ -324,7 +416,8 @@ impl RevokedSet {
 
     /// Is a token with these claims revoked at `now_ms`? Checks the session, the token and
     /// the subject, each under the token's issuer and under "any issuer"; tables that hold
-    /// nothing are skipped.
+    /// nothing are skipped, and a key the shard's filter does not hold is answered without
+    /// the shard's lock.
     pub fn check(
         &self,
         issuer: &str,
@@ -353,12 +446,16 @@ impl RevokedSet {
                 let tweak = match scope {
                     Scope::AnyIssuer => self.hashers.any_issuer(),
                     Scope::Issuer => {
-                        *issuer_half.get_or_insert_with(|| self.hashers.issuer(issuer))
+                        *issuer_half.get_or_insert_with(|| self.hashers.issuer_memo(issuer))
                     }
                 };
                 let key = id.key(tweak);
-                if self
-                    .shard(&key)
+                let cell = self.shard(&key);
+                if cell.filter.probe(&key, kind.table(scope)) == Some(false) {
+                    continue;
+                }
+                if cell
+                    .tables
                     .read()
                     .revokes(kind, scope, &key, iat_secs, now_ms)
                 {
@@ -372,8 +469,12 @@ impl RevokedSet {
     /// Forgets entries whose expiry has passed; returns how many. Never touches live ones.
     pub fn prune(&self, now_ms: i64) -> usize {
         let mut removed = PerKind::<PerScope<usize>>::default();
-        for shard in self.shards.iter() {
-            shard.write().prune(now_ms, &mut removed);
+        for cell in self.shards.iter() {
+            let mut shard = cell.tables.write();
+            if shard.prune(now_ms, &mut removed) > 0 {
+                let held = shard.len();
+                cell.filter.rebuild(held, shard.keys());
+            }
         }
         let mut total = 0;
         for (counts, removed) in self.counts.all().into_iter().zip(removed.all()) {
@@ -386,7 +487,11 @@ impl RevokedSet {
     }
 
     pub fn stats(&self) -> SetStats {
-        let table_bytes = self.shards.iter().map(|s| s.read().bytes()).sum();
+        let table_bytes = self
+            .shards
+            .iter()
+            .map(|c| c.tables.read().bytes() + c.filter.bytes())
+            .sum();
         SetStats {
             sessions: self.count_kind(RevokedBy::Session),
             tokens: self.count_kind(RevokedBy::Token),

@@ -1,12 +1,11 @@
-//! One table of the set: an open-addressing map from [`Key`] to a small entry, with its Bloom
-//! filter in front.
+//! One table of the set: an open-addressing map from [`Key`] to a small entry. Its shard's
+//! Bloom filter ([`super::bloom`]) stands in front of it.
 //!
 //! Plain hashbrown (through `std::collections::HashMap`) keyed by the digest itself: the key
 //! is already uniformly random, so the hasher passes 64 of its bits through instead of hashing
 //! again. A session or token slot is `([u32; 4] digest, u32 expiry-seconds)` — 20 bytes plus
 //! one control byte.
 
-use super::bloom::Bloom;
 use super::key::Key;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
@@ -68,31 +67,34 @@ impl BuildHasher for BuildPassThrough {
     }
 }
 
-/// Entries the filter of a new or emptied table is sized for.
-const MIN_FILTER: usize = 64;
-
 pub(super) struct Table<V> {
     map: HashMap<Key, V, BuildPassThrough>,
-    bloom: Bloom,
 }
 
 impl<V> Default for Table<V> {
     fn default() -> Self {
         Table {
             map: HashMap::default(),
-            bloom: Bloom::with_capacity(MIN_FILTER),
         }
     }
 }
 
 impl<V: Entry> Table<V> {
-    /// The entry under `k`, asking the filter first; an empty table answers without
-    /// touching its filter.
+    /// The entry under `k`; an empty table answers without a probe.
     fn get(&self, k: &Key) -> Option<&V> {
-        if self.map.is_empty() || !self.bloom.may_contain(k) {
+        if self.map.is_empty() {
             return None;
         }
         self.map.get(k)
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Every key held, for the shard's filter.
+    pub(super) fn keys(&self) -> impl Iterator<Item = Key> + '_ {
+        self.map.keys().copied()
     }
 
     /// Does the entry under `k` (if any) revoke a token issued at `iat_secs`, at `now_ms`?
@@ -110,24 +112,19 @@ impl<V: Entry> Table<V> {
             };
         }
         self.map.insert(k, v);
-        if self.map.len() > self.bloom.capacity() {
-            self.rebuild_bloom(self.map.len() * 2);
-        } else {
-            self.bloom.insert(&k);
-        }
         Upsert::Inserted
     }
 
     /// Forgets the entries not live at `now_ms`; returns how many. When it forgot any, the
-    /// map is rebuilt at the size its live entries need and the filter with it, so forgotten
-    /// keys stop costing table probes and the table does not grow under churn.
+    /// map is rebuilt at the size its live entries need, so the table does not grow under
+    /// churn (the shard then rebuilds its filter, so forgotten keys stop costing probes).
     ///
     /// Why rebuild instead of only `retain`: hashbrown's removals leave tombstones that use
     /// up the room for inserts, and when the room runs out with the table more than half
     /// full it doubles instead of rehashing in place. A set whose entry count is flat (as
     /// many revocations expire as arrive) then doubled its tables once, at a steady count
     /// (the one-hour soak: 2.9 → 5.5 MiB of tables at 90k entries). A rebuild costs one
-    /// pass, like the filter's rebuild beside it, and it is what `retain` + `shrink_to_fit`
+    /// pass, like the filter's rebuild after it, and it is what `retain` + `shrink_to_fit`
     /// did when the set had shrunk.
     pub(super) fn prune(&mut self, now_ms: i64) -> usize {
         let before = self.map.len();
@@ -137,23 +134,14 @@ impl<V: Entry> Table<V> {
             let mut map = HashMap::with_capacity_and_hasher(self.map.len(), BuildPassThrough);
             map.extend(self.map.drain());
             self.map = map;
-            self.rebuild_bloom((self.map.len() * 2).max(MIN_FILTER));
         }
         removed
     }
 
-    fn rebuild_bloom(&mut self, capacity: usize) {
-        let mut bloom = Bloom::with_capacity(capacity);
-        for k in self.map.keys() {
-            bloom.insert(k);
-        }
-        self.bloom = bloom;
-    }
-
-    /// Bytes held: slots × (slot + control byte), plus the filter; not allocator slack.
+    /// Bytes held: slots × (slot + control byte); not allocator slack.
     pub(super) fn bytes(&self) -> usize {
         let slot = std::mem::size_of::<(Key, V)>() + 1;
-        buckets(self.map.capacity()) * slot + self.bloom.bytes()
+        buckets(self.map.capacity()) * slot
     }
 }
 

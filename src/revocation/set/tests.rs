@@ -473,3 +473,74 @@ fn tables_do_not_grow_under_churn_at_a_steady_count() {
         }
     }
 }
+
+/// Checks read the filters without a lock while applies grow them and prunes rebuild them:
+/// a revocation that is held is never missed by a check running beside either.
+#[test]
+fn checks_racing_applies_and_prunes_never_miss_a_held_revocation() {
+    let s = RevokedSet::new();
+    let kept: Vec<String> = (0..3_000).map(|i| format!("kept{i}")).collect();
+    for id in &kept {
+        s.apply(&ev(Kind::Session, id, "iss", T, T + 3_600_000), T);
+    }
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            // waves of short-lived revocations: every wave grows filters, every prune
+            // rebuilds every shard's filter
+            for wave in 0..30i64 {
+                let now = T + wave * 1_000;
+                for i in 0..2_000 {
+                    let id = format!("w{wave}-{i}");
+                    s.apply(&ev(Kind::Token, &id, "", now, now + 1_500), now);
+                }
+                s.prune(now);
+            }
+            done.store(true, Ordering::Relaxed);
+        });
+        let mut rounds = 0;
+        while !done.load(Ordering::Relaxed) || rounds == 0 {
+            for id in &kept {
+                assert_eq!(
+                    s.check("iss", id, Some("j"), Some("u"), 0, T),
+                    Some(RevokedBy::Session),
+                    "{id} missed beside a rebuild (round {rounds})"
+                );
+            }
+            rounds += 1;
+        }
+    });
+}
+
+/// Past the entries its filters were sized for, the set still holds and finds everything:
+/// only the filters' false-positive rate rises.
+#[test]
+fn over_the_sized_entries_nothing_is_missed() {
+    let s = RevokedSet::with_max_entries(1_000);
+    for i in 0..50_000 {
+        s.apply(
+            &ev(Kind::Session, &format!("s{i}"), "iss", T, T + 60_000),
+            T,
+        );
+    }
+    assert_eq!(s.len(), 50_000);
+    assert!((0..50_000).all(|i| s.check("iss", &format!("s{i}"), None, None, 0, T).is_some()));
+    assert!((0..1_000).all(|i| s.check("iss", &format!("x{i}"), None, None, 0, T).is_none()));
+}
+
+/// The thread's memo of the last issuer hash is per set: two sets (two sets of keys)
+/// checked in turn on one thread each find their own entries under the same issuer.
+#[test]
+fn the_issuer_memo_never_crosses_sets() {
+    let (a, b) = (RevokedSet::new(), RevokedSet::new());
+    a.apply(&ev(Kind::Session, "s1", "iss", T, T + 60_000), T);
+    b.apply(&ev(Kind::Session, "s2", "iss", T, T + 60_000), T);
+    for _ in 0..3 {
+        assert!(a.check("iss", "s1", None, None, 0, T).is_some());
+        assert!(b.check("iss", "s2", None, None, 0, T).is_some());
+        assert!(a.check("iss", "s2", None, None, 0, T).is_none());
+        assert!(b.check("iss", "s1", None, None, 0, T).is_none());
+        assert!(a.check("other", "s1", None, None, 0, T).is_none());
+        assert!(a.check("iss", "s1", None, None, 0, T).is_some());
+    }
+}
