@@ -1059,7 +1059,7 @@ const ENVELOPE_WINDOW: usize = 5;
 /// window counts only with at least two points.
 fn envelope(p: &[(f64, f64)], w: usize) -> Vec<(f64, f64)> {
     p.chunks(w.max(1))
-        .filter(|c| c.len() == w || c.len() >= 2)
+        .filter(|c| c.len() >= w.min(2))
         .map(|c| {
             let x = c.last().map_or(0.0, |q| q.0);
             (x, c.iter().map(|q| q.1).fold(f64::MIN, f64::max))
