@@ -464,7 +464,7 @@ impl Default for Revocation {
             max_staleness: Duration::from_secs(30),
             on_stale: OnStale::Deny,
             isolation: Isolation::Home,
-            max_entries: 10_000_000,
+            max_entries: crate::revocation::DEFAULT_MAX_ENTRIES,
             prune_interval: Duration::from_secs(60),
         }
     }

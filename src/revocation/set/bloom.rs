@@ -33,7 +33,7 @@ const BITS_PER_ENTRY: usize = 10;
 const BLOCK_BITS: usize = 512;
 const WORDS_PER_BLOCK: usize = BLOCK_BITS / 64;
 /// Entries a new or emptied filter is sized for.
-pub(super) const MIN_ENTRIES: usize = 64;
+const MIN_ENTRIES: usize = 64;
 
 pub(super) struct Filter {
     /// 512-bit blocks as 8 words each: every block the filter may ever use.
@@ -63,6 +63,12 @@ impl Filter {
             block_mask: AtomicUsize::new(blocks - 1),
             capacity: AtomicUsize::new(blocks * BLOCK_BITS / BITS_PER_ENTRY),
         }
+    }
+
+    /// Bytes allocated: every block it may ever use (address space until used).
+    #[cfg(test)]
+    pub(super) fn reserved_bytes(&self) -> usize {
+        self.words.len() * 8
     }
 
     fn max_blocks(&self) -> usize {

@@ -227,22 +227,13 @@ impl Shard {
         }
     }
 
-    /// Forgets what is not live at `now_ms`, adding what it removed to `removed`; returns
-    /// how many it removed.
-    fn prune(&mut self, now_ms: i64, removed: &mut PerKind<PerScope<usize>>) -> usize {
-        let mut n = 0;
+    /// Forgets what is not live at `now_ms`, adding what it removed to `removed`.
+    fn prune(&mut self, now_ms: i64, removed: &mut PerKind<PerScope<usize>>) {
         for scope in Scope::ALL {
-            let counts = [
-                self.session.get_mut(scope).prune(now_ms),
-                self.token.get_mut(scope).prune(now_ms),
-                self.subject.get_mut(scope).prune(now_ms),
-            ];
-            *removed.session.get_mut(scope) += counts[0];
-            *removed.token.get_mut(scope) += counts[1];
-            *removed.subject.get_mut(scope) += counts[2];
-            n += counts.iter().sum::<usize>();
+            *removed.session.get_mut(scope) += self.session.get_mut(scope).prune(now_ms);
+            *removed.token.get_mut(scope) += self.token.get_mut(scope).prune(now_ms);
+            *removed.subject.get_mut(scope) += self.subject.get_mut(scope).prune(now_ms);
         }
-        n
     }
 
     /// Entries held, every table.
@@ -258,19 +249,15 @@ impl Shard {
     /// Every key held, with the filter's name for its table.
     fn keys(&self) -> impl Iterator<Item = (Key, usize)> + '_ {
         Scope::ALL.into_iter().flat_map(move |scope| {
-            let tagged = move |kind: RevokedBy| move |k| (k, kind.table(scope));
-            (self
-                .session
-                .get(scope)
-                .keys()
-                .map(tagged(RevokedBy::Session)))
-            .chain(self.token.get(scope).keys().map(tagged(RevokedBy::Token)))
-            .chain(
-                self.subject
-                    .get(scope)
-                    .keys()
-                    .map(tagged(RevokedBy::Subject)),
-            )
+            let (session, token, subject) = (
+                RevokedBy::Session.table(scope),
+                RevokedBy::Token.table(scope),
+                RevokedBy::Subject.table(scope),
+            );
+            let session = self.session.get(scope).keys().map(move |k| (k, session));
+            let token = self.token.get(scope).keys().map(move |k| (k, token));
+            let subject = self.subject.get(scope).keys().map(move |k| (k, subject));
+            session.chain(token).chain(subject)
         })
     }
 
@@ -344,8 +331,13 @@ fn live(exp: u32, now_ms: i64) -> bool {
     i64::from(exp) * 1000 > now_ms
 }
 
-/// The entries the filters are sized to grow to when no bound is given.
-const DEFAULT_MAX_ENTRIES: usize = 10_000_000;
+/// `revocation.max_entries` by default, and what [`RevokedSet::new`] sizes its filters for.
+pub const DEFAULT_MAX_ENTRIES: usize = 10_000_000;
+
+/// The most entries the filters are ever sized for, whatever the bound (~160 MiB of address
+/// space): a larger `revocation.max_entries` is a bound on what the set may hold, not a
+/// reason to reserve more; past it only the filters' false-positive rate rises.
+const MAX_FILTER_ENTRIES: usize = 100_000_000;
 
 impl RevokedSet {
     /// A set whose filters can grow to [`DEFAULT_MAX_ENTRIES`] (10M) at full strength.
@@ -358,7 +350,7 @@ impl RevokedSet {
     /// evicted); past it only its filters' false-positive rate rises.
     pub fn with_max_entries(max_entries: usize) -> RevokedSet {
         // headroom for shards above the mean (a shard's share of random keys varies)
-        let per_shard = max_entries.div_ceil(SHARDS).saturating_mul(5) / 4;
+        let per_shard = max_entries.min(MAX_FILTER_ENTRIES).div_ceil(SHARDS) * 5 / 4;
         RevokedSet {
             shards: (0..SHARDS)
                 .map(|_| ShardCell {
@@ -471,8 +463,10 @@ impl RevokedSet {
         let mut removed = PerKind::<PerScope<usize>>::default();
         for cell in self.shards.iter() {
             let mut shard = cell.tables.write();
-            if shard.prune(now_ms, &mut removed) > 0 {
-                let held = shard.len();
+            let before = shard.len();
+            shard.prune(now_ms, &mut removed);
+            let held = shard.len();
+            if held < before {
                 cell.filter.rebuild(held, shard.keys());
             }
         }

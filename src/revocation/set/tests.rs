@@ -488,9 +488,9 @@ fn checks_racing_applies_and_prunes_never_miss_a_held_revocation() {
         scope.spawn(|| {
             // waves of short-lived revocations: every wave grows filters, every prune
             // rebuilds every shard's filter
-            for wave in 0..30i64 {
+            for wave in 0..400i64 {
                 let now = T + wave * 1_000;
-                for i in 0..2_000 {
+                for i in 0..200 {
                     let id = format!("w{wave}-{i}");
                     s.apply(&ev(Kind::Token, &id, "", now, now + 1_500), now);
                 }
@@ -542,5 +542,24 @@ fn the_issuer_memo_never_crosses_sets() {
         assert!(b.check("iss", "s1", None, None, 0, T).is_none());
         assert!(a.check("other", "s1", None, None, 0, T).is_none());
         assert!(a.check("iss", "s1", None, None, 0, T).is_some());
+    }
+}
+
+/// Any `revocation.max_entries` makes a set: the filters are sized for at most
+/// `MAX_FILTER_ENTRIES` (a larger bound reserved tens of GiB, or overflowed, at start).
+#[test]
+fn any_bound_makes_a_set_and_the_filters_stay_capped() {
+    for bound in [0, 1, 1_000_000_000_000, usize::MAX] {
+        let s = RevokedSet::with_max_entries(bound);
+        s.apply(&ev(Kind::Session, "s1", "iss", T, T + 60_000), T);
+        assert!(
+            s.check("iss", "s1", None, None, 0, T).is_some(),
+            "bound {bound}"
+        );
+        let reserved: usize = s.shards.iter().map(|c| c.filter.reserved_bytes()).sum();
+        assert!(
+            reserved <= 512 << 20,
+            "bound {bound}: {reserved} B reserved"
+        );
     }
 }
