@@ -74,6 +74,7 @@ export interface StoredTokens {
 export const REFRESH_MARGIN_MS: number;
 export const REFRESH_ATTEMPTS: number;
 export const REFRESH_TIMEOUT_MS: number;
+export const REFRESH_LINGER_MS: number;
 export const STABLE_SOCKET_MS: number;
 export const BACKOFF: Record<"network" | "restart" | "crowded", { base: number; cap: number }>;
 export function tokensFromResponse(r: TokenResponse, now: number): StoredTokens;

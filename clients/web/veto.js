@@ -21,6 +21,13 @@ export const REFRESH_MARGIN_MS = 60_000;
 export const REFRESH_ATTEMPTS = 3;
 /** A single refresh request gives up after this long (the lock is never held forever). */
 export const REFRESH_TIMEOUT_MS = 10_000;
+/**
+ * A tab that refreshed keeps the cross-tab lock this long after sharing the new tokens (its
+ * caller has them at once). Another tab's lock grant can overtake the channel message with the
+ * tokens; a tab that asks within this window finds the lock held and waits for the tokens
+ * instead of refreshing a second time with the rotated-out refresh token.
+ */
+export const REFRESH_LINGER_MS = 150;
 /** A socket that stayed open this long resets the reconnect backoff. */
 export const STABLE_SOCKET_MS = 10_000;
 
@@ -516,37 +523,56 @@ export function createClient(options = {}, deps = {}) {
   function refresh(stale) {
     if (inflight) return inflight;
     const from = stale === undefined ? tokens?.access_token : stale;
-    inflight = lock
+    let settle;
+    const result = new Promise((resolve, reject) => (settle = { resolve, reject }));
+    lock
       .request(name + ":refresh", async (contended) => {
-        let cur = tokens;
-        if (!cur) throw new VetoError("no_session", "not logged in");
-        if (cur.access_token !== from) return cur.access_token;
-        if (contended) {
-          // The holder shares its tokens before it releases; this is a bound for browsers that
-          // deliver the lock grant before the channel message.
-          await waitTokens(60, cur);
-          if (!tokens) throw new VetoError("no_session", "not logged in");
-          if (tokens.access_token !== from) return tokens.access_token;
-        }
-        const stored = loadStored();
-        if (stored && stored.access_token !== from && stored.issued_at > cur.issued_at && adopt(stored, { broadcast: false }))
-          return tokens.access_token;
-        cur = tokens;
-        let t;
+        const held = { asked: false };
         try {
-          t = await refreshAtAuthority(cur);
+          settle.resolve(await refreshHeld(from, contended, held));
         } catch (e) {
-          if (e instanceof VetoError && e.code === "invalid_grant")
-            endSession({ reason: "invalid_grant", forced: true, source: "refresh", sessionId: cur.session_id }, { broadcast: true });
-          throw e;
+          settle.reject(e);
         }
-        adopt(t, { broadcast: true });
-        return t.access_token;
+        // Hold the lock a moment after asking the authority (see REFRESH_LINGER_MS).
+        if (held.asked) await sleep(REFRESH_LINGER_MS);
       })
-      .finally(() => {
-        inflight = null;
-      });
+      .catch((e) => settle.reject(e));
+    inflight = result.finally(() => {
+      inflight = null;
+    });
     return inflight;
+  }
+
+  /**
+   * The body of `refresh` while holding the lock: the current access token. Sets `held.asked`
+   * when it calls the authority.
+   */
+  async function refreshHeld(from, contended, held) {
+    let cur = tokens;
+    if (!cur) throw new VetoError("no_session", "not logged in");
+    if (cur.access_token !== from) return cur.access_token;
+    if (contended) {
+      // The holder shares its tokens before it releases; this is a bound for browsers that
+      // deliver the lock grant before the channel message.
+      await waitTokens(60, cur);
+      if (!tokens) throw new VetoError("no_session", "not logged in");
+      if (tokens.access_token !== from) return tokens.access_token;
+    }
+    const stored = loadStored();
+    if (stored && stored.access_token !== from && stored.issued_at > cur.issued_at && adopt(stored, { broadcast: false }))
+      return tokens.access_token;
+    cur = tokens;
+    held.asked = true;
+    let t;
+    try {
+      t = await refreshAtAuthority(cur);
+    } catch (e) {
+      if (e instanceof VetoError && e.code === "invalid_grant")
+        endSession({ reason: "invalid_grant", forced: true, source: "refresh", sessionId: cur.session_id }, { broadcast: true });
+      throw e;
+    }
+    adopt(t, { broadcast: true });
+    return t.access_token;
   }
 
   // ---- new tabs ask the others ----

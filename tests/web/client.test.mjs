@@ -7,6 +7,14 @@ import { createClient, createChannelLock, VetoError } from "../../clients/web/ve
 const AUTH = "https://auth.test";
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 let seq = 0;
+/** Resolves once `cond()` holds (polled), or fails after `ms`. */
+async function until(cond, ms = 1000, what = "waiting") {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) assert.fail(`timed out: ${what}`);
+    await sleep(2);
+  }
+}
 
 /** A fake authority + API: rotation with a grace for the previous token, reuse = revoke. */
 function fakeWorld({ delay = 20, ttl = 600 } = {}) {
@@ -103,8 +111,7 @@ for (const mode of ["BroadcastChannel lock", "Web Locks"]) {
     const b = tab(w, { locks });
     const c = tab(w, { locks });
     a.setTokens(w.login());
-    await sleep(20); // the tokens reach b and c
-    assert.ok(b.session && c.session, "tokens shared across tabs");
+    await until(() => b.session && c.session, 3000, "tokens shared across tabs");
     // The access token is rejected from now on (e.g. the API's clock says it expired).
     const s = [...w.sessions.values()][0];
     s.at = "rejected";
@@ -115,6 +122,57 @@ for (const mode of ["BroadcastChannel lock", "Web Locks"]) {
     assert.equal(w.refreshes, 1, "exactly one refresh reached the authority");
     assert.deepEqual(w.log, [], "no grace replay needed");
     assert.equal(w.api, 6, "each request sent once, retried once");
+  });
+}
+
+/**
+ * node's BroadcastChannel whose "tokens" messages are held back while `gate.hold` is set and
+ * delivered by `gate.release()`: a browser whose lock grant overtakes the channel message.
+ */
+function gatedChannel() {
+  const queue = [];
+  const gate = { hold: false, release() {
+    gate.hold = false;
+    for (const f of queue.splice(0)) f();
+  } };
+  class Gated extends BroadcastChannel {
+    postMessage(m) {
+      const send = () => {
+        try {
+          super.postMessage(m);
+        } catch {
+          /* closed meanwhile */
+        }
+      };
+      if (gate.hold && m?.t === "tokens") queue.push(send);
+      else send();
+    }
+  }
+  return { gate, Gated };
+}
+
+for (const mode of ["BroadcastChannel lock", "Web Locks"]) {
+  test(`a 401 just after another tab's refresh, before its tokens arrive: still one refresh (${mode})`, async () => {
+    const w = fakeWorld({ delay: 5 });
+    const { gate, Gated } = gatedChannel();
+    const deps = { locks: mode === "Web Locks" ? fakeLocks() : null, BroadcastChannel: Gated };
+    const a = tab(w, deps);
+    const b = tab(w, deps);
+    a.setTokens(w.login());
+    await until(() => b.session, 3000, "tokens in tab b");
+    const s = [...w.sessions.values()][0];
+    s.at = "rejected";
+    gate.hold = true;
+    // a: 401, refresh, retry; its new tokens stay on the way to b
+    assert.equal((await a.fetch("https://api.test/api")).status, 200);
+    s.at = `at-${s.sid}-${s.gen}`;
+    const api = w.api;
+    const rb = b.fetch("https://api.test/api");
+    // b has its 401 (and has decided what to do about it) before the tokens arrive
+    await until(() => w.api > api, 3000, "b's first request answered");
+    gate.release();
+    assert.equal((await rb).status, 200);
+    assert.equal(w.refreshes, 1, `one refresh reached the authority (grace replays: ${w.log.length})`);
   });
 }
 
@@ -152,7 +210,7 @@ test("invalid_grant on refresh logs every tab out, the callback once per tab", a
   const a = tab(w, {}, { onLogout: (i) => calls.a.push(i) });
   const b = tab(w, {}, { onLogout: (i) => calls.b.push(i) });
   a.setTokens(w.login());
-  await sleep(20);
+  await until(() => b.session, 3000, "tokens in tab b");
   const s = [...w.sessions.values()][0];
   s.alive = false; // logged out elsewhere (another device, an admin)
   const [ra, rb] = await Promise.all([a.fetch("https://api.test/api"), b.fetch("https://api.test/api")]);
@@ -177,7 +235,7 @@ test("logout(): POST /v1/logout once, every tab cleared and told", async () => {
   const a = tab(w, {}, { onLogout: (i) => seen.push(["a", i.reason, i.forced]) });
   const b = tab(w, {}, { onLogout: (i) => seen.push(["b", i.reason, i.forced]) });
   a.setTokens(w.login());
-  await sleep(20);
+  await until(() => b.session, 3000, "tokens in tab b");
   await a.logout();
   await sleep(20);
   assert.equal(w.logouts, 1);
@@ -327,14 +385,6 @@ function recordingTimers() {
     clearTimeout: (t) => clearTimeout(t),
   };
 }
-
-const until = async (cond, ms = 1000) => {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error("timed out waiting");
-    await sleep(2);
-  }
-};
 
 test("socket: subprotocols carry the token, never the URL; 4403 logs every tab out, no reconnect", async () => {
   const w = fakeWorld({ delay: 1 });
