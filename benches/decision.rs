@@ -421,7 +421,7 @@ fn lookups(n: usize, mix: Mix, case: Case) -> Lookups {
     l
 }
 
-fn bench_lookups(c: &mut Criterion, group: &str, set: fn() -> Arc<RevokedSet>, n: usize) {
+fn bench_lookups(c: &mut Criterion, group: &str, set: impl Fn() -> Arc<RevokedSet>, n: usize) {
     let mut g = c.benchmark_group(group);
     g.warm_up_time(Duration::from_secs(1));
     g.measurement_time(Duration::from_secs(3));
@@ -429,7 +429,7 @@ fn bench_lookups(c: &mut Criterion, group: &str, set: fn() -> Arc<RevokedSet>, n
     let now = t0() + 1000;
     // `_hot`: the same claims on every iteration, so the entry and its table lines stay in
     // cache: what is left is hashing and locking, not memory latency.
-    let cases: &[(&str, Case, bool)] = if n >= 10_000_000 {
+    let cases: &[(&str, Case, bool)] = if n >= 10_000_000 || n < 1_000_000 {
         &[
             ("hit_session", Case::HitSession, false),
             ("miss_full", Case::MissFull, false),
@@ -732,14 +732,28 @@ fn grpc(c: &mut Criterion) {
     g.finish();
 }
 
+/// The lookups at 1M and 10M entries (the targets), and at 10k and 100k for the curve of
+/// check time and bytes against entries (scripts/curves.sh); each set is built only when a
+/// benchmark of its group runs.
 fn revoked_set(c: &mut Criterion) {
+    for n in [10_000, 100_000] {
+        let set: OnceLock<Arc<RevokedSet>> = OnceLock::new();
+        let make = || {
+            set.get_or_init(|| {
+                drop(filled(scaled(n), Mix::SessionsOnly));
+                Arc::new(filled(scaled(n), Mix::Mixed))
+            })
+            .clone()
+        };
+        bench_lookups(c, &format!("revoked_set_{}", human(n)), make, n);
+    }
     bench_lookups(c, "revoked_set_1M", set_1m, 1_000_000);
     bench_lookups(c, "revoked_set_10M", set_10m, 10_000_000);
 }
 
-/// What one claim's 128-bit keyed digest costs: the set's SipHash-1-3-128 against a cheaper
-/// keyed candidate (foldhash, two seeds for 128 bits), for a 22-character session id (the
-/// authority's) and a 58-character one.
+/// What one claim's 128-bit keyed digest costs: the set's XXH3-128 under a secret, against
+/// the SipHash-1-3-128 it used before and foldhash (two seeds for 128 bits), for a
+/// 22-character session id (the authority's) and a 58-character one.
 fn claim_hash(c: &mut Criterion) {
     use siphasher::sip128::{Hasher128, SipHasher13};
     use std::hash::{BuildHasher, Hasher};
@@ -751,6 +765,10 @@ fn claim_hash(c: &mut Criterion) {
         foldhash::fast::SeedableRandomState::with_seed(k0, foldhash::SharedSeed::global_random()),
         foldhash::fast::SeedableRandomState::with_seed(k1, foldhash::SharedSeed::global_random()),
     );
+    // the revoked set's hash: XXH3-128 under a 192-byte secret (src/revocation/set/key.rs)
+    let secret: Vec<u8> = (0..192u32)
+        .map(|i| (i.wrapping_mul(0x9e37_79b1) >> 13) as u8)
+        .collect();
     for id in [
         "c2Vzc2lvbi1pZC0wMDAwMQ",
         "c2Vzc2lvbi1pZC0wMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMQ",
@@ -763,6 +781,9 @@ fn claim_hash(c: &mut Criterion) {
                 let d = h.finish128();
                 (d.h1, d.h2)
             })
+        });
+        g.bench_function(format!("xxh3_128_secret/{n}"), |b| {
+            b.iter(|| xxhash_rust::xxh3::xxh3_128_with_secret(black_box(id).as_bytes(), &secret))
         });
         g.bench_function(format!("foldhash_2x64/{n}"), |b| {
             b.iter(|| {

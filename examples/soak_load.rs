@@ -60,6 +60,29 @@ enum Cmd {
     Upstream { listen: SocketAddr },
     /// The soak: load, revocations, per-minute samples, verdict.
     Run(Box<RunArgs>),
+    /// Revocations only (scripts/bench-envoy.sh HELD=/REVOKE_RATE=): `--count` session
+    /// revocations as fast as the stream acknowledges them (`--in-flight` at a time), then
+    /// `--rate` a second until killed; prints `held N` once the first part is acknowledged.
+    Revocations(RevocationArgs),
+}
+
+#[derive(clap::Args)]
+struct RevocationArgs {
+    #[arg(long)]
+    nats: String,
+    #[arg(long)]
+    region: String,
+    #[arg(long)]
+    domain: Option<String>,
+    #[arg(long, default_value_t = 0)]
+    count: u64,
+    #[arg(long, default_value_t = 512)]
+    in_flight: usize,
+    /// After `--count`: revocations per second until killed (0: exit).
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    ttl: Duration,
 }
 
 #[derive(clap::Args)]
@@ -147,6 +170,7 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.cmd {
         Cmd::Upstream { listen } => rt.block_on(upstream(listen)),
+        Cmd::Revocations(a) => rt.block_on(revocations(a)),
         Cmd::Run(a) => {
             let pass = rt.block_on(run(*a))?;
             std::process::exit(if pass { 0 } else { 1 });
@@ -622,6 +646,63 @@ async fn publisher(
                     }
                     sh.error("revocation_publish");
                 }
+            }
+        }
+    }
+}
+
+/// `soak_load revocations`: a bulk part, then a steady rate (see [`Cmd::Revocations`]).
+async fn revocations(a: RevocationArgs) -> anyhow::Result<()> {
+    use futures::StreamExt as _;
+    let client = async_nats::connect(&a.nats)
+        .await
+        .context("connect to NATS")?;
+    let js = veto::bus::jetstream(client, a.domain.as_deref());
+    let event = |n: u64| {
+        let mut ev = RevocationEvent::new(
+            random_id(),
+            Kind::Session,
+            &format!("bench-held-{n}-{}", &random_id()[..8]),
+            &a.region,
+            veto::now_ms(),
+            a.ttl,
+        );
+        ev.reason = "bench".into();
+        ev
+    };
+    let start = Instant::now();
+    let failed = futures::stream::iter(1..=a.count)
+        .map(|n| {
+            let (js, ev) = (js.clone(), event(n));
+            async move { veto::bus::publish_event(&js, &ev, Duration::from_secs(10)).await }
+        })
+        .buffer_unordered(a.in_flight.max(1))
+        .filter(|r| std::future::ready(r.is_err()))
+        .count()
+        .await;
+    if failed > 0 {
+        bail!("{failed} of {} revocations were not acknowledged", a.count);
+    }
+    println!(
+        "held {} ({:.1} s, {:.0}/s)",
+        a.count,
+        start.elapsed().as_secs_f64(),
+        a.count as f64 / start.elapsed().as_secs_f64().max(1e-9)
+    );
+    if a.rate <= 0.0 {
+        return Ok(());
+    }
+    let (start, mut n) = (Instant::now(), 0u64);
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    loop {
+        tick.tick().await;
+        let due = (start.elapsed().as_secs_f64() * a.rate) as u64;
+        while n < due {
+            n += 1;
+            if let Err(e) =
+                veto::bus::publish_event(&js, &event(a.count + n), Duration::from_secs(2)).await
+            {
+                eprintln!("soak_load revocations: publish failed: {e}");
             }
         }
     }
