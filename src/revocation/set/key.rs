@@ -31,6 +31,14 @@ impl Key {
     pub(super) fn bloom_bits(&self) -> (u32, u32, u32) {
         (self.0[1], self.0[2], self.0[3])
     }
+
+    /// The key as two words, as the shared-memory mirror stores it (`veto_shm::Digest`).
+    pub(super) fn digest(&self) -> [u64; 2] {
+        [
+            u64::from(self.0[0]) | u64::from(self.0[1]) << 32,
+            u64::from(self.0[2]) | u64::from(self.0[3]) << 32,
+        ]
+    }
 }
 
 /// One half of a key: the hash of an id or of an issuer.
@@ -76,6 +84,23 @@ impl Hashers {
             any_issuer: sip(issuer, b""),
             tag: TAGS.fetch_add(1, Ordering::Relaxed),
         }
+    }
+
+    /// The hashers of another set, from its [`Self::keys`] (the in-proxy reader derives the
+    /// keys the sidecar stored its entries under).
+    pub(super) fn from_keys(k: [u64; 4]) -> Hashers {
+        let issuer = (k[2], k[3]);
+        Hashers {
+            id: (k[0], k[1]),
+            issuer,
+            any_issuer: sip(issuer, b""),
+            tag: TAGS.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    /// The hash keys: id k0, id k1, issuer k0, issuer k1.
+    pub(super) fn keys(&self) -> [u64; 4] {
+        [self.id.0, self.id.1, self.issuer.0, self.issuer.1]
     }
 
     pub(super) fn id(&self, id: &str) -> Half {
