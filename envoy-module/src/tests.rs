@@ -496,3 +496,20 @@ fn now_or_never_label(d: &veto::decision::Decider<(), RevokedSet>, t: &str) -> S
         std::task::Poll::Pending => "pending".into(),
     }
 }
+
+/// Growth switches the file's generation: a revocation written into the new generation is
+/// refused on the very next decision (no rate limit on following a superseded file).
+#[test]
+fn a_revocation_right_after_growth_is_seen() {
+    let w = World::new("");
+    let f = w.filter();
+    let t = bearer(&w.token("dave", "target", 0));
+    assert_eq!(reason(&f.decide(Some((1, t.as_bytes())))), "ok");
+    let before = w.mirror.generation();
+    for i in 0..2000 {
+        w.revoke(Kind::Session, &format!("filler-{i}"), ISS);
+    }
+    assert!(w.mirror.generation() > before, "the table grew");
+    w.revoke(Kind::Session, "target", ISS);
+    assert_eq!(reason(&f.decide(Some((1, t.as_bytes())))), "revoked");
+}

@@ -140,7 +140,7 @@ impl ShmRevocations {
             current: RwLock::new(None),
             last_open_ms: AtomicI64::new(i64::MIN / 2),
         };
-        r.reopen(crate::now_ms());
+        r.reopen(crate::now_ms(), true);
         r
     }
 
@@ -152,14 +152,17 @@ impl ShmRevocations {
             .map_or(0, |a| a.map.generation())
     }
 
-    /// Opens the path again if it holds a newer file than the one mapped (rate-limited).
-    fn reopen(&self, now_ms: i64) {
+    /// Opens the path again if it holds a newer file than the one mapped. `urgent` (the
+    /// mapped file is superseded: new entries go to the new one) always tries; otherwise (no
+    /// file yet, a silent heartbeat) at most every [`REOPEN_EVERY_MS`].
+    fn reopen(&self, now_ms: i64, urgent: bool) {
         let last = self.last_open_ms.load(Ordering::Relaxed);
-        if now_ms - last < REOPEN_EVERY_MS
-            || self
-                .last_open_ms
-                .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
-                .is_err()
+        if !urgent
+            && (now_ms - last < REOPEN_EVERY_MS
+                || self
+                    .last_open_ms
+                    .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_err())
         {
             return;
         }
@@ -188,14 +191,15 @@ impl ShmRevocations {
     /// Runs `f` on the current generation (`None`: no usable file), switching to a newer one
     /// first when the current one is superseded or silent.
     fn with<T>(&self, now_ms: i64, f: impl FnOnce(Option<&Attached>) -> T) -> T {
-        let needs_reopen = match &*self.current.read() {
-            Some(a) => {
-                a.map.superseded() || now_ms - a.map.heartbeat_ms() > REOPEN_AFTER_SILENCE_MS
-            }
-            None => true,
+        let (superseded, silent) = match &*self.current.read() {
+            Some(a) => (
+                a.map.superseded(),
+                now_ms - a.map.heartbeat_ms() > REOPEN_AFTER_SILENCE_MS,
+            ),
+            None => (false, true),
         };
-        if needs_reopen {
-            self.reopen(now_ms);
+        if superseded || silent {
+            self.reopen(now_ms, superseded);
         }
         f(self.current.read().as_ref())
     }
