@@ -10,7 +10,8 @@
 #   scripts/build-image.sh + scripts/test-image.sh (the FROM scratch image, run with podman)
 #   scripts/fuzz.sh --smoke 30 --jobs 2 (every fuzz target, 30 s each)
 #   promtool check rules + promtool test rules (deploy/prometheus)
-#   Envoy templates rendered with envsubst and `envoy --mode validate`d (deploy/envoy)
+#   Envoy templates rendered with envsubst and `envoy --mode validate`d (deploy/envoy; the
+#   in-proxy one with the module cargo built)
 #   Grafana dashboard structure, metric names and PromQL (deploy/grafana)
 #   scripts/validate-k8s.sh (k8s/)
 # The Rust tests find Envoy, nats-server and promtool through VETO_ENVOY_BIN,
@@ -62,6 +63,36 @@ check_envoy_templates() (
             || { cat "$tmp/out" >&2; echo "$tmpl: envoy --mode validate failed" >&2; return 1; }
         echo "$tmpl: $(tail -n 1 "$tmp/out")"
     done
+    # The in-proxy template names the dynamic module: validating it loads the module (built by
+    # `cargo test --all-targets`) and runs its configuration, so it gets a veto config of its
+    # own. Skipped, saying so, when the module is not built (--deploy-only on a fresh tree).
+    local module_dir="$REPO/target/debug" tmpl=deploy/envoy/inproxy/envoy-inproxy.yaml.tmpl
+    if [[ ! -f "$module_dir/libvetoinproxy.so" ]]; then
+        echo "$tmpl: skipped (no $module_dir/libvetoinproxy.so; cargo build -p veto-envoy-module)"
+        return 0
+    fi
+    # a public key that verifies nothing of anyone's (validation only needs a usable JWKS)
+    echo '{"keys":[{"kty":"EC","crv":"P-256","kid":"validate","alg":"ES256","use":"sig","x":"A--B_JkfSWo9x2fis__jB6qTVfe47_uLxvW5iqhALGQ","y":"taU7PYXTgXc5_rBV7X8FCs1QFpOV76Y2c83vo9bK1Ng"}]}' \
+        >"$tmp/jwks.json"
+    cat >"$tmp/veto.toml" <<TOML || return 1
+[[issuers]]
+issuer = "https://issuer.example"
+audiences = ["api"]
+jwks_file = "$tmp/jwks.json"
+[nats]
+url = "nats://127.0.0.1:4222"
+region = "us"
+[inproxy]
+shm_path = "$tmp/veto-revoked"
+TOML
+    # shellcheck disable=SC2016
+    LISTEN_PORT=10000 ADMIN_PORT=10001 UPSTREAM_PORT=10004 VETO_CONFIG="$tmp/veto.toml" \
+        envsubst '${LISTEN_PORT} ${ADMIN_PORT} ${UPSTREAM_PORT} ${VETO_CONFIG}' \
+        <"$tmpl" >"$tmp/inproxy.yaml" || return 1
+    ENVOY_DYNAMIC_MODULES_SEARCH_PATH="$module_dir" \
+        "$VETO_ENVOY_BIN" --mode validate -c "$tmp/inproxy.yaml" -l error >"$tmp/out" 2>&1 \
+        || { cat "$tmp/out" >&2; echo "$tmpl: envoy --mode validate failed" >&2; return 1; }
+    echo "$tmpl: $(tail -n 1 "$tmp/out")"
 )
 
 if ((run_cargo)); then

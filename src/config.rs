@@ -45,6 +45,9 @@ pub struct Settings {
     pub shutdown: Shutdown,
     #[serde(default)]
     pub limits: ListenerLimits,
+    /// The in-proxy mode: the revoked set mirrored into shared memory for the Envoy module.
+    #[serde(default)]
+    pub inproxy: Inproxy,
     /// `veto authority` only: sessions, refresh rotation, keys, back-channel logout.
     pub authority: Option<crate::authority::config::Authority>,
 }
@@ -183,6 +186,62 @@ impl ListenerLimits {
             return Err(bad(
                 "limits.grpc_concurrency_per_connection",
                 "must be positive",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `[inproxy]`: the sidecar mirrors its revoked set, its feed position and its per-origin
+/// freshness into `shm_path` (a file on a tmpfs shared with Envoy: `/dev/shm`, or a
+/// `medium: Memory` emptyDir), where the in-proxy module (`envoy-module/`) reads them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Inproxy {
+    /// The shared-memory file (absent: no mirror). Its directory must exist.
+    pub shm_path: Option<PathBuf>,
+    /// How often the sidecar refreshes the file's heartbeat and freshness.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+}
+
+impl Default for Inproxy {
+    fn default() -> Self {
+        Inproxy {
+            shm_path: None,
+            heartbeat_interval: Duration::from_millis(100),
+        }
+    }
+}
+
+impl Inproxy {
+    fn validate(&self, s: &Settings) -> Result<(), ConfigError> {
+        let Some(p) = &self.shm_path else {
+            return Ok(());
+        };
+        let key = "inproxy.shm_path";
+        if !p.is_absolute() {
+            return Err(bad(key, "must be an absolute path"));
+        }
+        match p.parent() {
+            Some(dir) if dir.is_dir() => {}
+            _ => return Err(bad(key, "its directory does not exist")),
+        }
+        if p.is_dir() {
+            return Err(bad(key, "is a directory"));
+        }
+        if s.nats.is_none() {
+            return Err(bad(
+                key,
+                "needs a [nats] section (without a feed there is nothing to mirror)",
+            ));
+        }
+        if self.heartbeat_interval.is_zero()
+            || self.heartbeat_interval * 4 > s.revocation.max_staleness
+        {
+            return Err(bad(
+                "inproxy.heartbeat_interval",
+                "must be positive and at most a quarter of revocation.max_staleness",
             ));
         }
         Ok(())
@@ -683,6 +742,7 @@ impl Settings {
         if self.revocation.prune_interval.is_zero() {
             return Err(bad("revocation.prune_interval", "must be positive"));
         }
+        self.inproxy.validate(self)?;
         if self.shutdown.drain >= self.shutdown.grace {
             return Err(bad(
                 "shutdown.drain",
@@ -866,7 +926,34 @@ region = "us"
                 format!("{GOOD}\n[limits]\ngrpc_max_message_bytes = 4096"),
                 "limits.grpc_max_message_bytes",
             ),
+            (
+                format!("{GOOD}\n[inproxy]\nshm_path = \"relative/shm\""),
+                "inproxy.shm_path",
+            ),
+            (
+                format!("{GOOD}\n[inproxy]\nshm_path = \"/nonexistent-dir/shm\""),
+                "inproxy.shm_path",
+            ),
+            (
+                format!("{GOOD}\n[inproxy]\nshm_path = \"/tmp\""),
+                "inproxy.shm_path",
+            ),
+            (
+                format!(
+                    "{GOOD}\n[inproxy]\nshm_path = \"/tmp/veto-shm\"\nheartbeat_interval = \"20s\""
+                ),
+                "inproxy.heartbeat_interval",
+            ),
+            (
+                format!(
+                    "{}[inproxy]\nshm_path = \"/tmp/veto-shm\"",
+                    GOOD.split("[nats]").next().unwrap_or_default()
+                ),
+                "inproxy.shm_path",
+            ),
         ];
+        let ok = Settings::from_toml(&format!("{GOOD}\n[inproxy]\nshm_path = \"/tmp/veto-shm\""));
+        assert!(ok.is_ok(), "{ok:?}");
         for (text, key) in cases {
             let err = Settings::from_toml(&text).unwrap_err();
             assert!(err.to_string().contains(key), "{key}: {err}");

@@ -10,7 +10,7 @@
 
 use crate::config::{DenyStatus, Isolation, OnStale};
 use crate::metrics;
-use crate::revocation::{Freshness, OriginMask, RevokedBy, RevokedSet};
+use crate::revocation::{Freshness, OriginMask, Revocations, RevokedBy, RevokedSet};
 use crate::token::{header_value, TokenError, Validator, VerifiedToken};
 use prometheus::{IntCounter, IntCounterVec, Registry};
 use std::future::Future;
@@ -194,10 +194,12 @@ pub struct IssuerHooks {
     pub refetch: Option<Arc<dyn KeyRefetch>>,
 }
 
-pub struct Decider<A> {
+/// `R`: where revocations and freshness are read — the sidecar's own set (the default), or
+/// in-proxy their shared-memory mirror ([`crate::revocation::ShmRevocations`]).
+pub struct Decider<A, R: Revocations = RevokedSet> {
     validator: Validator,
     cache: moka::sync::Cache<Box<str>, Arc<Verified<A>>>,
-    revoked: Arc<RevokedSet>,
+    revoked: Arc<R>,
     freshness: Arc<Freshness>,
     /// Per issuer, in the validator's order.
     issuers: Arc<[IssuerHooks]>,
@@ -307,16 +309,16 @@ pub fn bearer(credential: Credential<'_>) -> Result<&str, DenyReason> {
     Ok(token)
 }
 
-impl<A: Default + Send + Sync + 'static> Decider<A> {
+impl<A: Default + Send + Sync + 'static, R: Revocations> Decider<A, R> {
     /// `issuers` holds one entry per validator issuer, in order.
     pub fn new(
         validator: Validator,
-        revoked: Arc<RevokedSet>,
+        revoked: Arc<R>,
         freshness: Arc<Freshness>,
         issuers: Vec<IssuerHooks>,
         config: DeciderConfig,
         metrics: DecisionMetrics,
-    ) -> Decider<A> {
+    ) -> Decider<A, R> {
         let issuers: Arc<[IssuerHooks]> = issuers.into();
         let cache = moka::sync::Cache::builder()
             .max_capacity(config.cache_capacity)
@@ -372,7 +374,7 @@ impl<A: Default + Send + Sync + 'static> Decider<A> {
             return self.deny(DenyReason::Revoked(by));
         }
         let max_ms = self.config.max_staleness.as_millis() as i64;
-        let stale = self.freshness.stale_mask(now_ms, max_ms);
+        let stale = self.revoked.stale_mask(&self.freshness, now_ms, max_ms);
         if stale != 0 && stale & v.deps == 0 {
             // Served although some origin is stale: none this token depends on.
             for origin in self.freshness.names(stale) {
@@ -465,7 +467,7 @@ impl<A: Default + Send + Sync + 'static> Decider<A> {
     /// origin; `Home`: this region's own (every token depends on it).
     pub fn blocking_stale_origins(&self, now_ms: i64) -> Vec<String> {
         let max_ms = self.config.max_staleness.as_millis() as i64;
-        let stale = self.freshness.stale_mask(now_ms, max_ms);
+        let stale = self.revoked.stale_mask(&self.freshness, now_ms, max_ms);
         let scope = match (self.config.isolation, self.config.own_region.as_deref()) {
             (Isolation::Home, Some(own)) => self.freshness.mask_of(own),
             _ => self.freshness.all(),
@@ -507,7 +509,7 @@ impl<A: Default + Send + Sync + 'static> Decider<A> {
         Decision::Deny(Denial { reason, code })
     }
 
-    pub fn revoked(&self) -> &Arc<RevokedSet> {
+    pub fn revoked(&self) -> &Arc<R> {
         &self.revoked
     }
 

@@ -7,15 +7,15 @@ use crate::authz::grpc::AuthzService;
 use crate::authz::http::ForwardAuth;
 use crate::authz::{CheckMetrics, Decider, Identity};
 use crate::bus;
-use crate::config::Settings;
+use crate::config::{self, Settings};
 use crate::decision::{DeciderConfig, DecisionMetrics, IssuerHooks, KeyRefetch};
 use crate::feed::{self, Applied, Applier, Feed, FeedMetrics};
 use crate::jwks::{JwksMetrics, Refetcher, RefetcherConfig, Source};
 use crate::listener::{ListenerMetrics, Server};
 use crate::readiness::{Component, Latch, Readiness};
-use crate::revocation::{Freshness, RevokedSet};
+use crate::revocation::{Freshness, RevokedSet, ShmMirror};
 use crate::source_repair::{RepairMetrics, SourceRepair};
-use crate::token::{IssuerPolicy, KeySet, KeyStore, Validator};
+use crate::token::{Alg, IssuerPolicy, KeySet, KeyStore, Validator};
 use anyhow::Context as _;
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use std::sync::Arc;
@@ -43,6 +43,66 @@ pub struct Sidecar {
     feed_latch: Option<Latch>,
     /// The settings it was built from: read once, at `build`.
     settings: Settings,
+    /// The in-proxy mode's shared-memory mirror of the revoked set (`inproxy.shm_path`).
+    pub mirror: Option<Arc<ShmMirror>>,
+}
+
+/// The shared secret of issuer `i` (HS* algorithms), read from its file.
+pub fn hmac_secret(iss: &config::Issuer, i: usize) -> anyhow::Result<Option<Arc<[u8]>>> {
+    match &iss.hmac_secret_file {
+        Some(p) => {
+            let secret = std::fs::read(p)
+                .with_context(|| format!("issuers[{i}].hmac_secret_file: cannot read"))?;
+            anyhow::ensure!(
+                secret.len() >= 32,
+                "issuers[{i}].hmac_secret_file: secret shorter than 32 bytes"
+            );
+            Ok(Some(secret.into()))
+        }
+        None => Ok(None),
+    }
+}
+
+/// The validator's policy for an issuer, with its keys in `keys`: the sidecar's, and the
+/// in-proxy module's (the same settings give the same validation).
+pub fn issuer_policy(
+    iss: &config::Issuer,
+    algorithms: Vec<Alg>,
+    keys: Arc<KeyStore>,
+) -> IssuerPolicy {
+    IssuerPolicy {
+        issuer: iss.issuer.clone(),
+        audiences: iss.audiences.clone(),
+        algorithms,
+        leeway: iss.leeway.as_secs() as i64,
+        session_claim: iss.session_claim.clone(),
+        max_token_lifetime: iss.max_token_lifetime.as_secs() as i64,
+        required_claims: iss.required_claims.clone(),
+        home_claim: (!iss.home_claim.is_empty()).then(|| iss.home_claim.clone()),
+        home_region: iss.home_region.clone(),
+        keys,
+    }
+}
+
+/// The origins whose freshness the decision tracks: this region and `nats.regions`.
+pub fn expected_origins(s: &Settings) -> Freshness {
+    match &s.nats {
+        Some(n) => Freshness::expecting(std::iter::once(&n.region).chain(&n.regions)),
+        None => Freshness::default(),
+    }
+}
+
+/// The decider's policy from the settings (the sidecar's and the in-proxy module's).
+pub fn decider_config(s: &Settings, identity: &Identity) -> DeciderConfig {
+    DeciderConfig {
+        header_claims: identity.claims(),
+        revoked_status: s.authz.revoked_status,
+        on_stale: s.revocation.on_stale,
+        isolation: s.revocation.isolation,
+        own_region: s.nats.as_ref().map(|n| n.region.clone()),
+        max_staleness: s.revocation.max_staleness,
+        cache_capacity: s.cache.max_tokens,
+    }
 }
 
 /// Every metric family of the sidecar, each part registered by the module that uses it.
@@ -85,6 +145,8 @@ enum Task {
     SourceRepair,
     Upkeep,
     Health,
+    /// The in-proxy mirror's heartbeat (`inproxy.shm_path`).
+    InproxyHeartbeat,
     /// A server or task added by the embedding program (the authority's API, its loops).
     ExtraServer(&'static str),
     Extra(&'static str),
@@ -102,6 +164,7 @@ impl Task {
             Task::SourceRepair => "source_repair",
             Task::Upkeep => "upkeep",
             Task::Health => "health",
+            Task::InproxyHeartbeat => "inproxy_heartbeat",
             Task::ExtraServer(name) | Task::Extra(name) => name,
         }
     }
@@ -133,18 +196,7 @@ impl Sidecar {
             let algorithms = iss
                 .parsed_algorithms()
                 .map_err(|a| anyhow::anyhow!("issuers[{i}].algorithms: unsupported {a:?}"))?;
-            let hmac_secret: Option<Arc<[u8]>> = match &iss.hmac_secret_file {
-                Some(p) => {
-                    let secret = std::fs::read(p)
-                        .with_context(|| format!("issuers[{i}].hmac_secret_file: cannot read"))?;
-                    anyhow::ensure!(
-                        secret.len() >= 32,
-                        "issuers[{i}].hmac_secret_file: secret shorter than 32 bytes"
-                    );
-                    Some(secret.into())
-                }
-                None => None,
-            };
+            let hmac_secret = hmac_secret(iss, i)?;
             let source = match (&iss.jwks_url, &iss.jwks_file) {
                 (Some(u), _) => Some(Source::Url(u.clone())),
                 (None, Some(f)) => Some(Source::File(f.clone())),
@@ -183,28 +235,27 @@ impl Sidecar {
                 leeway: iss.leeway.as_secs() as i64,
                 refetch: refetcher.map(|r| r as Arc<dyn KeyRefetch>),
             });
-            policies.push(IssuerPolicy {
-                issuer: iss.issuer.clone(),
-                audiences: iss.audiences.clone(),
-                algorithms,
-                leeway: iss.leeway.as_secs() as i64,
-                session_claim: iss.session_claim.clone(),
-                max_token_lifetime: iss.max_token_lifetime.as_secs() as i64,
-                required_claims: iss.required_claims.clone(),
-                home_claim: (!iss.home_claim.is_empty()).then(|| iss.home_claim.clone()),
-                home_region: iss.home_region.clone(),
-                keys: store,
-            });
+            policies.push(issuer_policy(iss, algorithms, store));
         }
         let validator = Validator {
             issuers: policies,
             max_token_bytes: s.authz.max_token_bytes,
         };
         let revoked = Arc::new(RevokedSet::with_max_entries(s.revocation.max_entries));
-        let freshness = Arc::new(match &s.nats {
-            Some(n) => Freshness::expecting(std::iter::once(&n.region).chain(&n.regions)),
-            None => Freshness::default(),
-        });
+        let freshness = Arc::new(expected_origins(s));
+        let mirror = match &s.inproxy.shm_path {
+            Some(path) => {
+                let origins: Vec<String> = freshness
+                    .names(freshness.all())
+                    .map(str::to_string)
+                    .collect();
+                let m = revoked.mirror_to(path, &origins).with_context(|| {
+                    format!("inproxy.shm_path: cannot create {}", path.display())
+                })?;
+                Some(m)
+            }
+            None => None,
+        };
         let feed_latch = s
             .nats
             .as_ref()
@@ -215,15 +266,7 @@ impl Sidecar {
             revoked.clone(),
             freshness.clone(),
             per_issuer,
-            DeciderConfig {
-                header_claims: identity.claims(),
-                revoked_status: s.authz.revoked_status,
-                on_stale: s.revocation.on_stale,
-                isolation: s.revocation.isolation,
-                own_region: s.nats.as_ref().map(|n| n.region.clone()),
-                max_staleness: s.revocation.max_staleness,
-                cache_capacity: s.cache.max_tokens,
-            },
+            decider_config(s, &identity),
             metrics.decision.clone(),
         ));
         if s.nats.is_some() {
@@ -252,6 +295,7 @@ impl Sidecar {
         let applier = Applier::new(revoked.clone(), freshness.clone(), metrics.feed.clone());
         Ok(Sidecar {
             applier,
+            mirror,
             decider,
             shape,
             revoked,
@@ -414,6 +458,18 @@ impl Sidecar {
             follow_health(readiness, health, sd).await;
             Task::Health
         });
+        if let Some(mirror) = self.mirror.clone() {
+            let (freshness, feed, sd) = (
+                self.freshness.clone(),
+                self.metrics.feed.clone(),
+                shutdown.clone(),
+            );
+            let every = s.inproxy.heartbeat_interval;
+            tasks.spawn(async move {
+                inproxy_heartbeat(mirror, freshness, feed, every, sd).await;
+                Task::InproxyHeartbeat
+            });
+        }
 
         let authz = AuthzService::new(
             self.decider.clone(),
@@ -628,6 +684,29 @@ async fn follow_health(
                 health.set_service_status(service, status).await;
             }
         }
+    }
+}
+
+/// Publishes the sidecar's status into the in-proxy mirror every `every` until `stop`: the
+/// heartbeat the module's freshness check reads, the feed position and whether the feed has
+/// replayed (the file only becomes visible at its path once it has), and each origin's last
+/// fresh time.
+async fn inproxy_heartbeat(
+    mirror: Arc<ShmMirror>,
+    freshness: Arc<Freshness>,
+    feed: FeedMetrics,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let position = u64::try_from(feed.last_sequence.get()).unwrap_or(0);
+        mirror.publish(&freshness, position, feed.ready.get() == 1, crate::now_ms());
     }
 }
 

@@ -69,6 +69,12 @@ impl Freshness {
             .map(|(_, (o, _))| o.as_str())
     }
 
+    /// Each expected origin's last fresh time (Unix ms; 0 = never), in order: what the
+    /// in-proxy mirror publishes.
+    pub fn fresh_times(&self) -> impl Iterator<Item = i64> + '_ {
+        self.expected.iter().map(|(_, t)| t.load(Ordering::Relaxed))
+    }
+
     /// Records that `origin` was known fresh at `at_ms` (never moves backwards).
     pub fn mark(&self, origin: &str, at_ms: i64) {
         if let Some((_, t)) = self.expected.iter().find(|(o, _)| o == origin) {

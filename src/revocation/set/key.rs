@@ -39,6 +39,14 @@ impl Key {
     pub(super) fn bloom_bits(&self) -> (u32, u32, u32) {
         (self.0[1], self.0[2], self.0[3])
     }
+
+    /// The key as two words, as the shared-memory mirror stores it (`veto_shm::Digest`).
+    pub(super) fn digest(&self) -> [u64; 2] {
+        [
+            u64::from(self.0[0]) | u64::from(self.0[1]) << 32,
+            u64::from(self.0[2]) | u64::from(self.0[3]) << 32,
+        ]
+    }
 }
 
 /// One half of a key: the hash of an id or of an issuer.
@@ -58,6 +66,8 @@ const SECRET_LEN: usize = 192;
 
 /// One keyed hash: XXH3-128 under a secret expanded from a 128-bit key.
 struct Keyed {
+    /// The key the secret was expanded from (what [`Hashers::keys`] shares).
+    key: (u64, u64),
     secret: Box<[u8; SECRET_LEN]>,
 }
 
@@ -69,7 +79,7 @@ impl Keyed {
             h.write_u64(i as u64);
             block.copy_from_slice(&h.finish128().as_bytes());
         }
-        Keyed { secret }
+        Keyed { key, secret }
     }
 
     fn hash(&self, bytes: &[u8]) -> Half {
@@ -109,6 +119,23 @@ impl Hashers {
             issuer,
             tag: TAGS.fetch_add(1, Ordering::Relaxed),
         }
+    }
+
+    /// The hashers of another set, from its [`Self::keys`] (the in-proxy reader derives the
+    /// keys the sidecar stored its entries under).
+    pub(super) fn from_keys(k: [u64; 4]) -> Hashers {
+        let issuer = Keyed::new((k[2], k[3]));
+        Hashers {
+            id: Keyed::new((k[0], k[1])),
+            any_issuer: issuer.hash(b""),
+            issuer,
+            tag: TAGS.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    /// The hash keys: id k0, id k1, issuer k0, issuer k1.
+    pub(super) fn keys(&self) -> [u64; 4] {
+        [self.id.key.0, self.id.key.1, self.issuer.key.0, self.issuer.key.1]
     }
 
     pub(super) fn id(&self, id: &str) -> Half {

@@ -15,13 +15,17 @@
 
 mod bloom;
 mod key;
+mod shared;
 mod table;
+
+pub use shared::{ShmMirror, ShmRevocations};
 
 use super::event::{Kind, RevocationEvent};
 use bloom::Filter;
 use key::{Hashers, Key};
 use parking_lot::RwLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use table::{Entry, Table, Upsert};
 
 const SHARDS: usize = 64;
@@ -313,6 +317,9 @@ pub struct RevokedSet {
     hashers: Hashers,
     /// Live entries per kind and scope: a check skips the tables these say are empty.
     counts: PerKind<PerScope<AtomicUsize>>,
+    /// The in-proxy mode's copy in shared memory (`inproxy.shm_path`), written with every
+    /// entry stored here.
+    mirror: OnceLock<Arc<ShmMirror>>,
 }
 
 impl Default for RevokedSet {
@@ -329,6 +336,44 @@ fn secs_ceil(ms: i64) -> u32 {
 /// An entry stored with expiry `exp` (seconds, rounded up) is live strictly before it.
 fn live(exp: u32, now_ms: i64) -> bool {
     i64::from(exp) * 1000 > now_ms
+}
+
+/// The one lookup order of a check, over any store of the set's entries (this set's shards,
+/// or their mirror in shared memory): the session, the token and the subject, each under the
+/// token's issuer and then under "any issuer"; `held(kind, scope)` false skips a table
+/// without hashing, `revokes(kind, scope, key)` answers for one key.
+fn check_with(
+    hashers: &Hashers,
+    (issuer, sid, jti, sub): (&str, &str, Option<&str>, Option<&str>),
+    held: impl Fn(RevokedBy, Scope) -> bool,
+    mut revokes: impl FnMut(RevokedBy, Scope, &Key) -> bool,
+) -> Option<RevokedBy> {
+    let mut issuer_half = None;
+    let claims = [
+        (RevokedBy::Session, Some(sid)),
+        (RevokedBy::Token, jti),
+        (RevokedBy::Subject, sub),
+    ];
+    for (kind, id) in claims {
+        let Some(id) = id else { continue };
+        if !Scope::ALL.into_iter().any(|scope| held(kind, scope)) {
+            continue;
+        }
+        let id = hashers.id(id);
+        for scope in Scope::ALL {
+            if !held(kind, scope) {
+                continue;
+            }
+            let tweak = match scope {
+                Scope::AnyIssuer => hashers.any_issuer(),
+                Scope::Issuer => *issuer_half.get_or_insert_with(|| hashers.issuer_memo(issuer)),
+            };
+            if revokes(kind, scope, &id.key(tweak)) {
+                return Some(kind);
+            }
+        }
+    }
+    None
 }
 
 /// `revocation.max_entries` by default, and what [`RevokedSet::new`] sizes its filters for.
@@ -360,7 +405,30 @@ impl RevokedSet {
                 .collect(),
             hashers: Hashers::random(),
             counts: PerKind::default(),
+            mirror: OnceLock::new(),
         }
+    }
+
+    /// Mirrors this set into a shared-memory file for the in-proxy module from now on:
+    /// every entry stored is also written there, pruning prunes there too. Attach it before
+    /// the feed applies anything (the set must be empty, so the mirror misses nothing), once.
+    pub fn mirror_to(
+        &self,
+        path: &std::path::Path,
+        origins: &[String],
+    ) -> std::io::Result<Arc<ShmMirror>> {
+        let refused = |why| Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, why));
+        if !self.is_empty() {
+            return refused("the revoked set already holds entries");
+        }
+        if self.mirror.get().is_some() {
+            return refused("the revoked set is already mirrored");
+        }
+        let m = Arc::new(ShmMirror::create(path, &self.hashers, origins)?);
+        if self.mirror.set(m.clone()).is_err() {
+            return refused("the revoked set is already mirrored");
+        }
+        Ok(m)
     }
 
     fn shard(&self, k: &Key) -> &ShardCell {
@@ -393,6 +461,12 @@ impl RevokedSet {
             cell.filed(&shard, &key, kind.table(scope));
         }
         drop(shard);
+        if done != Upsert::Unchanged {
+            if let Some(m) = self.mirror.get() {
+                // the same values: the mirror merges by max as the table did
+                m.upsert(kind.table(scope), &key, expires, not_before);
+            }
+        }
         match done {
             Upsert::Inserted => {
                 self.counts
@@ -419,43 +493,20 @@ impl RevokedSet {
         iat_secs: i64,
         now_ms: i64,
     ) -> Option<RevokedBy> {
-        let mut issuer_half = None;
-        let claims = [
-            (RevokedBy::Session, Some(sid)),
-            (RevokedBy::Token, jti),
-            (RevokedBy::Subject, sub),
-        ];
-        for (kind, id) in claims {
-            let Some(id) = id else { continue };
-            if self.count_kind(kind) == 0 {
-                continue;
-            }
-            let id = self.hashers.id(id);
-            for scope in Scope::ALL {
-                if self.count(kind, scope) == 0 {
-                    continue;
+        check_with(
+            &self.hashers,
+            (issuer, sid, jti, sub),
+            |kind, scope| self.count(kind, scope) > 0,
+            |kind, scope, key| {
+                let cell = self.shard(key);
+                if cell.filter.probe(key, kind.table(scope)) == Some(false) {
+                    return false;
                 }
-                let tweak = match scope {
-                    Scope::AnyIssuer => self.hashers.any_issuer(),
-                    Scope::Issuer => {
-                        *issuer_half.get_or_insert_with(|| self.hashers.issuer_memo(issuer))
-                    }
-                };
-                let key = id.key(tweak);
-                let cell = self.shard(&key);
-                if cell.filter.probe(&key, kind.table(scope)) == Some(false) {
-                    continue;
-                }
-                if cell
-                    .tables
+                cell.tables
                     .read()
-                    .revokes(kind, scope, &key, iat_secs, now_ms)
-                {
-                    return Some(kind);
-                }
-            }
-        }
-        None
+                    .revokes(kind, scope, key, iat_secs, now_ms)
+            },
+        )
     }
 
     /// Forgets entries whose expiry has passed; returns how many. Never touches live ones.
@@ -476,6 +527,9 @@ impl RevokedSet {
                 c.fetch_sub(n, Ordering::Relaxed);
                 total += n;
             }
+        }
+        if let Some(m) = self.mirror.get() {
+            m.prune(now_ms);
         }
         total
     }

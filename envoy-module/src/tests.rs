@@ -1,0 +1,515 @@
+//! The module against a fake Envoy (the three callbacks it calls, recorded per thread) and a
+//! real shared-memory file written by a real `RevokedSet` mirror; and differentially against
+//! the sidecar's own decider.
+
+use super::*;
+use serde_json::json;
+use std::cell::RefCell;
+use std::sync::Arc;
+use veto::revocation::{Freshness, Kind, RevocationEvent, RevokedSet, ShmMirror};
+use veto::token::sign::{jwks, SigningKey};
+use veto::token::Alg;
+
+/// A local reply as sent: status, headers, body, details.
+type Sent = (u32, Vec<(String, String)>, String, String);
+
+#[derive(Default)]
+struct FakeStream {
+    request: Vec<(String, String)>,
+    sent: Option<Sent>,
+}
+
+thread_local! {
+    static STREAM: RefCell<FakeStream> = RefCell::new(FakeStream::default());
+}
+
+fn text(ptr: *const c_char, len: usize) -> String {
+    if ptr.is_null() {
+        return String::new();
+    }
+    // SAFETY: the module passes buffers valid for the call.
+    let b = unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), len) };
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_get_header(
+    _f: EnvoyPtr,
+    _t: u32,
+    key: ModuleBuffer,
+    result: *mut EnvoyBuffer,
+    index: usize,
+    size: *mut usize,
+) -> bool {
+    let key = text(key.ptr, key.length);
+    STREAM.with(|s| {
+        let s = s.borrow();
+        let values: Vec<&String> = s
+            .request
+            .iter()
+            .filter(|(k, _)| *k == key)
+            .map(|(_, v)| v)
+            .collect();
+        // SAFETY: the module passes valid out-pointers.
+        unsafe {
+            *size = values.len();
+            match values.get(index) {
+                Some(v) => {
+                    // the fake keeps the value alive in the thread-local until the next call
+                    *result = EnvoyBuffer {
+                        ptr: v.as_ptr().cast(),
+                        length: v.len(),
+                    };
+                    true
+                }
+                None => false,
+            }
+        }
+    })
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_set_header(
+    _f: EnvoyPtr,
+    _t: u32,
+    key: ModuleBuffer,
+    value: ModuleBuffer,
+) -> bool {
+    let key = text(key.ptr, key.length);
+    STREAM.with(|s| {
+        let mut s = s.borrow_mut();
+        s.request.retain(|(k, _)| *k != key);
+        if !value.ptr.is_null() {
+            s.request.push((key, text(value.ptr, value.length)));
+        }
+    });
+    true
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_send_response(
+    _f: EnvoyPtr,
+    status: u32,
+    headers: *mut ModuleHeader,
+    n: usize,
+    body: ModuleBuffer,
+    details: ModuleBuffer,
+) {
+    // SAFETY: the module passes `n` headers at `headers`.
+    let hs = unsafe { std::slice::from_raw_parts(headers, n) };
+    let hs = hs
+        .iter()
+        .map(|h| {
+            (
+                text(h.key_ptr, h.key_length),
+                text(h.value_ptr, h.value_length),
+            )
+        })
+        .collect();
+    STREAM.with(|s| {
+        s.borrow_mut().sent = Some((
+            status,
+            hs,
+            text(body.ptr, body.length),
+            text(details.ptr, details.length),
+        ))
+    });
+}
+
+const ISS: &str = "https://auth.test";
+
+/// A sidecar's state (its revoked set mirrored into a file), its config file, its key.
+struct World {
+    dir: tempfile::TempDir,
+    key: SigningKey,
+    set: Arc<RevokedSet>,
+    mirror: Arc<ShmMirror>,
+    freshness: Freshness,
+}
+
+impl World {
+    fn new(extra: &str) -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SigningKey::generate(Alg::ES256, "k1").unwrap();
+        let jwks_path = dir.path().join("jwks.json");
+        std::fs::write(&jwks_path, jwks(&[&key]).to_string()).unwrap();
+        let shm = dir.path().join("shm");
+        let toml = format!(
+            r#"
+[[issuers]]
+issuer = "{ISS}"
+audiences = ["api"]
+jwks_file = "{jwks}"
+leeway = "5s"
+[nats]
+url = "nats://127.0.0.1:1"
+region = "us"
+[inproxy]
+shm_path = "{shm}"
+[revocation]
+max_staleness = "2s"
+{extra}
+"#,
+            jwks = jwks_path.display(),
+            shm = shm.display()
+        );
+        std::fs::write(dir.path().join("veto.toml"), toml).unwrap();
+        let set = Arc::new(RevokedSet::new());
+        let mirror = set.mirror_to(&shm, &["us".to_string()]).unwrap();
+        let w = World {
+            dir,
+            key,
+            set,
+            mirror,
+            freshness: Freshness::expecting(["us"]),
+        };
+        w.heartbeat(veto::now_ms());
+        w
+    }
+
+    fn heartbeat(&self, at_ms: i64) {
+        self.freshness.mark("us", at_ms);
+        self.mirror.publish(&self.freshness, 1, true, at_ms);
+    }
+
+    fn config_json(&self) -> Vec<u8> {
+        json!({"veto_config": self.dir.path().join("veto.toml")})
+            .to_string()
+            .into_bytes()
+    }
+
+    fn filter(&self) -> InProxy {
+        InProxy::from_json(&self.config_json()).unwrap()
+    }
+
+    fn token(&self, sub: &str, sid: &str, iat_offset: i64) -> String {
+        let now = veto::now_ms() / 1000 + iat_offset;
+        self.key
+            .sign(&json!({"iss": ISS, "aud": "api", "sub": sub, "sid": sid,
+                          "jti": format!("j-{sid}"), "iat": now, "exp": now + 600}))
+            .unwrap()
+    }
+
+    fn revoke(&self, kind: Kind, id: &str, issuer: &str) {
+        let now = veto::now_ms();
+        self.set.apply(
+            &RevocationEvent {
+                event_id: format!("e-{id}-{now}"),
+                kind: kind as i32,
+                id: id.into(),
+                issuer: issuer.into(),
+                revoked_at: now,
+                expires_at: now + 3_600_000,
+                origin_region: "us".into(),
+                reason: "test".into(),
+                urgent: false,
+                revoked_at_us: 0,
+            },
+            now,
+        );
+    }
+}
+
+fn reason(v: &Verdict) -> String {
+    match v {
+        Verdict::Allow(_) => "ok".into(),
+        Verdict::Respond { details, .. } => details.trim_start_matches("veto_").to_string(),
+    }
+}
+
+fn bearer(t: &str) -> String {
+    format!("Bearer {t}")
+}
+
+#[test]
+fn allows_with_identity_and_denies_like_the_sidecar() {
+    let w = World::new("");
+    let f = w.filter();
+    let t = bearer(&w.token("alice", "s1", 0));
+    let v = f.decide(Some((1, t.as_bytes())));
+    assert_eq!(
+        v,
+        Verdict::Allow(vec![("x-user-id".into(), Some("alice".into()))])
+    );
+    let v = f.decide(None);
+    let Verdict::Respond {
+        status,
+        headers,
+        body,
+        ..
+    } = &v
+    else {
+        panic!("{v:?}")
+    };
+    assert_eq!(*status, 401);
+    assert_eq!(
+        headers[0],
+        ("www-authenticate", "Bearer realm=\"veto\"".into())
+    );
+    assert_eq!(body, r#"{"error":"unauthorized","reason":"missing_token"}"#);
+    assert_eq!(reason(&f.decide(Some((2, t.as_bytes())))), "malformed");
+    assert_eq!(reason(&f.decide(Some((1, b"Bearer \xff")))), "malformed");
+    // revoked in the sidecar's set: refused by the module on the next request
+    w.revoke(Kind::Session, "s1", ISS);
+    assert_eq!(reason(&f.decide(Some((1, t.as_bytes())))), "revoked");
+    let other = bearer(&w.token("alice", "s2", 0));
+    assert_eq!(reason(&f.decide(Some((1, other.as_bytes())))), "ok");
+    // a subject revocation kills tokens issued before it, not after
+    w.revoke(Kind::Subject, "alice", "");
+    assert_eq!(reason(&f.decide(Some((1, other.as_bytes())))), "revoked");
+    let later = bearer(&w.token("alice", "s3", 5));
+    assert_eq!(reason(&f.decide(Some((1, later.as_bytes())))), "ok");
+}
+
+#[test]
+fn a_silent_sidecar_is_stale() {
+    let w = World::new("");
+    let f = w.filter();
+    let t = bearer(&w.token("bob", "s1", 0));
+    assert_eq!(reason(&f.decide(Some((1, t.as_bytes())))), "ok");
+    // the heartbeat and the origin stop 3 s ago (max_staleness = 2 s)
+    w.heartbeat(veto::now_ms() - 3000);
+    let v = f.decide(Some((1, t.as_bytes())));
+    assert_eq!(reason(&v), "feed_stale", "{v:?}");
+    let Verdict::Respond {
+        status, headers, ..
+    } = v
+    else {
+        unreachable!()
+    };
+    assert_eq!(status, 503);
+    assert!(headers.contains(&("retry-after", "1".into())));
+}
+
+#[test]
+fn on_stale_allow_and_a_missing_file() {
+    let w = World::new("on_stale = \"allow\"");
+    std::fs::remove_file(w.dir.path().join("shm")).unwrap();
+    let f = w.filter();
+    let t = bearer(&w.token("bob", "s1", 0));
+    assert_eq!(
+        reason(&f.decide(Some((1, t.as_bytes())))),
+        "ok",
+        "allowed when stale"
+    );
+    let w = World::new("");
+    std::fs::remove_file(w.dir.path().join("shm")).unwrap();
+    let f = w.filter();
+    let t = bearer(&w.token("bob", "s1", 0));
+    assert_eq!(reason(&f.decide(Some((1, t.as_bytes())))), "feed_stale");
+}
+
+#[test]
+fn configurations_are_checked() {
+    let w = World::new("");
+    assert!(InProxy::from_json(b"{}").is_err());
+    assert!(InProxy::from_json(b"not json").is_err());
+    let e = InProxy::from_json(br#"{"veto_config": "/nonexistent/veto.toml"}"#)
+        .err()
+        .unwrap_or_default();
+    assert!(e.contains("--config"), "{e}");
+    let toml = std::fs::read_to_string(w.dir.path().join("veto.toml")).unwrap();
+    std::fs::write(
+        w.dir.path().join("veto.toml"),
+        toml.replace("[inproxy]\n", "[inproxy_off]\n")
+            .replace("shm_path", "# shm_path"),
+    )
+    .unwrap();
+    let e = InProxy::from_json(&w.config_json())
+        .err()
+        .unwrap_or_default();
+    assert!(
+        e.contains("inproxy_off") || e.contains("inproxy.shm_path"),
+        "{e}"
+    );
+}
+
+/// Through the C hooks: the configuration, a forged identity header overwritten, a denial
+/// sent as Envoy's local reply.
+#[test]
+fn the_hooks_drive_envoy() {
+    let w = World::new("");
+    let json = w.config_json();
+    let buf = |b: &[u8]| EnvoyBuffer {
+        ptr: b.as_ptr().cast(),
+        length: b.len(),
+    };
+    // SAFETY: valid buffers for the call.
+    let cfg = unsafe {
+        envoy_dynamic_module_on_http_filter_config_new(
+            std::ptr::null_mut(),
+            buf(b"veto"),
+            buf(&json),
+        )
+    };
+    assert!(!cfg.is_null());
+    // SAFETY: as above.
+    let refused = unsafe {
+        envoy_dynamic_module_on_http_filter_config_new(
+            std::ptr::null_mut(),
+            buf(b"veto"),
+            buf(b"{"),
+        )
+    };
+    assert!(refused.is_null());
+    let filter = envoy_dynamic_module_on_http_filter_new(cfg, std::ptr::null_mut());
+    let t = bearer(&w.token("carol", "s1", 0));
+    STREAM.with(|s| {
+        *s.borrow_mut() = FakeStream {
+            request: vec![
+                ("authorization".into(), t.clone()),
+                ("x-user-id".into(), "admin".into()),
+            ],
+            sent: None,
+        }
+    });
+    // SAFETY: the fake stream stands for Envoy's; `filter` is the configuration.
+    let status = unsafe {
+        envoy_dynamic_module_on_http_filter_request_headers(std::ptr::null_mut(), filter, true)
+    };
+    assert_eq!(status, CONTINUE);
+    STREAM.with(|s| {
+        let s = s.borrow();
+        assert!(s.sent.is_none());
+        let ids: Vec<_> = s.request.iter().filter(|(k, _)| k == "x-user-id").collect();
+        assert_eq!(ids, [&("x-user-id".to_string(), "carol".to_string())]);
+    });
+    STREAM.with(|s| {
+        *s.borrow_mut() = FakeStream {
+            request: vec![("authorization".into(), "Bearer nope".into())],
+            sent: None,
+        }
+    });
+    // SAFETY: as above.
+    let status = unsafe {
+        envoy_dynamic_module_on_http_filter_request_headers(std::ptr::null_mut(), filter, true)
+    };
+    assert_eq!(status, STOP_ITERATION);
+    STREAM.with(|s| {
+        let s = s.borrow();
+        let (code, headers, body, details) = s.sent.clone().unwrap();
+        assert_eq!(code, 401);
+        assert!(headers
+            .iter()
+            .any(|(k, v)| k == "www-authenticate" && v.contains("invalid_token")));
+        assert_eq!(body, r#"{"error":"invalid_token","reason":"malformed"}"#);
+        assert_eq!(details, "veto_malformed");
+    });
+    // SAFETY: made by config_new above, destroyed once.
+    unsafe { envoy_dynamic_module_on_http_filter_config_destroy(cfg) };
+    assert_eq!(PANICS.load(Ordering::Relaxed), 0);
+}
+
+/// The module's decision and the sidecar's agree on every token of a generated population
+/// under generated revocations (session, token, subject; one issuer or any).
+#[test]
+fn agrees_with_the_sidecar_decider() {
+    use veto::decision::{Credential, Decider, DecisionMetrics};
+    let w = World::new("");
+    let module = w.filter();
+    let settings = veto::config::Settings::load(&w.dir.path().join("veto.toml")).unwrap();
+    // the sidecar's decider over the very set the mirror copies, with the same freshness
+    let iss = &settings.issuers[0];
+    let (keys, _) = veto::token::KeySet::from_jwks(
+        jwks(&[&w.key]).to_string().as_bytes(),
+        &iss.parsed_algorithms().unwrap(),
+    )
+    .unwrap();
+    let store = Arc::new(veto::token::KeyStore::new(Some(keys)));
+    let identity = veto::authz::Identity::new(settings.authz.headers.clone());
+    let freshness = Arc::new(veto::sidecar::expected_origins(&settings));
+    freshness.mark("us", veto::now_ms());
+    let sidecar: Decider<(), RevokedSet> = Decider::new(
+        veto::token::Validator {
+            issuers: vec![veto::sidecar::issuer_policy(
+                iss,
+                iss.parsed_algorithms().unwrap(),
+                store,
+            )],
+            max_token_bytes: settings.authz.max_token_bytes,
+        },
+        w.set.clone(),
+        freshness,
+        vec![veto::decision::IssuerHooks {
+            leeway: 5,
+            refetch: None,
+        }],
+        veto::sidecar::decider_config(&settings, &identity),
+        DecisionMetrics::register(&prometheus::Registry::new()),
+    );
+    let mut seed = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let tokens: Vec<String> = (0..600)
+        .map(|i| {
+            let sub = format!("u{}", next(40));
+            bearer(&w.token(&sub, &format!("s{i}"), -(next(3) as i64)))
+        })
+        .collect();
+    let kinds = [Kind::Session, Kind::Token, Kind::Subject];
+    let (mut allowed, mut revoked) = (0, 0);
+    for round in 0..4 {
+        for _ in 0..60 {
+            let kind = kinds[next(3) as usize];
+            let id = match kind {
+                Kind::Session => format!("s{}", next(600)),
+                Kind::Token => format!("j-s{}", next(600)),
+                _ => format!("u{}", next(40)),
+            };
+            let issuer = if next(2) == 0 { ISS } else { "" };
+            w.revoke(kind, &id, issuer);
+        }
+        w.heartbeat(veto::now_ms());
+        for t in &tokens {
+            let theirs = sidecar
+                .decide_cached(Credential::Authorization(t))
+                .map(|d| d.reason_label().to_string());
+            let theirs = match theirs {
+                Some(r) => r,
+                None => now_or_never_label(&sidecar, t),
+            };
+            let ours = reason(&module.decide(Some((1, t.as_bytes()))));
+            assert_eq!(ours, theirs, "round {round}");
+            match ours.as_str() {
+                "ok" => allowed += 1,
+                "revoked" => revoked += 1,
+                other => panic!("unexpected {other}"),
+            }
+        }
+    }
+    assert!(
+        allowed > 100 && revoked > 100,
+        "{allowed} allowed, {revoked} revoked"
+    );
+}
+
+fn now_or_never_label(d: &veto::decision::Decider<(), RevokedSet>, t: &str) -> String {
+    use std::future::Future as _;
+    let mut f = std::pin::pin!(d.decide(veto::decision::Credential::Authorization(t)));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match f.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => v.reason_label().to_string(),
+        std::task::Poll::Pending => "pending".into(),
+    }
+}
+
+/// Growth switches the file's generation: a revocation written into the new generation is
+/// refused on the very next decision (no rate limit on following a superseded file).
+#[test]
+fn a_revocation_right_after_growth_is_seen() {
+    let w = World::new("");
+    let f = w.filter();
+    let t = bearer(&w.token("dave", "target", 0));
+    assert_eq!(reason(&f.decide(Some((1, t.as_bytes())))), "ok");
+    let before = w.mirror.generation();
+    for i in 0..2000 {
+        w.revoke(Kind::Session, &format!("filler-{i}"), ISS);
+    }
+    assert!(w.mirror.generation() > before, "the table grew");
+    w.revoke(Kind::Session, "target", ISS);
+    assert_eq!(reason(&f.decide(Some((1, t.as_bytes())))), "revoked");
+}
