@@ -12,4 +12,5 @@ pub use event::{
     RevocationEvent, MAX_ID_BYTES,
 };
 pub use freshness::{Freshness, OriginMask, MAX_ORIGINS};
+pub use set::snapshot;
 pub use set::{Applied, RevokedBy, RevokedSet, SetStats, DEFAULT_MAX_ENTRIES};

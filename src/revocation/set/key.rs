@@ -17,6 +17,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub(super) struct Key([u32; 4]);
 
 impl Key {
+    /// The key as four words, for a snapshot.
+    pub(super) fn words(&self) -> [u32; 4] {
+        self.0
+    }
+
+    /// A key from a snapshot's words.
+    pub(super) fn from_words(words: [u32; 4]) -> Key {
+        Key(words)
+    }
+
     /// The bits that choose the shard.
     pub(super) fn shard_bits(&self) -> u32 {
         self.0[0]
@@ -45,6 +55,14 @@ impl Half {
     }
 }
 
+/// The SipHash keys of a set: what a snapshot stores so its digests stay valid in the next
+/// process. Never logged (no `Debug`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) struct HashSecret {
+    pub(super) id: (u64, u64),
+    pub(super) issuer: (u64, u64),
+}
+
 /// The per-process hash keys of one set.
 pub(super) struct Hashers {
     id: (u64, u64),
@@ -69,12 +87,28 @@ thread_local! {
 impl Hashers {
     /// Fresh random keys.
     pub(super) fn random() -> Hashers {
-        let issuer = random_keys();
-        Hashers {
+        Hashers::from_secret(HashSecret {
             id: random_keys(),
-            issuer,
-            any_issuer: sip(issuer, b""),
+            issuer: random_keys(),
+        })
+    }
+
+    /// Hashers under the keys of `secret` (a snapshot's).
+    pub(super) fn from_secret(secret: HashSecret) -> Hashers {
+        Hashers {
+            id: secret.id,
+            issuer: secret.issuer,
+            any_issuer: sip(secret.issuer, b""),
             tag: TAGS.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    /// The keys themselves, for a snapshot (secret: whoever holds them can craft
+    /// collisions, and they must only ever be written to a 0600 file).
+    pub(super) fn secret(&self) -> HashSecret {
+        HashSecret {
+            id: self.id,
+            issuer: self.issuer,
         }
     }
 
