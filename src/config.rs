@@ -483,10 +483,11 @@ impl Default for Snapshot {
 impl Snapshot {
     fn validate(&self) -> Result<(), ConfigError> {
         if let Some(p) = &self.path {
-            if p.as_os_str().is_empty() || p.file_name().is_none() {
+            let dir_like = p.as_os_str().to_string_lossy().ends_with('/');
+            if p.as_os_str().is_empty() || p.file_name().is_none() || dir_like || p.is_dir() {
                 return Err(bad(
                     "revocation.snapshot.path",
-                    "must name a file (unset it to turn snapshots off)",
+                    "must name a file, not a directory (unset it to turn snapshots off)",
                 ));
             }
         }
@@ -913,6 +914,14 @@ region = "us"
             ),
             (
                 format!("{GOOD}\n[revocation.snapshot]\npath = \"/var/lib/veto/..\""),
+                "revocation.snapshot.path",
+            ),
+            (
+                format!("{GOOD}\n[revocation.snapshot]\npath = \"/tmp\""),
+                "revocation.snapshot.path",
+            ),
+            (
+                format!("{GOOD}\n[revocation.snapshot]\npath = \"/var/lib/veto/\""),
                 "revocation.snapshot.path",
             ),
             (format!("{GOOD}\n[revocation.snapshot]\nbogus = 1"), "bogus"),
