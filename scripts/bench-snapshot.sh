@@ -9,6 +9,7 @@
 #   scripts/bench-snapshot.sh                            1M revocations, 2 rounds (~2 min + the build)
 #   BENCH_REPLAY_EVENTS=10000000 scripts/bench-snapshot.sh   10M (publishing alone takes minutes)
 #   BENCH_SNAPSHOT_ROUNDS=3 scripts/bench-snapshot.sh     more rounds (the best of each is compared)
+#   BENCH_SNAPSHOT_TAIL=10000                         revocations published after the snapshot (replayed)
 #
 # Also: `scripts/bench-propagation.sh --parts replay,snapshot` runs it next to the replay part.
 set -euo pipefail

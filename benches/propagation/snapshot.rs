@@ -3,10 +3,11 @@
 //!
 //! One nats-server; `BENCH_REPLAY_EVENTS` (1M) revocations published once. Then, alternating
 //! for `BENCH_SNAPSHOT_ROUNDS` (2) rounds: a sidecar without a snapshot (full replay), and a
-//! sidecar loading the snapshot its predecessor wrote at shutdown (tail replay: nothing
-//! published after it, so the tail is empty). Each is timed from process spawn to `/readyz`
-//! 200 and checked: the first and last revocation refused, and for the snapshot start no
-//! fallback and every entry loaded from the file.
+//! sidecar loading the snapshot written by the seeding start, which stopped before the last
+//! `BENCH_SNAPSHOT_TAIL` (10k) revocations were published: that tail is replayed from the
+//! stream. Each is timed from process spawn to `/readyz` 200 and checked: the first, the last
+//! snapshotted and the last published revocation refused, and for the snapshot start no
+//! fallback, the snapshot's entries loaded and only the tail replayed.
 
 use crate::support::{metric, metric_sum, Issuer, NatsServer, Sidecar};
 use crate::topology_support::{self, stream};
@@ -28,11 +29,15 @@ async fn start_ready(config: &str, bound: Duration) -> (Sidecar, Option<Duration
     (p, None)
 }
 
-/// Are the bench's revocations `r-0` and `r-<n-1>` refused?
-async fn refuses(p: &Sidecar, issuer: &Issuer, n: usize) -> bool {
+/// Are the bench's revocations `r-0`, `r-<n-1>` and `t-<tail-1>` refused?
+async fn refuses(p: &Sidecar, issuer: &Issuer, n: usize, tail: usize) -> bool {
     let mut all = true;
-    for i in [0, n - 1] {
-        let t = issuer.mint("u", &format!("sid-r-{i}"));
+    let mut sids = vec![format!("sid-r-0"), format!("sid-r-{}", n - 1)];
+    if tail > 0 {
+        sids.push(format!("sid-t-{}", tail - 1));
+    }
+    for sid in sids {
+        let t = issuer.mint("u", &sid);
         let r = p.check(Some(&format!("Bearer {t}"))).await;
         all &= r.status() == 401;
     }
@@ -51,6 +56,7 @@ fn stop(p: &mut Sidecar) -> Result<Duration, String> {
 pub async fn part(issuer: &Issuer, report: &mut String) -> Result<(), String> {
     let n = env_usize("BENCH_REPLAY_EVENTS", 1_000_000);
     let rounds = env_usize("BENCH_SNAPSHOT_ROUNDS", 2).max(1);
+    let tail = env_usize("BENCH_SNAPSHOT_TAIL", 10_000);
     let inflight = env_usize("BENCH_INFLIGHT", 1000);
     let nats = NatsServer::start();
     let client = async_nats::connect(nats.url())
@@ -116,13 +122,20 @@ pub async fn part(issuer: &Issuer, report: &mut String) -> Result<(), String> {
         stopped.as_secs_f64(),
         size as f64 / 1048576.0
     );
+    let (took, ok, failed) =
+        publish_bulk(&js, "us", "t", tail, inflight, Duration::from_secs(60)).await;
+    let _ = writeln!(
+        report,
+        "   then the tail: {tail} more published in {:.1} s (acked {ok}, failed {failed})",
+        took.as_secs_f64()
+    );
 
     let (mut full, mut fast) = (Vec::new(), Vec::new());
     for round in 0..rounds {
         let (mut p, ready) = start_ready(&plain, Duration::from_secs(60)).await;
-        let refused = refuses(&p, issuer, n).await;
+        let refused = refuses(&p, issuer, n, tail).await;
         let m = p.metrics().await;
-        let applied = metric_sum(&m, "veto_revocation_events_total", &["path=\"durable\""]);
+        let applied = metric_sum(&m, "veto_revocation_events_total", &["path=\"durable\""]) + 0.0;
         let _ = writeln!(
             report,
             "   round {round}: no snapshot:   spawn -> ready {}; durable events {applied}; first/last refused: {refused}",
@@ -132,11 +145,11 @@ pub async fn part(issuer: &Issuer, report: &mut String) -> Result<(), String> {
         p.kill();
 
         let (mut p, ready) = start_ready(&with_snapshot, Duration::from_secs(60)).await;
-        let refused = refuses(&p, issuer, n).await;
+        let refused = refuses(&p, issuer, n, tail).await;
         let m = p.metrics().await;
         let loaded = metric(&m, "veto_revocation_snapshot_loaded_entries").unwrap_or(-1.0);
-        let fallbacks = metric_sum(&m, "veto_revocation_snapshot_fallbacks_total", &[]);
-        let replayed = metric_sum(&m, "veto_revocation_events_total", &["path=\"durable\""]);
+        let fallbacks = metric_sum(&m, "veto_revocation_snapshot_fallbacks_total", &[]) + 0.0;
+        let replayed = metric_sum(&m, "veto_revocation_events_total", &["path=\"durable\""]) + 0.0;
         let line = p
             .log()
             .lines()
@@ -149,8 +162,8 @@ pub async fn part(issuer: &Issuer, report: &mut String) -> Result<(), String> {
             ready.map_or("never".into(), |d| format!("{:.3} s", d.as_secs_f64())),
         );
         fast.push(ready.map_or(f64::INFINITY, |d| d.as_secs_f64()));
-        // SIGTERM, so the next round's snapshot start has a file (nothing new: not rewritten)
-        stop(&mut p)?;
+        // SIGKILL: the next round loads the seeding start's snapshot and replays the tail again
+        p.kill();
     }
     let best = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
     let (f, s) = (best(&full), best(&fast));
