@@ -662,7 +662,7 @@ async fn revocations(a: RevocationArgs) -> anyhow::Result<()> {
         let mut ev = RevocationEvent::new(
             random_id(),
             Kind::Session,
-            &format!("bench-held-{n}-{}", &random_id()[..8]),
+            format!("bench-held-{n}-{}", &random_id()[..8]),
             &a.region,
             veto::now_ms(),
             a.ttl,

@@ -8,10 +8,12 @@
 #      raw; p99 <= 1 ms fast path, <= 5 ms durable-only);
 #   2. catch-up after a partition during which 100k revocations were published, every
 #      direction, with and without the catch-up reader (target <= 2 s after heal);
-#   3. replay of 1M events into a fresh sidecar: start -> ready (target <= 3 s) and its RSS.
+#   3. replay of 1M events into a fresh sidecar: start -> ready (target <= 3 s) and its RSS;
+#   4. start -> ready with 1M held: full replay vs [revocation.snapshot] + tail
+#      (scripts/bench-snapshot.sh runs only this part).
 #
 #   scripts/bench-propagation.sh                      everything (~3-5 min on 2 cores, plus the build)
-#   scripts/bench-propagation.sh --parts lag          only part 1 (also: partition, replay;
+#   scripts/bench-propagation.sh --parts lag          only part 1 (also: partition, replay, snapshot;
 #                                                     or BENCH_PARTS=lag)
 # Sizes: BENCH_LAG_EVENTS (500/origin), BENCH_LAG_PACE_US (2000), BENCH_PARTITION_EVENTS
 # (100000), BENCH_REPLAY_EVENTS (1000000), BENCH_INFLIGHT (1000 outstanding acks).

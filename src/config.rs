@@ -514,6 +514,47 @@ pub struct Revocation {
     pub max_entries: usize,
     #[serde(with = "humantime_serde")]
     pub prune_interval: Duration,
+    /// `[revocation.snapshot]`: a local snapshot of the revoked set, so a restart replays
+    /// only the stream's tail.
+    pub snapshot: Snapshot,
+}
+
+/// `[revocation.snapshot]`: the revoked set written to `path` every `interval` and at
+/// shutdown (atomically, mode 0600: it holds the set's hash keys), loaded at start so the
+/// durable follower replays only what came after it. Unset `path`: off.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Snapshot {
+    pub path: Option<PathBuf>,
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+impl Default for Snapshot {
+    fn default() -> Self {
+        Snapshot {
+            path: None,
+            interval: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Snapshot {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(p) = &self.path {
+            let dir_like = p.as_os_str().to_string_lossy().ends_with('/');
+            if p.as_os_str().is_empty() || p.file_name().is_none() || dir_like || p.is_dir() {
+                return Err(bad(
+                    "revocation.snapshot.path",
+                    "must name a file, not a directory (unset it to turn snapshots off)",
+                ));
+            }
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(24 * 3600)).contains(&self.interval) {
+            return Err(bad("revocation.snapshot.interval", "must be 1s-24h"));
+        }
+        Ok(())
+    }
 }
 
 impl Default for Revocation {
@@ -525,6 +566,7 @@ impl Default for Revocation {
             isolation: Isolation::Home,
             max_entries: crate::revocation::DEFAULT_MAX_ENTRIES,
             prune_interval: Duration::from_secs(60),
+            snapshot: Snapshot::default(),
         }
     }
 }
@@ -743,6 +785,7 @@ impl Settings {
             return Err(bad("revocation.prune_interval", "must be positive"));
         }
         self.inproxy.validate(self)?;
+        self.revocation.snapshot.validate()?;
         if self.shutdown.drain >= self.shutdown.grace {
             return Err(bad(
                 "shutdown.drain",
@@ -860,6 +903,17 @@ region = "us"
         assert_eq!(s.http.listen.to_string(), "127.0.0.1:9192");
         assert_eq!(s.issuers[0].session_claim, "sid");
         assert_eq!(s.revocation.on_stale, OnStale::Deny);
+        assert_eq!(s.revocation.snapshot.path, None);
+        assert_eq!(s.revocation.snapshot.interval, Duration::from_secs(30));
+        let s = Settings::from_toml(&format!(
+            "{GOOD}\n[revocation.snapshot]\npath = \"/var/lib/veto/revoked.snap\"\ninterval = \"10s\""
+        ))
+        .unwrap();
+        assert_eq!(
+            s.revocation.snapshot.path.as_deref(),
+            Some(Path::new("/var/lib/veto/revoked.snap"))
+        );
+        assert_eq!(s.revocation.snapshot.interval, Duration::from_secs(10));
         assert_eq!(
             s.authz.headers.get("x-user-id").map(String::as_str),
             Some("sub")
@@ -906,6 +960,31 @@ region = "us"
                 format!("{GOOD}\n[revocation]\nmax_staleness = \"soon\""),
                 "revocation.max_staleness",
             ),
+            (
+                format!("{GOOD}\n[revocation.snapshot]\npath = \"/tmp/x\"\ninterval = \"0s\""),
+                "revocation.snapshot.interval",
+            ),
+            (
+                format!("{GOOD}\n[revocation.snapshot]\ninterval = \"soon\""),
+                "revocation.snapshot.interval",
+            ),
+            (
+                format!("{GOOD}\n[revocation.snapshot]\npath = \"\""),
+                "revocation.snapshot.path",
+            ),
+            (
+                format!("{GOOD}\n[revocation.snapshot]\npath = \"/var/lib/veto/..\""),
+                "revocation.snapshot.path",
+            ),
+            (
+                format!("{GOOD}\n[revocation.snapshot]\npath = \"/tmp\""),
+                "revocation.snapshot.path",
+            ),
+            (
+                format!("{GOOD}\n[revocation.snapshot]\npath = \"/var/lib/veto/\""),
+                "revocation.snapshot.path",
+            ),
+            (format!("{GOOD}\n[revocation.snapshot]\nbogus = 1"), "bogus"),
             (
                 format!("{GOOD}\n[limits]\nheader_read_timeout = \"0s\""),
                 "limits.header_read_timeout",

@@ -9,7 +9,7 @@ use crate::authz::{CheckMetrics, Decider, Identity};
 use crate::bus;
 use crate::config::{self, Settings};
 use crate::decision::{DeciderConfig, DecisionMetrics, IssuerHooks, KeyRefetch};
-use crate::feed::{self, Applied, Applier, Feed, FeedMetrics};
+use crate::feed::{self, Applied, Applier, Feed, FeedMetrics, Snapshots};
 use crate::jwks::{JwksMetrics, Refetcher, RefetcherConfig, Source};
 use crate::listener::{ListenerMetrics, Server};
 use crate::readiness::{Component, Latch, Readiness};
@@ -41,6 +41,8 @@ pub struct Sidecar {
     refetchers: Vec<(Arc<Refetcher>, Latch)>,
     /// The feed's readiness latch (`None`: no `[nats]`).
     feed_latch: Option<Latch>,
+    /// The revoked set's snapshot (`None`: no `revocation.snapshot.path`, or no `[nats]`).
+    snapshot: Option<Arc<Snapshots>>,
     /// The settings it was built from: read once, at `build`.
     settings: Settings,
     /// The in-proxy mode's shared-memory mirror of the revoked set (`inproxy.shm_path`).
@@ -144,6 +146,7 @@ enum Task {
     CatchUp,
     SourceRepair,
     Upkeep,
+    Snapshot,
     Health,
     /// The in-proxy mirror's heartbeat (`inproxy.shm_path`).
     InproxyHeartbeat,
@@ -163,6 +166,7 @@ impl Task {
             Task::CatchUp => "catchup",
             Task::SourceRepair => "source_repair",
             Task::Upkeep => "upkeep",
+            Task::Snapshot => "snapshot",
             Task::Health => "health",
             Task::InproxyHeartbeat => "inproxy_heartbeat",
             Task::ExtraServer(name) | Task::Extra(name) => name,
@@ -241,7 +245,23 @@ impl Sidecar {
             issuers: policies,
             max_token_bytes: s.authz.max_token_bytes,
         };
-        let revoked = Arc::new(RevokedSet::with_max_entries(s.revocation.max_entries));
+        // With a snapshot, the set is built under the snapshot's hash keys (its entries go in
+        // once the feed has seen the stream); without one, or without [nats], a fresh set.
+        let (revoked, snapshot) = match &s.nats {
+            Some(n) => Snapshots::open(
+                &s.revocation.snapshot,
+                &bus::names::stream_name(&n.stream, &n.region),
+                s.revocation.max_entries,
+                &metrics.feed,
+            ),
+            None => {
+                if s.revocation.snapshot.path.is_some() {
+                    tracing::warn!("revocation.snapshot.path is set without [nats]: no snapshot");
+                }
+                let set = RevokedSet::with_max_entries(s.revocation.max_entries);
+                (Arc::new(set), None)
+            }
+        };
         let freshness = Arc::new(expected_origins(s));
         let mirror = match &s.inproxy.shm_path {
             Some(path) => {
@@ -305,6 +325,7 @@ impl Sidecar {
             metrics,
             refetchers,
             feed_latch,
+            snapshot,
             settings: s.clone(),
         })
     }
@@ -426,12 +447,22 @@ impl Sidecar {
                 retention: s.revocation.retention,
                 applier,
                 readiness: latch,
+                snapshot: self.snapshot.clone(),
             };
             let sd = shutdown.clone();
             tasks.spawn(async move {
                 f.run(client, events, sd).await;
                 Task::Feed
             });
+            if let Some(snapshot) = self.snapshot.clone() {
+                // written every interval and, when the ordered shutdown stops background
+                // work, once more (within shutdown.grace)
+                let sd = shutdown.clone();
+                tasks.spawn(async move {
+                    snapshot.run(sd).await;
+                    Task::Snapshot
+                });
+            }
         } else {
             tracing::warn!("no [nats] section: revocations are NOT enforced by this sidecar");
         }
@@ -741,6 +772,10 @@ mod tests {
         ("veto_listener_timeouts_total", "counter", "Connections closed by the server, by listener and timeout (header, idle, request).", &["kind", "listener"]),
         ("veto_revocation_events_total", "counter", "Revocation events received, by path (durable/fast) and result.", &["path", "result"]),
         ("veto_revocation_propagation_seconds", "histogram", "Revocation propagation lag: time applied here minus revoked_at at the origin.", &["origin_region", "path"]),
+        ("veto_revocation_snapshot_fallbacks_total", "counter", "Starts with revocation.snapshot.path set that replayed the whole stream instead of loading the snapshot, by reason.", &["reason"]),
+        ("veto_revocation_snapshot_loaded_entries", "gauge", "Revocations loaded from the snapshot at start (0: none loaded).", &[]),
+        ("veto_revocation_snapshot_sequence", "gauge", "Stream sequence covered by the last snapshot loaded or written.", &[]),
+        ("veto_revocation_snapshot_writes_total", "counter", "Revocation snapshot writes, by result (ok/error).", &["result"]),
         ("veto_revocations_capacity", "gauge", "Revocations the sidecar is configured to hold (revocation.max_entries).", &[]),
         ("veto_revocations_held", "gauge", "Live revocations held, by kind.", &["kind"]),
         ("veto_revocations_over_capacity", "gauge", "1 when revocations exceed revocation.max_entries (none are dropped).", &[]),
@@ -761,6 +796,8 @@ mod tests {
         m.feed.events(Path::Fast, Outcome::Applied).inc();
         m.feed.propagation("eu", Path::Durable).observe(0.1);
         m.feed.catchup_reads("eu").inc();
+        m.feed.snapshot_fallback(feed::Fallback::Corrupt).inc();
+        m.feed.snapshot_writes("ok").inc();
         m.decision
             .stale_decisions(crate::config::OnStale::Allow)
             .inc();

@@ -26,10 +26,14 @@
 //!    and a fresh `veto sidecar` process: start → `/readyz` 200, `veto_feed_replay_seconds`,
 //!    VmRSS/VmHWM.
 //!
-//! Which parts: `--parts lag,partition,replay` (or `BENCH_PARTS`); sizes are overridable for
-//! quick runs: `BENCH_LAG_EVENTS` (500 per origin), `BENCH_LAG_PACE_US` (2000),
-//! `BENCH_PARTITION_EVENTS` (100000), `BENCH_REPLAY_EVENTS` (1000000), `BENCH_INFLIGHT`
-//! (1000).
+//! 4. **Snapshot** ([`snapshot`]). One nats-server, 1M events: a fresh `veto sidecar`
+//!    process start → `/readyz` 200 with a full replay and with `[revocation.snapshot]`
+//!    (snapshot + tail), alternating, in the same run.
+//!
+//! Which parts: `--parts lag,partition,replay,snapshot` (or `BENCH_PARTS`); sizes are
+//! overridable for quick runs: `BENCH_LAG_EVENTS` (500 per origin), `BENCH_LAG_PACE_US` (2000),
+//! `BENCH_PARTITION_EVENTS` (100000), `BENCH_REPLAY_EVENTS` (1000000, parts 3 and 4),
+//! `BENCH_SNAPSHOT_ROUNDS` (2), `BENCH_INFLIGHT` (1000).
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -43,6 +47,7 @@ mod inproc;
 mod lag;
 mod partition;
 mod replay;
+mod snapshot;
 
 use async_nats::jetstream;
 #[allow(unused_imports)]
@@ -322,6 +327,19 @@ async fn run() {
         let _ = writeln!(
             report,
             "   (part 3 took {:.1} s)",
+            t.elapsed().as_secs_f64()
+        );
+    }
+    if wants("snapshot") {
+        let t = Instant::now();
+        let before = report.len();
+        if let Err(e) = snapshot::part(&issuer, &mut report).await {
+            let _ = writeln!(report, "\n== 4. snapshot: FAILED: {e}");
+        }
+        print!("{}", &report[before..]);
+        let _ = writeln!(
+            report,
+            "   (part 4 took {:.1} s)",
             t.elapsed().as_secs_f64()
         );
     }

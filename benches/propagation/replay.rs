@@ -401,6 +401,7 @@ pub async fn part(issuer: &Issuer, report: &mut String) -> Result<(), String> {
             retention: Duration::from_secs(3600),
             applier,
             readiness: latch,
+            snapshot: None,
         };
         let sd = CancellationToken::new();
         let task = tokio::spawn(f.run(c, events, sd.clone()));

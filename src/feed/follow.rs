@@ -1,4 +1,5 @@
-//! The durable follower of this region's stream: replays it from the start, marks the
+//! The durable follower of this region's stream: replays it from the start (or, with a
+//! usable snapshot, from the snapshot's sequence + 1: [`super::snapshot`]), marks the
 //! sidecar ready once everything up to the stream's last sequence at start is applied
 //! ([`super::replay`]), then follows live.
 //!
@@ -6,7 +7,7 @@
 //! must be recreated, for a typed [`Restart`] reason; the next consumer starts at our own
 //! position (`last_sequence + 1`), so nothing is lost or applied twice.
 
-use super::{Applier, Path, Progress, Through};
+use super::{Applier, Path, Progress, Snapshots, Through};
 use crate::bus::connect::{jetstream, Events};
 use crate::bus::names::stream_name;
 use crate::bus::stream::{nothing_after, provision, Outcome, Plan, ProvisionError};
@@ -18,6 +19,7 @@ use async_nats::jetstream::context::GetStreamError;
 use async_nats::jetstream::stream::{self, ConsumerError};
 use async_nats::jetstream::Context;
 use futures::StreamExt;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -93,6 +95,9 @@ pub struct Feed {
     pub applier: Applier,
     /// The feed's readiness latch (`Component::Feed`).
     pub readiness: Latch,
+    /// The revoked set's snapshot (`revocation.snapshot.path`): loaded when the stream is
+    /// first seen, and told every sequence applied.
+    pub snapshot: Option<Arc<Snapshots>>,
 }
 
 /// Where the follower is, across consumers.
@@ -191,7 +196,19 @@ impl Feed {
             .await
             .map_err(Restart::StreamUnavailable)?;
         // get_stream already fetched the stream's info: no second request.
-        let state = &stream.cached_info().state;
+        let info = stream.cached_info();
+        let state = &info.state;
+        if let Some(snapshot) = &self.snapshot {
+            // once, before the first consumer: the snapshot's entries, if it fits the stream
+            let created_ns = i64::try_from(info.created.unix_timestamp_nanos()).unwrap_or(0);
+            if let Some(seq) = snapshot
+                .adopt(state.first_sequence, state.last_sequence, created_ns)
+                .await
+            {
+                at.last_seq = seq;
+                self.applier.metrics.last_sequence.set(seq as i64);
+            }
+        }
         if let Some(why) =
             at.replay
                 .on_stream_state(at.last_seq, state.messages, state.last_sequence)
@@ -335,6 +352,9 @@ impl Feed {
                         self.applier.apply(&msg.subject, &msg.payload, Path::Durable);
                         at.last_seq = seq;
                         metrics.last_sequence.set(seq as i64);
+                        if let Some(s) = &self.snapshot {
+                            s.advanced(seq);
+                        }
                         if let Some(why) = at.replay.on_applied(seq, Some(pending)) {
                             self.mark_ready(at, why, seq, Some(pending));
                         }

@@ -1,5 +1,6 @@
 //! The feed's metric families, labelled by the typed [`Path`] and [`Outcome`].
 
+use super::snapshot::Fallback;
 use super::{Outcome, Path};
 use crate::metrics;
 use prometheus::{
@@ -23,6 +24,12 @@ pub struct FeedMetrics {
     pub stalls: IntCounter,
     /// `veto_feed_replay_seconds`.
     pub replay: Histogram,
+    snapshot_fallbacks: IntCounterVec,
+    snapshot_writes: IntCounterVec,
+    /// `veto_revocation_snapshot_loaded_entries`.
+    pub snapshot_loaded: IntGauge,
+    /// `veto_revocation_snapshot_sequence`.
+    pub snapshot_sequence: IntGauge,
 }
 
 impl FeedMetrics {
@@ -79,7 +86,39 @@ impl FeedMetrics {
                 "Time from feed start to caught up.",
                 exponential_buckets(0.001, 4.0, 10).expect("static buckets"),
             ),
+            snapshot_fallbacks: metrics::counter_vec(
+                r,
+                "veto_revocation_snapshot_fallbacks_total",
+                "Starts with revocation.snapshot.path set that replayed the whole stream instead of loading the snapshot, by reason.",
+                &["reason"],
+            ),
+            snapshot_writes: metrics::counter_vec(
+                r,
+                "veto_revocation_snapshot_writes_total",
+                "Revocation snapshot writes, by result (ok/error).",
+                &["result"],
+            ),
+            snapshot_loaded: metrics::gauge(
+                r,
+                "veto_revocation_snapshot_loaded_entries",
+                "Revocations loaded from the snapshot at start (0: none loaded).",
+            ),
+            snapshot_sequence: metrics::gauge(
+                r,
+                "veto_revocation_snapshot_sequence",
+                "Stream sequence covered by the last snapshot loaded or written.",
+            ),
         }
+    }
+
+    /// `veto_revocation_snapshot_fallbacks_total{reason}`.
+    pub fn snapshot_fallback(&self, reason: Fallback) -> IntCounter {
+        self.snapshot_fallbacks.with_label_values(&[reason.label()])
+    }
+
+    /// `veto_revocation_snapshot_writes_total{result}` (`ok` or `error`).
+    pub fn snapshot_writes(&self, result: &str) -> IntCounter {
+        self.snapshot_writes.with_label_values(&[result])
     }
 
     /// `veto_revocation_events_total{path, result}`.

@@ -10,6 +10,8 @@
 //! - [`run_fast_path`] (`fast`): every region's events over core NATS, before sourcing
 //!   brings them durably.
 //! - [`CatchUp`] (`catchup`): a direct read of another region's stream while its source lags.
+//! - [`Snapshots`] (`snapshot`): the revoked set's local snapshot, written on a schedule and
+//!   at shutdown, loaded at start so the follower replays only the stream's tail.
 //! - [`Applier`] (`apply`): decodes, applies idempotently, counts by [`Path`], and announces
 //!   every newly applied revocation on a broadcast of [`Applied`] ([`Applier::subscribe`]).
 
@@ -19,6 +21,7 @@ mod fast;
 mod follow;
 mod metrics;
 pub mod replay;
+pub mod snapshot;
 mod upkeep;
 
 pub use apply::{Applied, Applier, Outcome, Path, APPLIED_CAPACITY};
@@ -27,4 +30,5 @@ pub use fast::run_fast_path;
 pub use follow::{Feed, FeedError, Restart};
 pub use metrics::FeedMetrics;
 pub use replay::{Progress, Through};
+pub use snapshot::{Fallback, Snapshots};
 pub use upkeep::{Upkeep, UpkeepMetrics};

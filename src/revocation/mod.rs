@@ -12,6 +12,7 @@ pub use event::{
     RevocationEvent, MAX_ID_BYTES,
 };
 pub use freshness::{Freshness, OriginMask, MAX_ORIGINS};
+pub use set::snapshot;
 pub use set::{
     Applied, RevokedBy, RevokedSet, SetStats, ShmMirror, ShmRevocations, DEFAULT_MAX_ENTRIES,
 };

@@ -25,6 +25,16 @@ use xxhash_rust::xxh3::xxh3_128_with_secret;
 pub(super) struct Key([u32; 4]);
 
 impl Key {
+    /// The key as four words, for a snapshot.
+    pub(super) fn words(&self) -> [u32; 4] {
+        self.0
+    }
+
+    /// A key from a snapshot's words.
+    pub(super) fn from_words(words: [u32; 4]) -> Key {
+        Key(words)
+    }
+
     /// The bits that choose the shard.
     pub(super) fn shard_bits(&self) -> u32 {
         self.0[0]
@@ -59,6 +69,14 @@ impl Half {
         let (a, b) = (self.0[0] ^ issuer.0[0], self.0[1] ^ issuer.0[1]);
         Key([a as u32, (a >> 32) as u32, b as u32, (b >> 32) as u32])
     }
+}
+
+/// The hash keys of a set: what a snapshot stores so its digests stay valid in the next
+/// process. Never logged (no `Debug`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) struct HashSecret {
+    pub(super) id: (u64, u64),
+    pub(super) issuer: (u64, u64),
 }
 
 /// The length of an XXH3 secret expanded from a key.
@@ -112,9 +130,17 @@ thread_local! {
 impl Hashers {
     /// Fresh random keys.
     pub(super) fn random() -> Hashers {
-        let issuer = Keyed::new(random_keys());
+        Hashers::from_secret(HashSecret {
+            id: random_keys(),
+            issuer: random_keys(),
+        })
+    }
+
+    /// Hashers under the keys of `secret` (a snapshot's).
+    pub(super) fn from_secret(secret: HashSecret) -> Hashers {
+        let issuer = Keyed::new(secret.issuer);
         Hashers {
-            id: Keyed::new(random_keys()),
+            id: Keyed::new(secret.id),
             any_issuer: issuer.hash(b""),
             issuer,
             tag: TAGS.fetch_add(1, Ordering::Relaxed),
@@ -124,18 +150,29 @@ impl Hashers {
     /// The hashers of another set, from its [`Self::keys`] (the in-proxy reader derives the
     /// keys the sidecar stored its entries under).
     pub(super) fn from_keys(k: [u64; 4]) -> Hashers {
-        let issuer = Keyed::new((k[2], k[3]));
-        Hashers {
-            id: Keyed::new((k[0], k[1])),
-            any_issuer: issuer.hash(b""),
-            issuer,
-            tag: TAGS.fetch_add(1, Ordering::Relaxed),
-        }
+        Hashers::from_secret(HashSecret {
+            id: (k[0], k[1]),
+            issuer: (k[2], k[3]),
+        })
     }
 
     /// The hash keys: id k0, id k1, issuer k0, issuer k1.
     pub(super) fn keys(&self) -> [u64; 4] {
-        [self.id.key.0, self.id.key.1, self.issuer.key.0, self.issuer.key.1]
+        [
+            self.id.key.0,
+            self.id.key.1,
+            self.issuer.key.0,
+            self.issuer.key.1,
+        ]
+    }
+
+    /// The keys themselves, for a snapshot (secret: whoever holds them can craft
+    /// collisions, and they must only ever be written to a 0600 file).
+    pub(super) fn secret(&self) -> HashSecret {
+        HashSecret {
+            id: self.id.key,
+            issuer: self.issuer.key,
+        }
     }
 
     pub(super) fn id(&self, id: &str) -> Half {

@@ -16,6 +16,7 @@
 mod bloom;
 mod key;
 mod shared;
+pub mod snapshot;
 mod table;
 
 pub use shared::{ShmMirror, ShmRevocations};
@@ -394,6 +395,10 @@ impl RevokedSet {
     /// (`revocation.max_entries`). It holds more than that all the same (nothing is ever
     /// evicted); past it only its filters' false-positive rate rises.
     pub fn with_max_entries(max_entries: usize) -> RevokedSet {
+        RevokedSet::with_hashers(max_entries, Hashers::random())
+    }
+
+    fn with_hashers(max_entries: usize, hashers: Hashers) -> RevokedSet {
         // headroom for shards above the mean (a shard's share of random keys varies)
         let per_shard = max_entries.min(MAX_FILTER_ENTRIES).div_ceil(SHARDS) * 5 / 4;
         RevokedSet {
@@ -403,7 +408,7 @@ impl RevokedSet {
                     tables: RwLock::new(Shard::default()),
                 })
                 .collect(),
-            hashers: Hashers::random(),
+            hashers,
             counts: PerKind::default(),
             mirror: OnceLock::new(),
         }
@@ -454,6 +459,19 @@ impl RevokedSet {
         let scope = Scope::of(&ev.issuer);
         let key = self.hashers.id(&ev.id).key(self.hashers.issuer(&ev.issuer));
         let (expires, not_before) = (secs_ceil(ev.expires_at), secs_ceil(ev.revoked_at));
+        self.put(kind, scope, key, expires, not_before)
+    }
+
+    /// Stores one entry (from [`Self::apply`] or a snapshot): the one place an entry goes
+    /// into a table, its filter and the counts.
+    fn put(
+        &self,
+        kind: RevokedBy,
+        scope: Scope,
+        key: Key,
+        expires: u32,
+        not_before: u32,
+    ) -> Applied {
         let cell = self.shard(&key);
         let mut shard = cell.tables.write();
         let done = shard.upsert(kind, scope, key, expires, not_before);

@@ -97,6 +97,11 @@ impl<V: Entry> Table<V> {
         self.map.keys().copied()
     }
 
+    /// Every entry held, for a snapshot.
+    pub(super) fn entries(&self) -> impl Iterator<Item = (Key, V)> + '_ {
+        self.map.iter().map(|(k, v)| (*k, *v))
+    }
+
     /// Does the entry under `k` (if any) revoke a token issued at `iat_secs`, at `now_ms`?
     pub(super) fn revokes(&self, k: &Key, iat_secs: i64, now_ms: i64) -> bool {
         self.get(k).is_some_and(|e| e.revokes(iat_secs, now_ms))
