@@ -439,24 +439,10 @@ pub fn decode(bytes: Vec<u8>) -> Result<Image, Invalid> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::revocation::{Kind, RevocationEvent};
+    use crate::revocation::set::tests::ev;
+    use crate::revocation::Kind;
 
     const T: i64 = 1_800_000_000_000;
-
-    fn ev(kind: Kind, id: &str, issuer: &str, revoked_at: i64, expires_at: i64) -> RevocationEvent {
-        RevocationEvent {
-            event_id: format!("e-{id}"),
-            kind: kind as i32,
-            id: id.into(),
-            issuer: issuer.into(),
-            revoked_at,
-            expires_at,
-            origin_region: "us".into(),
-            reason: String::new(),
-            urgent: false,
-            revoked_at_us: 0,
-        }
-    }
 
     fn header(seq: u64) -> Header {
         Header {

@@ -3,7 +3,15 @@
 
 use super::*;
 
-fn ev(kind: Kind, id: &str, issuer: &str, revoked_at: i64, expires_at: i64) -> RevocationEvent {
+/// An event of `kind` for `id`, as the feed would hand it to the set (also the snapshot
+/// tests').
+pub(super) fn ev(
+    kind: Kind,
+    id: &str,
+    issuer: &str,
+    revoked_at: i64,
+    expires_at: i64,
+) -> RevocationEvent {
     RevocationEvent {
         event_id: format!("e-{id}-{revoked_at}"),
         kind: kind as i32,
