@@ -402,35 +402,51 @@ pub struct Envoy {
 }
 
 impl Envoy {
+    /// Envoy with the ext_authz template (deploy/envoy/envoy-sidecar.yaml.tmpl).
     pub fn start(authz_port: u16, upstream_port: u16) -> Envoy {
+        Envoy::from_template(
+            "deploy/envoy/envoy-sidecar.yaml.tmpl",
+            &[
+                ("AUTHZ_PORT", authz_port.to_string()),
+                ("UPSTREAM_PORT", upstream_port.to_string()),
+            ],
+            &[],
+            "warning",
+        )
+    }
+
+    /// Envoy rendered from `template` (relative to the repository) with `LISTEN_PORT` and
+    /// `ADMIN_PORT` on free ports and `vars` replacing the other `${NAME}`s, one worker,
+    /// `env` added to its environment; waits until it listens.
+    pub fn from_template(
+        template: &str,
+        vars: &[(&str, String)],
+        env: &[(&str, &Path)],
+        level: &str,
+    ) -> Envoy {
         let dir = tempfile::tempdir().expect("tempdir");
         let (port, admin) = (free_port(), free_port());
-        let tmpl = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/envoy/envoy-sidecar.yaml.tmpl"),
-        )
-        .expect("template");
-        let cfg = tmpl
+        let mut cfg = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(template))
+            .expect("template")
             .replace("${LISTEN_PORT}", &port.to_string())
-            .replace("${ADMIN_PORT}", &admin.to_string())
-            .replace("${AUTHZ_PORT}", &authz_port.to_string())
-            .replace("${UPSTREAM_PORT}", &upstream_port.to_string());
+            .replace("${ADMIN_PORT}", &admin.to_string());
+        for (name, value) in vars {
+            cfg = cfg.replace(&format!("${{{name}}}"), value);
+        }
+        assert!(!cfg.contains("${"), "{template}: a placeholder is left");
         let path = dir.path().join("envoy.yaml");
         std::fs::write(&path, cfg).expect("write envoy.yaml");
         let log = std::fs::File::create(dir.path().join("envoy.log")).expect("log");
-        let child = Command::new(tool("VETO_ENVOY_BIN", "envoy"))
-            .arg("-c")
+        let mut cmd = Command::new(tool("VETO_ENVOY_BIN", "envoy"));
+        cmd.arg("-c")
             .arg(&path)
-            .args([
-                "--use-dynamic-base-id",
-                "-l",
-                "warning",
-                "--concurrency",
-                "1",
-            ])
+            .args(["--use-dynamic-base-id", "-l", level, "--concurrency", "1"])
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start envoy");
+            .stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start envoy");
         let e = Envoy {
             port,
             admin,
@@ -438,7 +454,7 @@ impl Envoy {
             dir,
         };
         assert!(
-            wait_port(e.port, Duration::from_secs(20)),
+            wait_port(e.port, Duration::from_secs(30)),
             "envoy did not listen:\n{}",
             e.log()
         );
