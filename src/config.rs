@@ -784,6 +784,12 @@ impl Settings {
         if self.revocation.prune_interval.is_zero() {
             return Err(bad("revocation.prune_interval", "must be positive"));
         }
+        if self.revocation.max_entries == 0 {
+            return Err(bad(
+                "revocation.max_entries",
+                "must be at least 1 (the capacity above which the sidecar reports itself over capacity; it never drops any)",
+            ));
+        }
         self.inproxy.validate(self)?;
         self.revocation.snapshot.validate()?;
         if self.shutdown.drain >= self.shutdown.grace {
@@ -983,6 +989,10 @@ region = "us"
             (
                 format!("{GOOD}\n[revocation.snapshot]\npath = \"/var/lib/veto/\""),
                 "revocation.snapshot.path",
+            ),
+            (
+                format!("{GOOD}\n[revocation]\nmax_entries = 0"),
+                "revocation.max_entries",
             ),
             (format!("{GOOD}\n[revocation.snapshot]\nbogus = 1"), "bogus"),
             (
