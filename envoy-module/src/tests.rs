@@ -654,3 +654,65 @@ fn the_keys_generation_survives_growth() {
     assert_eq!(reason(&f.decide(Some((1, t2.as_bytes())))), "ok");
     assert_eq!((f.keys_generation(), f.key_reload_failures()), (2, 0));
 }
+
+/// An issuer with both a JWKS and an HMAC secret: the published file never holds the secret,
+/// and the module keeps its own (read from `hmac_secret_file`) across every reload, a cached
+/// HS256 token included.
+#[test]
+fn an_hmac_secret_is_never_published_and_survives_reloads() {
+    let w = World::new("");
+    let hs = SigningKey::generate(Alg::HS256, "hs").unwrap();
+    let secret_path = w.dir.path().join("hs.secret");
+    std::fs::write(&secret_path, hs.pkcs8_der()).unwrap();
+    let toml = std::fs::read_to_string(w.dir.path().join("veto.toml")).unwrap();
+    let jwks_line = toml
+        .lines()
+        .find(|l| l.starts_with("jwks_file"))
+        .unwrap()
+        .to_string();
+    std::fs::write(
+        w.dir.path().join("veto.toml"),
+        toml.replace(
+            &jwks_line,
+            &format!(
+                "jwks_url = \"http://127.0.0.1:9/jwks.json\"\nalgorithms = [\"ES256\", \"HS256\"]\nhmac_secret_file = \"{}\"",
+                secret_path.display()
+            ),
+        ),
+    )
+    .unwrap();
+    let f = w.filter();
+    let decide = |t: &str| reason(&f.decide(Some((1, t.as_bytes())))).to_string();
+    let hs_token = signed(&hs, "hal", "s1");
+    assert_eq!(decide(&hs_token), "ok", "before any publication");
+    let mut sidecar = Sidecar::new(&w);
+    // the sidecar's store holds the secret too, as its refresher puts it there
+    let doc = jwks(&[&w.key]).to_string();
+    let set = veto::token::KeySet::from_jwks(doc.as_bytes(), &[Alg::ES256, Alg::HS256])
+        .unwrap()
+        .0
+        .with_hmac_secret(Some(hs.pkcs8_der().into()));
+    sidecar.store.replace(set);
+    assert!(sidecar.publisher.publish_if_changed().unwrap());
+    w.mirror.bump_keys_generation();
+    let published =
+        std::fs::read(veto::jwks::published_keys_path(&w.dir.path().join("shm"))).unwrap();
+    let published: serde_json::Value = serde_json::from_slice(&published).unwrap();
+    let keys = published["issuers"][ISS]["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 1, "the EC key alone: {published}");
+    for k in keys {
+        let members = k.as_object().unwrap().keys();
+        assert!(members
+            .into_iter()
+            .all(|m| veto::token::PUBLIC_MEMBERS.contains(&m.as_str())));
+        assert_eq!(k["kty"], "EC");
+    }
+    assert_eq!(decide(&hs_token), "ok", "cached, after the reload");
+    assert_eq!(
+        decide(&signed(&hs, "hal", "s2")),
+        "ok",
+        "verified after the reload"
+    );
+    assert_eq!(decide(&signed(&w.key, "hal", "s3")), "ok");
+    assert_eq!((f.keys_generation(), f.key_reload_failures()), (1, 0));
+}
