@@ -194,7 +194,9 @@ impl ListenerLimits {
 
 /// `[inproxy]`: the sidecar mirrors its revoked set, its feed position and its per-origin
 /// freshness into `shm_path` (a file on a tmpfs shared with Envoy: `/dev/shm`, or a
-/// `medium: Memory` emptyDir), where the in-proxy module (`envoy-module/`) reads them.
+/// `medium: Memory` emptyDir), where the in-proxy module (`envoy-module/`) reads them; and it
+/// publishes its issuers' current public keys beside it, in `<shm_path>.jwks`
+/// (`crate::jwks::KeysPublisher`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Inproxy {

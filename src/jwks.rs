@@ -6,13 +6,15 @@
 //! - refetched on an unknown `kid`: one fetch in flight at a time (others wait for it), and at
 //!   most one per `jwks_min_refetch_interval`, so a flood of junk kids cannot flood the
 //!   endpoint;
-//! - on failure the last good keys stay in use, with backoff and a metric.
+//! - on failure the last good keys stay in use, with backoff and a metric;
+//! - in the in-proxy mode, the keys every issuer trusts now are published to the Envoy module
+//!   in a file beside the shared-memory file ([`KeysPublisher`], [`read_published`]).
 
 use crate::metrics;
 use crate::readiness::Latch;
 use crate::token::{Alg, KeySet, KeyStore};
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -305,6 +307,167 @@ impl Refetcher {
     }
 }
 
+/// The in-proxy keys file of the shared-memory file `shm`: `<shm>.jwks`, beside it.
+pub fn published_keys_path(shm: &Path) -> PathBuf {
+    let mut p = shm.as_os_str().to_owned();
+    p.push(".jwks");
+    PathBuf::from(p)
+}
+
+/// The keys file's `format` (a document of another format is refused, keeping the keys).
+const PUBLISHED_FORMAT: u64 = 1;
+/// Largest keys file read: a JWKS per issuer, each at most [`MAX_JWKS_BYTES`] when fetched.
+const MAX_PUBLISHED_BYTES: u64 = 16 << 20;
+
+/// The sidecar's side of the in-proxy keys (`inproxy.shm_path`): writes
+/// `{"format": 1, "issuers": {"<iss>": {"keys": [...]}}}` — per issuer whose keys come from a
+/// `jwks_url` or `jwks_file` and are loaded, the JWKS it trusts now, public members only
+/// ([`KeySet::public_jwks`]). HMAC secrets are never written: the module reads an issuer's
+/// `hmac_secret_file` itself. Written atomically (a temporary file in the same directory,
+/// renamed over the path) and only when the keys changed; the caller then bumps the keys
+/// generation in the shared-memory header, which is what the module watches.
+pub struct KeysPublisher {
+    path: PathBuf,
+    /// The published issuers and their stores (the refreshers replace the sets in them).
+    issuers: Vec<(String, Arc<KeyStore>)>,
+    /// Each store's generation when last looked at (`None`: never).
+    seen: Vec<Option<u64>>,
+    /// The document last written (a refresh that brings the same keys writes nothing).
+    last: Option<Vec<u8>>,
+}
+
+impl KeysPublisher {
+    /// Publishes beside the shared-memory file `shm` the keys of `issuers`.
+    pub fn new(shm: &Path, issuers: Vec<(String, Arc<KeyStore>)>) -> KeysPublisher {
+        KeysPublisher {
+            path: published_keys_path(shm),
+            seen: vec![None; issuers.len()],
+            issuers,
+            last: None,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes the keys file if the keys changed since the last write; true when it did (the
+    /// caller then bumps the keys generation). Cheap when nothing was reloaded: one atomic
+    /// load per issuer. A failed write is retried on the next call.
+    pub fn publish_if_changed(&mut self) -> std::io::Result<bool> {
+        let now: Vec<Option<u64>> = self
+            .issuers
+            .iter()
+            .map(|(_, store)| Some(store.generation()))
+            .collect();
+        if now == self.seen {
+            return Ok(false);
+        }
+        let mut issuers = serde_json::Map::new();
+        for (name, store) in &self.issuers {
+            if let Some(set) = store.get() {
+                issuers.insert(name.clone(), set.public_jwks());
+            }
+        }
+        if issuers.is_empty() {
+            // nothing loaded yet: nothing to publish (the generation stays where it is)
+            self.seen = now;
+            return Ok(false);
+        }
+        let doc = serde_json::to_vec(&serde_json::json!({
+            "format": PUBLISHED_FORMAT,
+            "issuers": issuers,
+        }))
+        .map_err(std::io::Error::other)?;
+        if self.last.as_ref() == Some(&doc) {
+            self.seen = now;
+            return Ok(false);
+        }
+        write_atomically(&self.path, &doc)?;
+        self.last = Some(doc);
+        self.seen = now;
+        Ok(true)
+    }
+}
+
+/// Writes `doc` at `path` through a temporary file beside it and a rename, so a reader finds
+/// the old document or the new one, never a part (no fsync: the file is on a tmpfs and is
+/// rewritten by the sidecar after a crash anyway).
+fn write_atomically(path: &Path, doc: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(doc))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// Why the in-proxy keys file could not be read (the keys in use then stay). Never carries
+/// key material.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishedError {
+    #[error("cannot read the keys file: {0}")]
+    Read(std::io::ErrorKind),
+    #[error("the keys file is larger than {MAX_PUBLISHED_BYTES} bytes")]
+    TooLarge,
+    #[error("the keys file is not a veto keys document (format {PUBLISHED_FORMAT})")]
+    NotKeys,
+    #[error("the keys file's JWKS of {issuer}: {error}")]
+    Jwks {
+        issuer: String,
+        error: crate::token::JwkError,
+    },
+}
+
+/// The module's side: reads the keys file `path` and parses, for each `(issuer, allowed
+/// algorithms)` asked, the JWKS published for it with [`KeySet::from_jwks_value`] (`None`:
+/// nothing published for that issuer). All or nothing: one bad issuer fails the whole read.
+pub fn read_published(
+    path: &Path,
+    issuers: &[(&str, &[Alg])],
+) -> Result<Vec<Option<KeySet>>, PublishedError> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path).map_err(|e| PublishedError::Read(e.kind()))?;
+    let mut doc = Vec::new();
+    file.take(MAX_PUBLISHED_BYTES + 1)
+        .read_to_end(&mut doc)
+        .map_err(|e| PublishedError::Read(e.kind()))?;
+    if doc.len() as u64 > MAX_PUBLISHED_BYTES {
+        return Err(PublishedError::TooLarge);
+    }
+    let v: serde_json::Value = serde_json::from_slice(&doc).map_err(|_| PublishedError::NotKeys)?;
+    if v.get("format").and_then(serde_json::Value::as_u64) != Some(PUBLISHED_FORMAT) {
+        return Err(PublishedError::NotKeys);
+    }
+    let published = v
+        .get("issuers")
+        .and_then(serde_json::Value::as_object)
+        .ok_or(PublishedError::NotKeys)?;
+    issuers
+        .iter()
+        .map(|(issuer, allowed)| match published.get(*issuer) {
+            None => Ok(None),
+            Some(jwks) => KeySet::from_jwks_value(jwks, allowed)
+                .map(|(set, _)| Some(set))
+                .map_err(|error| PublishedError::Jwks {
+                    issuer: issuer.to_string(),
+                    error,
+                }),
+        })
+        .collect()
+}
+
 /// reqwest errors print the URL; JWKS URLs can carry credentials in their query, so strip it.
 fn without_url(e: &reqwest::Error) -> String {
     let mut text = e.to_string();
@@ -335,6 +498,98 @@ pub fn cache_control_max_age(v: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::token::sign::{jwks, SigningKey};
+
+    fn set_of(keys: &[&SigningKey]) -> KeySet {
+        let doc = jwks(keys).to_string();
+        KeySet::from_jwks(doc.as_bytes(), &[Alg::ES256, Alg::HS256])
+            .unwrap()
+            .0
+    }
+
+    #[test]
+    fn published_keys_round_trip_and_are_written_only_on_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let shm = dir.path().join("shm");
+        let (k1, k2) = (
+            SigningKey::generate(Alg::ES256, "k1").unwrap(),
+            SigningKey::generate(Alg::ES256, "k2").unwrap(),
+        );
+        let secret: Arc<[u8]> = b"0123456789abcdef0123456789abcdef".as_slice().into();
+        let a = Arc::new(KeyStore::new(None));
+        let b = Arc::new(KeyStore::new(None));
+        let mut p =
+            KeysPublisher::new(&shm, vec![("a".into(), a.clone()), ("b".into(), b.clone())]);
+        assert_eq!(p.path(), dir.path().join("shm.jwks"));
+        assert!(
+            !p.publish_if_changed().unwrap(),
+            "nothing loaded: nothing written"
+        );
+        assert!(!p.path().exists());
+        a.replace(set_of(&[&k1]).with_hmac_secret(Some(secret.clone())));
+        assert!(p.publish_if_changed().unwrap());
+        assert!(!p.publish_if_changed().unwrap(), "unchanged");
+        let text = std::fs::read_to_string(p.path()).unwrap();
+        assert!(
+            !text.contains("MDEyMzQ1") && !text.contains("\"oct\""),
+            "no secret: {text}"
+        );
+        let algs: &[Alg] = &[Alg::ES256];
+        let got = read_published(p.path(), &[("a", algs), ("b", algs), ("c", algs)]).unwrap();
+        assert!(got[0]
+            .as_ref()
+            .unwrap()
+            .find(Some("k1"), Alg::ES256)
+            .is_some());
+        assert!(got[0].as_ref().unwrap().hmac_secret().is_none());
+        assert!(
+            got[1].is_none() && got[2].is_none(),
+            "not loaded / not configured"
+        );
+        // a refresh that brings the same keys writes nothing; new keys do
+        a.replace(set_of(&[&k1]));
+        assert!(!p.publish_if_changed().unwrap());
+        a.replace(set_of(&[&k1, &k2]));
+        b.replace(set_of(&[&k2]));
+        assert!(p.publish_if_changed().unwrap());
+        let got = read_published(p.path(), &[("a", algs), ("b", algs)]).unwrap();
+        assert_eq!(got[0].as_ref().unwrap().len(), 2);
+        assert!(got[1]
+            .as_ref()
+            .unwrap()
+            .find(Some("k2"), Alg::ES256)
+            .is_some());
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "no temporary file left");
+    }
+
+    #[test]
+    fn bad_keys_files_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shm.jwks");
+        let algs: &[Alg] = &[Alg::ES256];
+        let ask = [("a", algs)];
+        assert!(matches!(
+            read_published(&path, &ask),
+            Err(PublishedError::Read(std::io::ErrorKind::NotFound))
+        ));
+        for doc in [
+            "not json",
+            "{}",
+            r#"{"format": 2, "issuers": {}}"#,
+            r#"{"format": 1, "issuers": []}"#,
+        ] {
+            std::fs::write(&path, doc).unwrap();
+            assert!(
+                matches!(read_published(&path, &ask), Err(PublishedError::NotKeys)),
+                "{doc}"
+            );
+        }
+        std::fs::write(&path, r#"{"format": 1, "issuers": {"a": {"keys": []}}}"#).unwrap();
+        let e = read_published(&path, &ask).err().unwrap();
+        assert!(matches!(e, PublishedError::Jwks { .. }), "{e}");
+    }
 
     #[test]
     fn cache_control() {

@@ -10,7 +10,7 @@ use crate::bus;
 use crate::config::{self, Settings};
 use crate::decision::{DeciderConfig, DecisionMetrics, IssuerHooks, KeyRefetch};
 use crate::feed::{self, Applied, Applier, Feed, FeedMetrics, Snapshots};
-use crate::jwks::{JwksMetrics, Refetcher, RefetcherConfig, Source};
+use crate::jwks::{JwksMetrics, KeysPublisher, Refetcher, RefetcherConfig, Source};
 use crate::listener::{ListenerMetrics, Server};
 use crate::readiness::{Component, Latch, Readiness};
 use crate::revocation::{Freshness, RevokedSet, ShmMirror};
@@ -47,6 +47,9 @@ pub struct Sidecar {
     settings: Settings,
     /// The in-proxy mode's shared-memory mirror of the revoked set (`inproxy.shm_path`).
     pub mirror: Option<Arc<ShmMirror>>,
+    /// The key stores of the issuers whose keys are fetched or read (`jwks_url`,
+    /// `jwks_file`): what the in-proxy mode publishes to the module beside the mirror.
+    fetched_keys: Vec<(String, Arc<KeyStore>)>,
 }
 
 /// The shared secret of issuer `i` (HS* algorithms), read from its file.
@@ -196,6 +199,7 @@ impl Sidecar {
         let mut policies = Vec::new();
         let mut refetchers = Vec::new();
         let mut per_issuer = Vec::new();
+        let mut fetched_keys = Vec::new();
         for (i, iss) in s.issuers.iter().enumerate() {
             let algorithms = iss
                 .parsed_algorithms()
@@ -231,6 +235,7 @@ impl Sidecar {
                         metrics.jwks.clone(),
                     )?);
                     refetchers.push((r.clone(), latch));
+                    fetched_keys.push((iss.issuer.clone(), store.clone()));
                     Some(r)
                 }
                 None => None,
@@ -327,6 +332,7 @@ impl Sidecar {
             feed_latch,
             snapshot,
             settings: s.clone(),
+            fetched_keys,
         })
     }
 
@@ -496,8 +502,13 @@ impl Sidecar {
                 shutdown.clone(),
             );
             let every = s.inproxy.heartbeat_interval;
+            let keys = s
+                .inproxy
+                .shm_path
+                .as_deref()
+                .map(|p| KeysPublisher::new(p, self.fetched_keys.clone()));
             tasks.spawn(async move {
-                inproxy_heartbeat(mirror, freshness, feed, every, sd).await;
+                inproxy_heartbeat(mirror, keys, freshness, feed, every, sd).await;
                 Task::InproxyHeartbeat
             });
         }
@@ -721,9 +732,12 @@ async fn follow_health(
 /// Publishes the sidecar's status into the in-proxy mirror every `every` until `stop`: the
 /// heartbeat the module's freshness check reads, the feed position and whether the feed has
 /// replayed (the file only becomes visible at its path once it has), and each origin's last
-/// fresh time.
+/// fresh time. First, when the issuers' keys changed (a refresh or an unknown-`kid` refetch
+/// brought new ones), it publishes them beside the mirror and bumps the keys generation the
+/// module watches; a failed write is logged (once until one succeeds) and retried next tick.
 async fn inproxy_heartbeat(
     mirror: Arc<ShmMirror>,
+    mut keys: Option<KeysPublisher>,
     freshness: Arc<Freshness>,
     feed: FeedMetrics,
     every: Duration,
@@ -731,10 +745,26 @@ async fn inproxy_heartbeat(
 ) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut keys_failing = false;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
+        }
+        if let Some(p) = keys.as_mut() {
+            match p.publish_if_changed() {
+                Ok(true) => {
+                    let generation = mirror.bump_keys_generation();
+                    tracing::info!(generation, path = %p.path().display(), "in-proxy keys published");
+                    keys_failing = false;
+                }
+                Ok(false) => keys_failing = false,
+                Err(e) if !keys_failing => {
+                    keys_failing = true;
+                    tracing::error!(error = %e, path = %p.path().display(), "in-proxy keys not published; the module keeps the keys it has");
+                }
+                Err(_) => {}
+            }
         }
         let position = u64::try_from(feed.last_sequence.get()).unwrap_or(0);
         mirror.publish(&freshness, position, feed.ready.get() == 1, crate::now_ms());

@@ -3,17 +3,24 @@
 //! revocations and freshness read from the sidecar's shared memory), and what to do with a
 //! request — which headers to set or remove on allow, which response to send on deny,
 //! rendered by `veto::authz::render` as the sidecar renders it.
+//!
+//! Keys: the sidecar publishes the keys it trusts beside its shared-memory file
+//! (`<shm_path>.jwks`, see `veto::jwks::KeysPublisher`) and bumps the header's keys
+//! generation; each request loads that word and, when it changed, the keys file is read again
+//! and the issuers' key sets swapped ([`Keys::refresh`]). Until the sidecar has published
+//! keys, an issuer's `jwks_file` (or this filter's `jwks_files`) is used.
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use veto::authz::{render, Identity};
 use veto::config::Settings;
 use veto::decision::{Credential, Decider, Decision, DecisionMetrics, IssuerHooks};
 use veto::revocation::ShmRevocations;
 use veto::sidecar::{decider_config, expected_origins, hmac_secret, issuer_policy};
-use veto::token::{KeySet, KeyStore, Validator};
+use veto::token::{Alg, KeySet, KeyStore, Validator};
 
 /// The filter's JSON configuration (`filter_config` of the Envoy filter, a
 /// `google.protobuf.StringValue`).
@@ -25,9 +32,10 @@ struct ModuleConfig {
     /// module decides under exactly the sidecar's policy. (`VETO__*` environment overrides
     /// apply as for the sidecar — Envoy's environment, so keep them out of it or the same.)
     veto_config: PathBuf,
-    /// JWKS files by issuer, for issuers whose keys the sidecar fetches from a URL: until the
-    /// sidecar publishes the current keys in shared memory, the module reads keys from files
-    /// only (an issuer's own `jwks_file` needs no entry here). Read once, at configuration.
+    /// JWKS files by issuer, read once at configuration: the keys used until the sidecar has
+    /// published its own (`<shm_path>.jwks`), for an issuer whose keys the sidecar fetches
+    /// from a `jwks_url` (an issuer's own `jwks_file` needs no entry here). Optional: without
+    /// one, such an issuer's tokens are refused `unknown_kid` until the sidecar publishes.
     #[serde(default)]
     jwks_files: BTreeMap<String, PathBuf>,
 }
@@ -42,8 +50,74 @@ pub struct Answers {
 /// One configured filter (shared by Envoy's workers).
 pub struct InProxy {
     decider: Decider<Answers, ShmRevocations>,
+    /// The decider's revocations, also asked for the keys generation.
+    revocations: Arc<ShmRevocations>,
+    keys: Keys,
     identity: Identity,
     remove_authorization: bool,
+}
+
+/// The issuers' key stores (the validator's, shared) and what reloading them needs.
+struct Keys {
+    /// The sidecar's keys file (`<shm_path>.jwks`).
+    path: PathBuf,
+    issuers: Vec<IssuerKeys>,
+    /// The keys generation last loaded — or whose load failed: each generation is tried
+    /// once, so a bad file costs one read and one log line, not one per request.
+    applied: AtomicU64,
+    /// Serialises reloads: a worker that sees a new generation while another is reloading
+    /// waits for it, so no request is decided with keys older than the generation it saw.
+    /// Taken only when the generation changed.
+    reload: Mutex<()>,
+    /// Reloads that failed (missing or corrupt file), kept keys in use.
+    failures: AtomicU64,
+}
+
+struct IssuerKeys {
+    issuer: String,
+    algorithms: Vec<Alg>,
+    /// The HS* secret, read from the issuer's `hmac_secret_file` here (never published).
+    secret: Option<Arc<[u8]>>,
+    store: Arc<KeyStore>,
+}
+
+impl Keys {
+    /// Brings the key sets up to the sidecar's keys `generation` (0: none published; the
+    /// configured files stay). One atomic load when nothing changed; on a change, the keys
+    /// file is read once and every published issuer's set swapped in its [`KeyStore`] (as
+    /// the sidecar's refresher does). A file that cannot be read or parsed keeps the keys in
+    /// use, is counted and logged once for that generation.
+    fn refresh(&self, generation: u64) {
+        if generation == 0 || self.applied.load(Ordering::Acquire) == generation {
+            return;
+        }
+        let _one = self.reload.lock().unwrap_or_else(|e| e.into_inner());
+        if self.applied.load(Ordering::Acquire) == generation {
+            return;
+        }
+        let asked: Vec<(&str, &[Alg])> = self
+            .issuers
+            .iter()
+            .map(|i| (i.issuer.as_str(), i.algorithms.as_slice()))
+            .collect();
+        match veto::jwks::read_published(&self.path, &asked) {
+            Ok(sets) => {
+                for (i, set) in self.issuers.iter().zip(sets) {
+                    if let Some(set) = set {
+                        i.store.replace(set.with_hmac_secret(i.secret.clone()));
+                    }
+                }
+            }
+            Err(e) => {
+                self.failures.fetch_add(1, Ordering::Relaxed);
+                crate::KEY_RELOAD_FAILURES.fetch_add(1, Ordering::Relaxed);
+                crate::log(&format!(
+                    "keys generation {generation}: {e}; keeping the keys in use"
+                ));
+            }
+        }
+        self.applied.store(generation, Ordering::Release);
+    }
 }
 
 /// What the request gets.
@@ -79,29 +153,26 @@ impl InProxy {
         }
         let mut policies = Vec::new();
         let mut hooks = Vec::new();
+        let mut keys = Vec::new();
         for (i, iss) in s.issuers.iter().enumerate() {
             let algorithms = iss
                 .parsed_algorithms()
                 .map_err(|a| format!("issuers[{i}].algorithms: unsupported {a:?}"))?;
             let secret = hmac_secret(iss, i).map_err(|e| format!("{e:#}"))?;
-            let file = cfg.jwks_files.get(&iss.issuer).or(iss.jwks_file.as_ref());
-            let set = match (file, &iss.jwks_url) {
-                (Some(f), _) => {
-                    let doc = std::fs::read(f)
-                        .map_err(|e| format!("issuers[{i}]: JWKS {}: {e}", f.display()))?;
-                    KeySet::from_jwks(&doc, &algorithms)
-                        .map_err(|e| format!("issuers[{i}]: JWKS {}: {e}", f.display()))?
-                        .0
-                }
-                (None, Some(_)) => {
-                    return Err(format!(
-                        "issuers[{i}] ({}) has only a jwks_url: give its keys in jwks_files (the sidecar does not publish keys to the module yet)",
-                        iss.issuer
-                    ))
-                }
-                (None, None) => KeySet::default(),
+            // A `jwks_url`-only issuer starts without keys: its tokens are refused
+            // `unknown_kid` (as the sidecar refuses a kid it does not know) until the sidecar
+            // publishes the keys it fetched.
+            let set = match cfg.jwks_files.get(&iss.issuer).or(iss.jwks_file.as_ref()) {
+                Some(f) => read_jwks(f, &algorithms).map_err(|e| format!("issuers[{i}]: {e}"))?,
+                None => KeySet::default(),
             };
-            let store = Arc::new(KeyStore::new(Some(set.with_hmac_secret(secret))));
+            let store = Arc::new(KeyStore::new(Some(set.with_hmac_secret(secret.clone()))));
+            keys.push(IssuerKeys {
+                issuer: iss.issuer.clone(),
+                algorithms: algorithms.clone(),
+                secret,
+                store: store.clone(),
+            });
             policies.push(issuer_policy(iss, algorithms, store));
             hooks.push(IssuerHooks {
                 leeway: iss.leeway.as_secs() as i64,
@@ -114,10 +185,19 @@ impl InProxy {
         };
         let freshness = Arc::new(expected_origins(&s));
         let revocations = Arc::new(ShmRevocations::new(&shm, &freshness));
+        let keys = Keys {
+            path: veto::jwks::published_keys_path(&shm),
+            issuers: keys,
+            applied: AtomicU64::new(0),
+            reload: Mutex::new(()),
+            failures: AtomicU64::new(0),
+        };
+        // keys the sidecar already published are in use from the first request
+        keys.refresh(revocations.keys_generation(veto::now_ms()));
         let identity = Identity::new(s.authz.headers.clone());
         let decider = Decider::new(
             validator,
-            revocations,
+            revocations.clone(),
             freshness,
             hooks,
             decider_config(&s, &identity),
@@ -126,6 +206,8 @@ impl InProxy {
         );
         Ok(InProxy {
             decider,
+            revocations,
+            keys,
             identity,
             remove_authorization: s.authz.remove_authorization,
         })
@@ -142,6 +224,8 @@ impl InProxy {
             },
             Some(_) => Credential::Ambiguous,
         };
+        self.keys
+            .refresh(self.revocations.keys_generation(veto::now_ms()));
         match now_or_never(self.decider.decide(credential)) {
             Some(Decision::Allow(v)) => {
                 let mut set = v
@@ -180,6 +264,26 @@ impl InProxy {
             None => unavailable("pending"),
         }
     }
+}
+
+impl InProxy {
+    /// The sidecar's keys generation last loaded (or tried) here (0: the configured files).
+    pub fn keys_generation(&self) -> u64 {
+        self.keys.applied.load(Ordering::Acquire)
+    }
+
+    /// Reloads of the sidecar's keys file that failed (the keys in use were kept).
+    pub fn key_reload_failures(&self) -> u64 {
+        self.keys.failures.load(Ordering::Relaxed)
+    }
+}
+
+/// A JWKS file's keys for `algorithms`.
+fn read_jwks(f: &Path, algorithms: &[Alg]) -> Result<KeySet, String> {
+    let doc = std::fs::read(f).map_err(|e| format!("JWKS {}: {e}", f.display()))?;
+    KeySet::from_jwks(&doc, algorithms)
+        .map(|(set, _)| set)
+        .map_err(|e| format!("JWKS {}: {e}", f.display()))
 }
 
 /// The answer when Veto cannot decide (a panic, keys never loaded): 503, fail closed.

@@ -33,6 +33,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Panics caught in the hooks (each answered 503, or a refused configuration).
 pub static PANICS: AtomicU64 = AtomicU64::new(0);
 
+/// Reloads of the sidecar's published keys that failed, every configuration (the keys in use
+/// were kept; see `filter`).
+pub static KEY_RELOAD_FAILURES: AtomicU64 = AtomicU64::new(0);
+
 fn log(msg: &str) {
     // Envoy's stderr is its log; no token or secret ever reaches this.
     eprintln!("vetoinproxy: {msg}");

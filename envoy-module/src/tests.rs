@@ -513,3 +513,206 @@ fn a_revocation_right_after_growth_is_seen() {
     w.revoke(Kind::Session, "target", ISS);
     assert_eq!(reason(&f.decide(Some((1, t.as_bytes())))), "revoked");
 }
+
+/// The sidecar's side of the keys: its store for the issuer, published beside the mirror.
+struct Sidecar {
+    store: Arc<veto::token::KeyStore>,
+    publisher: veto::jwks::KeysPublisher,
+}
+
+impl Sidecar {
+    fn new(w: &World) -> Sidecar {
+        let store = Arc::new(veto::token::KeyStore::new(None));
+        let publisher = veto::jwks::KeysPublisher::new(
+            &w.dir.path().join("shm"),
+            vec![(ISS.into(), store.clone())],
+        );
+        Sidecar { store, publisher }
+    }
+
+    /// Loads `keys` (as a refresh would) and publishes them as the heartbeat does.
+    fn trust(&mut self, w: &World, keys: &[&SigningKey]) {
+        let doc = jwks(keys).to_string();
+        let set = veto::token::KeySet::from_jwks(doc.as_bytes(), &[Alg::ES256])
+            .unwrap()
+            .0;
+        self.store.replace(set);
+        assert!(self.publisher.publish_if_changed().unwrap());
+        w.mirror.bump_keys_generation();
+    }
+}
+
+fn signed(key: &SigningKey, sub: &str, sid: &str) -> String {
+    let now = veto::now_ms() / 1000;
+    bearer(
+        &key.sign(&json!({"iss": ISS, "aud": "api", "sub": sub, "sid": sid,
+                          "jti": format!("j-{sid}"), "iat": now, "exp": now + 600}))
+            .unwrap(),
+    )
+}
+
+/// A `jwks_url`-only issuer is accepted; its tokens are `unknown_kid` until the sidecar
+/// publishes keys, then a rotation (a key added, then the old one withdrawn) is followed on
+/// the next request, a cached token of the withdrawn key included.
+#[test]
+fn a_jwks_url_issuer_follows_the_keys_the_sidecar_publishes() {
+    let w = World::new("");
+    let toml = std::fs::read_to_string(w.dir.path().join("veto.toml")).unwrap();
+    let jwks_line = toml
+        .lines()
+        .find(|l| l.starts_with("jwks_file"))
+        .unwrap()
+        .to_string();
+    std::fs::write(
+        w.dir.path().join("veto.toml"),
+        toml.replace(&jwks_line, "jwks_url = \"http://127.0.0.1:9/jwks.json\""),
+    )
+    .unwrap();
+    let f = w.filter();
+    let t1 = signed(&w.key, "erin", "s1");
+    let decide = |t: &str| reason(&f.decide(Some((1, t.as_bytes())))).to_string();
+    assert_eq!(decide(&t1), "unknown_kid", "no keys published yet");
+    assert_eq!(f.keys_generation(), 0);
+    let mut sidecar = Sidecar::new(&w);
+    sidecar.trust(&w, &[&w.key]);
+    assert_eq!(decide(&t1), "ok");
+    assert_eq!(f.keys_generation(), 1);
+    let k2 = SigningKey::generate(Alg::ES256, "k2").unwrap();
+    let t2 = signed(&k2, "erin", "s2");
+    assert_eq!(decide(&t2), "unknown_kid");
+    sidecar.trust(&w, &[&w.key, &k2]);
+    assert_eq!(decide(&t2), "ok", "the new key, on the next request");
+    assert_eq!(decide(&t1), "ok");
+    sidecar.trust(&w, &[&k2]);
+    let v = f.decide(Some((1, t1.as_bytes())));
+    assert!(
+        matches!(v, Verdict::Respond { status: 401, .. }),
+        "a cached token of a withdrawn key: {v:?}"
+    );
+    assert_eq!(decide(&signed(&w.key, "erin", "s3")), "unknown_kid");
+    assert_eq!(decide(&t2), "ok");
+    assert_eq!((f.keys_generation(), f.key_reload_failures()), (3, 0));
+    // a filter configured now starts with the published keys
+    let g = w.filter();
+    assert_eq!(reason(&g.decide(Some((1, t2.as_bytes())))), "ok");
+    assert_eq!(g.keys_generation(), 3);
+}
+
+/// A keys file that is corrupt or missing keeps the keys in use; each bad generation is
+/// tried (and counted) once; the next good one is loaded.
+#[test]
+fn a_bad_keys_file_keeps_the_keys_in_use() {
+    let w = World::new("");
+    let f = w.filter();
+    let t1 = signed(&w.key, "fay", "s1");
+    let decide = |t: &str| reason(&f.decide(Some((1, t.as_bytes())))).to_string();
+    assert_eq!(decide(&t1), "ok", "the configured jwks_file");
+    let path = veto::jwks::published_keys_path(&w.dir.path().join("shm"));
+    for bad in [Some("{\"format\": 1, \"issuers\": {"), None] {
+        match bad {
+            Some(doc) => std::fs::write(&path, doc).unwrap(),
+            None => std::fs::remove_file(&path).unwrap(),
+        }
+        let g = w.mirror.bump_keys_generation();
+        let before = f.key_reload_failures();
+        for i in 0..20 {
+            assert_eq!(decide(&signed(&w.key, "fay", &format!("b{g}-{i}"))), "ok");
+        }
+        assert_eq!(f.key_reload_failures(), before + 1, "once per generation");
+        assert_eq!(f.keys_generation(), g);
+    }
+    assert_eq!(f.key_reload_failures(), 2);
+    // the next good publication replaces the configured keys
+    let k2 = SigningKey::generate(Alg::ES256, "k2").unwrap();
+    Sidecar::new(&w).trust(&w, &[&k2]);
+    assert_eq!(decide(&signed(&k2, "fay", "s2")), "ok");
+    assert_eq!(decide(&signed(&w.key, "fay", "s3")), "unknown_kid");
+    assert_eq!(f.key_reload_failures(), 2);
+}
+
+/// Growth switches the file: the keys generation comes along (no reload, nothing lost), and
+/// a publication after it is seen on the new file.
+#[test]
+fn the_keys_generation_survives_growth() {
+    let w = World::new("");
+    let f = w.filter();
+    let mut sidecar = Sidecar::new(&w);
+    sidecar.trust(&w, &[&w.key]);
+    let t1 = signed(&w.key, "gus", "s1");
+    assert_eq!(reason(&f.decide(Some((1, t1.as_bytes())))), "ok");
+    let before = w.mirror.generation();
+    for i in 0..2000 {
+        w.revoke(Kind::Session, &format!("filler-{i}"), ISS);
+    }
+    assert!(w.mirror.generation() > before, "the table grew");
+    assert_eq!(reason(&f.decide(Some((1, t1.as_bytes())))), "ok");
+    assert_eq!(f.keys_generation(), 1);
+    let k2 = SigningKey::generate(Alg::ES256, "k2").unwrap();
+    sidecar.trust(&w, &[&k2]);
+    assert_eq!(w.mirror.keys_generation(), 2);
+    let t2 = signed(&k2, "gus", "s2");
+    assert_eq!(reason(&f.decide(Some((1, t2.as_bytes())))), "ok");
+    assert_eq!((f.keys_generation(), f.key_reload_failures()), (2, 0));
+}
+
+/// An issuer with both a JWKS and an HMAC secret: the published file never holds the secret,
+/// and the module keeps its own (read from `hmac_secret_file`) across every reload, a cached
+/// HS256 token included.
+#[test]
+fn an_hmac_secret_is_never_published_and_survives_reloads() {
+    let w = World::new("");
+    let hs = SigningKey::generate(Alg::HS256, "hs").unwrap();
+    let secret_path = w.dir.path().join("hs.secret");
+    std::fs::write(&secret_path, hs.pkcs8_der()).unwrap();
+    let toml = std::fs::read_to_string(w.dir.path().join("veto.toml")).unwrap();
+    let jwks_line = toml
+        .lines()
+        .find(|l| l.starts_with("jwks_file"))
+        .unwrap()
+        .to_string();
+    std::fs::write(
+        w.dir.path().join("veto.toml"),
+        toml.replace(
+            &jwks_line,
+            &format!(
+                "jwks_url = \"http://127.0.0.1:9/jwks.json\"\nalgorithms = [\"ES256\", \"HS256\"]\nhmac_secret_file = \"{}\"",
+                secret_path.display()
+            ),
+        ),
+    )
+    .unwrap();
+    let f = w.filter();
+    let decide = |t: &str| reason(&f.decide(Some((1, t.as_bytes())))).to_string();
+    let hs_token = signed(&hs, "hal", "s1");
+    assert_eq!(decide(&hs_token), "ok", "before any publication");
+    let mut sidecar = Sidecar::new(&w);
+    // the sidecar's store holds the secret too, as its refresher puts it there
+    let doc = jwks(&[&w.key]).to_string();
+    let set = veto::token::KeySet::from_jwks(doc.as_bytes(), &[Alg::ES256, Alg::HS256])
+        .unwrap()
+        .0
+        .with_hmac_secret(Some(hs.pkcs8_der().into()));
+    sidecar.store.replace(set);
+    assert!(sidecar.publisher.publish_if_changed().unwrap());
+    w.mirror.bump_keys_generation();
+    let published =
+        std::fs::read(veto::jwks::published_keys_path(&w.dir.path().join("shm"))).unwrap();
+    let published: serde_json::Value = serde_json::from_slice(&published).unwrap();
+    let keys = published["issuers"][ISS]["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 1, "the EC key alone: {published}");
+    for k in keys {
+        let members = k.as_object().unwrap().keys();
+        assert!(members
+            .into_iter()
+            .all(|m| veto::token::PUBLIC_MEMBERS.contains(&m.as_str())));
+        assert_eq!(k["kty"], "EC");
+    }
+    assert_eq!(decide(&hs_token), "ok", "cached, after the reload");
+    assert_eq!(
+        decide(&signed(&hs, "hal", "s2")),
+        "ok",
+        "verified after the reload"
+    );
+    assert_eq!(decide(&signed(&w.key, "hal", "s3")), "ok");
+    assert_eq!((f.keys_generation(), f.key_reload_failures()), (1, 0));
+}

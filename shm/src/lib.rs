@@ -17,6 +17,7 @@
 //! 72     feed position (the sidecar's last applied stream sequence)
 //! 80     changes written          88  ready (1 once the sidecar's feed has replayed)
 //! 96     origins held             104 file length
+//! 112    keys generation (0 = no keys published; see below)     120 (free)
 //! 128    6 table descriptors of 32 bytes: slots offset, slots (a power of two),
 //!        not-before offset (0: none), entries
 //! 384    64 origins of 72 bytes: name (64 bytes, zero-padded), last fresh (Unix ms)
@@ -28,6 +29,20 @@
 //! half; `hi == 0` is an empty slot. 96 digest bits are kept: a false match needs a 2^-96
 //! coincidence and could only ever deny. Open addressing, linear probing from `lo & (slots -
 //! 1)`, load kept ≤ 0.7 by the writer.
+//!
+//! # Keys generation
+//!
+//! The writer also publishes the issuers' verification keys to readers, in a file of their
+//! own beside this one (the `veto` crate owns its name and format: `<path>.jwks`); this file
+//! only carries the *keys generation*, a counter the writer bumps (Release) after it renamed
+//! a new keys file into place, so that a reader that loads it (Acquire) and sees a value
+//! it has not loaded yet finds at least those keys in the keys file. 0 means the writer never
+//! published keys. The counter is carried into every new file: a rebuilt (grown, pruned)
+//! generation starts with the current value, and a new writer starts from the previous
+//! writer's value, so the counter never goes back while the path holds a valid file and a
+//! reader switching files never mistakes an older set of keys for the current one. Files
+//! written before this word existed hold 0 there (the file is zero-filled), so the layout
+//! version did not change.
 //!
 //! # Concurrency
 //!
@@ -75,12 +90,14 @@ const OFF_CHANGES: usize = 80;
 const OFF_READY: usize = 88;
 const OFF_ORIGINS: usize = 96;
 const OFF_FILE_LEN: usize = 104;
+const OFF_KEYS_GENERATION: usize = 112;
 const OFF_TABLES: usize = 128;
 const TABLE_DESC: usize = 32;
 const OFF_ORIGIN_LIST: usize = 384;
 const ORIGIN_DESC: usize = 72;
 
 // The header's parts fit in it and do not overlap.
+const _: () = assert!(OFF_KEYS_GENERATION + 8 <= OFF_TABLES);
 const _: () = assert!(OFF_TABLES + TABLES * TABLE_DESC <= OFF_ORIGIN_LIST);
 const _: () = assert!(OFF_ORIGIN_LIST + MAX_ORIGINS * ORIGIN_DESC <= HEADER_BYTES);
 
@@ -407,6 +424,13 @@ impl Mapping {
         self.tables.map.load(OFF_READY) == 1
     }
 
+    /// The keys generation (see the crate doc): bumped each time the writer publishes new
+    /// verification keys beside this file; 0 = none published. One Acquire load, cheap
+    /// enough for every request.
+    pub fn keys_generation(&self) -> u64 {
+        self.tables.map.load(OFF_KEYS_GENERATION)
+    }
+
     /// The origins named in the file, in the writer's order.
     pub fn origins(&self) -> &[String] {
         &self.origins
@@ -463,6 +487,8 @@ pub struct Writer {
     /// Entries per table as this writer counts them (the file's counts mirror these).
     counts: [u64; TABLES],
     changes: u64,
+    /// The keys generation (see the crate doc), written into every file this writer builds.
+    keys_generation: u64,
     status: Status,
 }
 
@@ -485,7 +511,10 @@ impl Writer {
             ));
         }
         let previous = previous(path);
-        let generation = previous.as_ref().map_or(0, |(_, g)| *g) + 1;
+        let generation = previous.as_ref().map_or(0, |(_, g, _)| *g) + 1;
+        // continued, never restarted: a reader that loaded the previous writer's keys must
+        // see a change when this one publishes
+        let keys_generation = previous.as_ref().map_or(0, |(_, _, k)| *k);
         let status = Status {
             origins_fresh_ms: vec![0; origins.len()],
             ..Status::default()
@@ -498,19 +527,23 @@ impl Writer {
             origins,
             [MIN_SLOTS; TABLES],
             &status,
-            0,
+            Carried {
+                changes: 0,
+                keys_generation,
+            },
         )?;
         Ok(Writer {
             path: path.to_path_buf(),
             file,
             published: false,
-            previous: previous.map(|(m, _)| m),
+            previous: previous.map(|(m, _, _)| m),
             tables,
             generation,
             keys,
             origins: origins.to_vec(),
             counts: [0; TABLES],
             changes: 0,
+            keys_generation,
             status,
         })
     }
@@ -526,6 +559,23 @@ impl Writer {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The keys generation this writer publishes (see the crate doc; 0 = none yet).
+    pub fn keys_generation(&self) -> u64 {
+        self.keys_generation
+    }
+
+    /// Announces that new verification keys are in place beside the file (the caller has
+    /// already renamed the keys file into place): bumps the keys generation (Release) and
+    /// returns it. Rebuilt files carry it.
+    pub fn bump_keys_generation(&mut self) -> u64 {
+        self.keys_generation += 1;
+        self.tables
+            .map
+            .word(OFF_KEYS_GENERATION)
+            .store(self.keys_generation, Ordering::Release);
+        self.keys_generation
     }
 
     /// Entries held, every table.
@@ -667,7 +717,10 @@ impl Writer {
             &self.origins,
             slots,
             &self.status,
-            self.changes,
+            Carried {
+                changes: self.changes,
+                keys_generation: self.keys_generation,
+            },
         )?;
         let mut counts = [0; TABLES];
         for (t, count) in counts.iter_mut().enumerate() {
@@ -762,6 +815,13 @@ fn tmp_path(path: &Path, generation: u64) -> PathBuf {
     PathBuf::from(tmp)
 }
 
+/// The counters a new file carries over from the one it replaces.
+#[derive(Debug, Clone, Copy, Default)]
+struct Carried {
+    changes: u64,
+    keys_generation: u64,
+}
+
 /// Writes a complete file of generation `generation` (header, status, empty tables) at
 /// `file` (a temporary name; the caller renames it).
 fn build(
@@ -771,7 +831,7 @@ fn build(
     origins: &[String],
     slots: [u64; TABLES],
     status: &Status,
-    changes: u64,
+    carried: Carried,
 ) -> io::Result<Tables> {
     use std::os::unix::fs::OpenOptionsExt;
     let (layout, len) = plan(slots);
@@ -793,10 +853,11 @@ fn build(
         w(OFF_KEYS + i * 8, *k);
     }
     w(OFF_FEED_POSITION, status.feed_position);
-    w(OFF_CHANGES, changes);
+    w(OFF_CHANGES, carried.changes);
     w(OFF_READY, u64::from(status.ready));
     w(OFF_ORIGINS, origins.len() as u64);
     w(OFF_FILE_LEN, len as u64);
+    w(OFF_KEYS_GENERATION, carried.keys_generation);
     for (t, l) in layout.iter().enumerate() {
         let d = OFF_TABLES + t * TABLE_DESC;
         w(d, l.offset as u64);
@@ -822,8 +883,9 @@ fn build(
 }
 
 /// The previous writer's file at `path`, mapped read-write so that it can be flagged
-/// superseded once the new one is in place, with its generation (`None`: no valid file).
-fn previous(path: &Path) -> Option<(Map, u64)> {
+/// superseded once the new one is in place, with its generation and keys generation
+/// (`None`: no valid file).
+fn previous(path: &Path) -> Option<(Map, u64, u64)> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -835,7 +897,8 @@ fn previous(path: &Path) -> Option<(Map, u64)> {
         && map.load(OFF_VERSION) == VERSION
         && map.load(OFF_FILE_LEN) == len as u64;
     let generation = map.load(OFF_GENERATION);
-    valid.then_some((map, generation))
+    let keys_generation = map.load(OFF_KEYS_GENERATION);
+    valid.then_some((map, generation, keys_generation))
 }
 
 #[cfg(test)]

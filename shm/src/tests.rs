@@ -295,3 +295,43 @@ fn concurrent_reader_sees_every_announced_entry() {
     assert!(checks > 0);
     assert!(w.generation() > 1, "it grew meanwhile");
 }
+
+#[test]
+fn the_keys_generation_is_carried_across_rebuilds_and_writers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t");
+    let mut w = writer(&path, KEYS);
+    let first = Mapping::open(&path).unwrap();
+    assert_eq!(first.keys_generation(), 0, "none published yet");
+    assert_eq!(w.bump_keys_generation(), 1);
+    assert_eq!(w.bump_keys_generation(), 2);
+    assert_eq!(first.keys_generation(), 2, "seen in place");
+    // growth: a new generation of the file starts with the current value
+    for i in 0..3000 {
+        w.upsert(0, digest(i), e(100, 0)).unwrap();
+    }
+    assert!(first.superseded());
+    let grown = Mapping::open(&path).unwrap();
+    assert!(grown.generation() > first.generation());
+    assert_eq!(grown.keys_generation(), 2);
+    assert_eq!(w.bump_keys_generation(), 3);
+    assert_eq!(grown.keys_generation(), 3);
+    // pruning too
+    assert!(w.prune(200_000).unwrap() > 0);
+    let pruned = Mapping::open(&path).unwrap();
+    assert!(pruned.generation() > grown.generation());
+    assert_eq!(pruned.keys_generation(), 3);
+    // a restarted writer continues from the previous one's value, before and after it is
+    // published, so a reader never sees the counter go back
+    drop(w);
+    let mut w2 = Writer::create(&path, KEYS, &origins()).unwrap();
+    assert_eq!(w2.keys_generation(), 3);
+    w2.publish(&Status {
+        ready: true,
+        ..Status::default()
+    })
+    .unwrap();
+    assert_eq!(Mapping::open(&path).unwrap().keys_generation(), 3);
+    assert_eq!(w2.bump_keys_generation(), 4);
+    assert_eq!(Mapping::open(&path).unwrap().keys_generation(), 4);
+}

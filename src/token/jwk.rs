@@ -28,7 +28,18 @@ pub struct Jwk {
     /// cached verification can tell whether its key is still published after a refresh.
     pub fingerprint: u128,
     verifiers: Vec<(Alg, ParsedPublicKey)>,
+    /// The key as a JWK of its public members only ([`PUBLIC_MEMBERS`]), for whoever is
+    /// handed the keys this process trusts (the in-proxy module, `crate::jwks`): parsing it
+    /// again gives the same key, and nothing else of the published object is repeated.
+    public: serde_json::Map<String, Value>,
 }
+
+/// The JWK members a verification key is made of and used by: what
+/// [`KeySet::public_jwks`] hands on. Private members (`d`, `p`, `q`, `dp`, `dq`, `qi`, `oth`,
+/// `k`) are never among them (and a key carrying `d` or `k` is refused anyway).
+pub const PUBLIC_MEMBERS: &[&str] = &[
+    "kty", "kid", "use", "key_ops", "alg", "crv", "x", "y", "n", "e",
+];
 
 /// A truncated SHA-256 over length-prefixed parts: equality of keys (and of the
 /// back-channel receiver's `(iss, jti)`), not a secret.
@@ -176,11 +187,16 @@ impl Jwk {
             "RSA" => "RSA",
             _ => "OKP",
         };
+        let public = PUBLIC_MEMBERS
+            .iter()
+            .filter_map(|m| o.get(*m).map(|v| (m.to_string(), v.clone())))
+            .collect();
         Some(Jwk {
             kid,
             kty,
             fingerprint,
             verifiers,
+            public,
         })
     }
 }
@@ -206,6 +222,12 @@ impl KeySet {
     /// other keys down.
     pub fn from_jwks(doc: &[u8], allowed: &[Alg]) -> Result<(KeySet, usize), JwkError> {
         let v: Value = serde_json::from_slice(doc).map_err(|_| JwkError::NotAJwks)?;
+        KeySet::from_jwks_value(&v, allowed)
+    }
+
+    /// [`KeySet::from_jwks`] of a document already parsed as JSON (a JWKS inside another
+    /// document: the in-proxy keys file).
+    pub fn from_jwks_value(v: &Value, allowed: &[Alg]) -> Result<(KeySet, usize), JwkError> {
         let keys = v
             .get("keys")
             .and_then(Value::as_array)
@@ -250,6 +272,26 @@ impl KeySet {
             None => self.anonymous.push(Arc::new(jwk)),
         }
         true
+    }
+
+    /// The keys of this set as a JWKS document (`{"keys": [...]}`), public members only —
+    /// never the HMAC secret — in a stable order (by `kid`, then key type; keys without a
+    /// `kid` last, in document order), so that the same keys always give the same bytes.
+    /// [`KeySet::from_jwks`] of it under the same algorithms gives the same keys.
+    pub fn public_jwks(&self) -> Value {
+        let mut kids: Vec<&String> = self.by_kid.keys().collect();
+        kids.sort();
+        let keys: Vec<Value> = kids
+            .into_iter()
+            .flat_map(|kid| {
+                let mut same: Vec<&Arc<Jwk>> = self.by_kid[kid].iter().collect();
+                same.sort_by_key(|k| k.kty);
+                same
+            })
+            .chain(&self.anonymous)
+            .map(|k| Value::Object(k.public.clone()))
+            .collect();
+        serde_json::json!({ "keys": keys })
     }
 
     /// `kid`s published more than once for the same key type (only the first one is used).
@@ -469,6 +511,45 @@ mod tests {
         store.replace(KeySet::default());
         store.replace(KeySet::default());
         assert_eq!(store.generation(), 2);
+    }
+
+    #[test]
+    fn public_jwks_round_trips_without_secrets_or_extra_members() {
+        let ec = SigningKey::generate(Alg::ES256, "b").unwrap();
+        let rsa = SigningKey::generate(Alg::RS256, "a").unwrap();
+        let ed = SigningKey::generate(Alg::EdDSA, "c").unwrap();
+        let mut anon = SigningKey::generate(Alg::ES256, "x").unwrap().public_jwk();
+        anon.as_object_mut().unwrap().remove("kid");
+        let mut extra = ed.public_jwk();
+        extra["x5u"] = serde_json::json!("https://example.test/cert");
+        extra["p"] = serde_json::json!("AAAA");
+        let doc = serde_json::json!({"keys": [ec.public_jwk(), anon, rsa.public_jwk(), extra]});
+        let algs = [Alg::ES256, Alg::RS256, Alg::EdDSA, Alg::HS256];
+        let (set, _) = KeySet::from_jwks(doc.to_string().as_bytes(), &algs).unwrap();
+        let set = set.with_hmac_secret(Some(b"0123456789abcdef0123456789abcdef".as_slice().into()));
+        let public = set.public_jwks();
+        let text = public.to_string();
+        assert!(!text.contains("x5u") && !text.contains("\"p\"") && !text.contains("\"k\""));
+        assert!(!text.contains("MDEyMzQ1"), "never the HMAC secret");
+        let kids: Vec<Option<&str>> = public["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["kid"].as_str())
+            .collect();
+        assert_eq!(
+            kids,
+            [Some("a"), Some("b"), Some("c"), None],
+            "stable order"
+        );
+        let (again, skipped) = KeySet::from_jwks(text.as_bytes(), &algs).unwrap();
+        assert_eq!((again.len(), skipped), (4, 0));
+        for (kid, alg) in [("a", Alg::RS256), ("b", Alg::ES256), ("c", Alg::EdDSA)] {
+            let k = set.find(Some(kid), alg).unwrap();
+            assert!(again.still_holds(Some(kid), alg, k.fingerprint), "{kid}");
+        }
+        assert!(again.find(None, Alg::ES256).is_some());
+        assert_eq!(again.public_jwks(), public, "same keys, same document");
     }
 
     #[test]

@@ -18,6 +18,6 @@ pub use claims::{header_value, Claims, MAX_HEADER_VALUE_BYTES};
 pub(crate) use claims::{audiences, id_claim, numeric_date};
 pub use error::TokenError;
 pub(crate) use jwk::fingerprint;
-pub use jwk::{Jwk, JwkError, KeySet, KeyStore};
+pub use jwk::{Jwk, JwkError, KeySet, KeyStore, PUBLIC_MEMBERS};
 pub use jws::{b64, Header};
 pub use validator::{verify_jws, IssuerPolicy, Validator, VerifiedJws, VerifiedToken};

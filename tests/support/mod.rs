@@ -468,6 +468,19 @@ impl Envoy {
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
+
+    /// Envoy's process id while it runs (a test that must not restart it compares them).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.0.as_ref().map(|c| c.id())
+    }
+
+    /// True while the process runs (not exited, not a zombie).
+    pub fn running(&mut self) -> bool {
+        self.child
+            .0
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
 }
 
 /// A tiny upstream that echoes the request headers it received as JSON.

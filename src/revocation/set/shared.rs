@@ -84,6 +84,18 @@ impl ShmMirror {
         self.writer.lock().generation()
     }
 
+    /// Announces new verification keys, already in place in the keys file beside this one
+    /// (`crate::jwks::KeysPublisher`): bumps the header's keys generation, which readers
+    /// watch. Returns it.
+    pub fn bump_keys_generation(&self) -> u64 {
+        self.writer.lock().bump_keys_generation()
+    }
+
+    /// The keys generation last announced (0: none yet).
+    pub fn keys_generation(&self) -> u64 {
+        self.writer.lock().keys_generation()
+    }
+
     /// Entries held.
     pub fn len(&self) -> u64 {
         self.writer.lock().len()
@@ -150,6 +162,22 @@ impl ShmRevocations {
             .read()
             .as_ref()
             .map_or(0, |a| a.map.generation())
+    }
+
+    /// The keys generation of the file mapped now (0: none published, or no file): one read
+    /// lock (shared) and one Acquire load on the request path; a superseded file is switched
+    /// first, so the value is the current file's.
+    pub fn keys_generation(&self, now_ms: i64) -> u64 {
+        let superseded = match &*self.current.read() {
+            Some(a) if !a.map.superseded() => return a.map.keys_generation(),
+            Some(_) => true,
+            None => false,
+        };
+        self.reopen(now_ms, superseded);
+        self.current
+            .read()
+            .as_ref()
+            .map_or(0, |a| a.map.keys_generation())
     }
 
     /// Opens the path again if it holds a newer file than the one mapped. `urgent` (the
