@@ -14,7 +14,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock};
 use veto::authz::{render, Identity};
 use veto::config::Settings;
-use veto::decision::{outcomes, Credential, Decider, Decision, DecisionMetrics, IssuerHooks};
+use veto::decision::{
+    outcomes, Credential, Decider, Decision, DecisionMetrics, IssuerHooks, Verified,
+};
 use veto::revocation::ShmRevocations;
 use veto::sidecar::{decider_config, expected_origins, hmac_secret, issuer_policy};
 use veto::token::{KeySet, KeyStore, Validator};
@@ -54,11 +56,35 @@ pub enum Meta {
     List(Vec<Meta>),
 }
 
-/// The verified claims as dynamic metadata under one namespace (empty: none set).
+/// The verified claims as dynamic metadata under one namespace.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Metadata {
     pub namespace: Arc<str>,
-    pub entries: Arc<[(String, Meta)]>,
+    pub entries: Vec<(String, Meta)>,
+}
+
+/// An allowed request's token, whose dynamic metadata (rendered once per token, in its
+/// cache entry) the FFI layer sets: the decision's own reference, moved here, so an allow
+/// costs no extra reference count.
+#[derive(Clone)]
+pub struct Allowed(Arc<Verified<Answers>>);
+
+impl Allowed {
+    pub fn metadata(&self) -> Option<&Metadata> {
+        self.0.answers.metadata.get()
+    }
+}
+
+impl PartialEq for Allowed {
+    fn eq(&self, other: &Allowed) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl std::fmt::Debug for Allowed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Allowed").field(&self.metadata()).finish()
+    }
 }
 
 impl Metadata {
@@ -121,8 +147,8 @@ pub struct Checked {
 #[derive(Debug, PartialEq)]
 pub enum Verdict {
     /// Continue upstream with these request headers set (`Some`) or removed (`None`), and
-    /// this dynamic metadata set.
-    Allow(Vec<(String, Option<String>)>, Metadata),
+    /// the token's claims set as dynamic metadata (`None`: no `authz.metadata_namespace`).
+    Allow(Vec<(String, Option<String>)>, Option<Allowed>),
     /// Answer locally.
     Respond {
         status: u32,
@@ -301,15 +327,15 @@ impl InProxy {
                 if self.remove_authorization {
                     set.push(("authorization".into(), None));
                 }
-                let metadata = if self.namespace.is_empty() {
-                    Metadata::default()
+                let allowed = if self.namespace.is_empty() {
+                    None
                 } else {
                     v.answers
                         .metadata
-                        .get_or_init(|| Metadata::of(&self.namespace, &v.claims.all))
-                        .clone()
+                        .get_or_init(|| Metadata::of(&self.namespace, &v.claims.all));
+                    Some(Allowed(v))
                 };
-                Verdict::Allow(set, metadata)
+                Verdict::Allow(set, allowed)
             }
             Some(Decision::Deny(d)) => {
                 let mut headers = vec![

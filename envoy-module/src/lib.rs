@@ -294,9 +294,11 @@ unsafe fn observe(cfg: &Configured, filter: EnvoyPtr, outcome: Option<usize>) {
 /// `filter` is valid for the current callback.
 unsafe fn apply(filter: EnvoyPtr, verdict: &Verdict) -> u32 {
     match verdict {
-        Verdict::Allow(headers, metadata) => {
-            // SAFETY: `filter` is valid for the current callback.
-            unsafe { set_metadata(filter, metadata) };
+        Verdict::Allow(headers, allowed) => {
+            if let Some(m) = allowed.as_ref().and_then(filter::Allowed::metadata) {
+                // SAFETY: `filter` is valid for the current callback.
+                unsafe { set_metadata(filter, m) };
+            }
             for (name, value) in headers {
                 let value = value
                     .as_deref()
