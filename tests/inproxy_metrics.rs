@@ -34,7 +34,7 @@ fn template_reading_metadata(dir: &Path) -> std::path::PathBuf {
               path: ${ACCESS_LOG}
               log_format:
                 text_format_source:
-                  inline_string: "%RESPONSE_CODE% sub=%DYNAMIC_METADATA(veto:sub)% sid=%DYNAMIC_METADATA(veto:sid)% iss=%DYNAMIC_METADATA(veto:iss)%\n"
+                  inline_string: "%RESPONSE_CODE% sub=%DYNAMIC_METADATA(veto:sub)% sid=%DYNAMIC_METADATA(veto:sid)% iss=%DYNAMIC_METADATA(veto:iss)% aud=%DYNAMIC_METADATA(veto:aud)% exp=%DYNAMIC_METADATA(veto:exp)% mfa=%DYNAMIC_METADATA(veto:mfa)%\n"
 "#;
     let route = r#"                route: { cluster: upstream }
                 request_headers_to_add:
@@ -120,7 +120,13 @@ async fn checks_are_counted_in_envoy_and_on_the_sidecar_and_claims_reach_the_met
     let http = reqwest::Client::new();
     let url = envoy.url("/orders/7");
 
-    let good = format!("Bearer {}", issuer.mint("alice", "sess-1"));
+    let good_claims = issuer.claims("alice", "sess-1");
+    let good = format!("Bearer {}", issuer.key.sign(&good_claims).expect("sign"));
+    // a list claim and a boolean one: the metadata's other value types
+    let mut listed_claims = issuer.claims("alice", "sess-3");
+    listed_claims["aud"] = json!(["api", "other"]);
+    listed_claims["mfa"] = json!(true);
+    let listed = format!("Bearer {}", issuer.key.sign(&listed_claims).expect("sign"));
     let mut expired = issuer.claims("alice", "sess-2");
     expired["iat"] = json!(expired["iat"].as_i64().unwrap_or(0) - 1200);
     expired["exp"] = json!(expired["iat"].as_i64().unwrap_or(0) + 600);
@@ -148,7 +154,7 @@ async fn checks_are_counted_in_envoy_and_on_the_sidecar_and_claims_reach_the_met
     }
     // the gauges refresh at most once a second: one more allowed request after that
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(see(&http, url.clone(), Some(&good)).await.status, 200);
+    assert_eq!(see(&http, url.clone(), Some(&listed)).await.status, 200);
     let want: Vec<(&str, &str, f64)> = vec![
         ("allow", "ok", 5.0),
         ("deny", "missing_token", 3.0),
@@ -238,20 +244,28 @@ async fn checks_are_counted_in_envoy_and_on_the_sidecar_and_claims_reach_the_met
     .await;
     let log = std::fs::read_to_string(&access_log).unwrap_or_default();
     assert!(logged.is_some(), "access log:\n{log}");
-    let iss = issuer.claims("x", "y")["iss"]
-        .as_str()
-        .unwrap_or("")
-        .to_string();
-    let allowed_line = format!("200 sub=alice sid=sess-1 iss={iss}");
+    let iss = good_claims["iss"].as_str().unwrap_or("");
+    let allowed_line = format!(
+        "200 sub=alice sid=sess-1 iss={iss} aud=api exp={} mfa=-",
+        good_claims["exp"]
+    );
     assert_eq!(
         log.lines().filter(|l| *l == allowed_line).count(),
-        5,
+        4,
         "access log:\n{log}"
+    );
+    let listed_line = format!(
+        "200 sub=alice sid=sess-3 iss={iss} aud=[\"api\",\"other\"] exp={} mfa=true",
+        listed_claims["exp"]
+    );
+    assert!(
+        log.lines().any(|l| l == listed_line),
+        "{listed_line}\naccess log:\n{log}"
     );
     assert!(
         log.lines()
             .filter(|l| l.starts_with("401"))
-            .all(|l| l == "401 sub=- sid=- iss=-"),
+            .all(|l| l == "401 sub=- sid=- iss=- aud=- exp=- mfa=-"),
         "a denial carries no metadata:\n{log}"
     );
     assert!(!envoy.log().contains("panic"), "{}", envoy.log());
