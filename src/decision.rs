@@ -59,6 +59,27 @@ pub enum DenyReason {
 }
 
 impl DenyReason {
+    /// One exemplar of every reason a denial can carry, in [`DenyReason::index`] order.
+    pub fn exemplars() -> impl Iterator<Item = DenyReason> {
+        std::iter::once(DenyReason::MissingToken)
+            .chain(TokenError::ALL.into_iter().map(DenyReason::Token))
+            .chain([
+                DenyReason::Revoked(RevokedBy::Session),
+                DenyReason::FeedStale,
+            ])
+    }
+
+    /// This reason's position among [`DenyReason::exemplars`] (one per `reason()` label).
+    pub fn index(&self) -> usize {
+        const TOKEN: usize = TokenError::ALL.len();
+        match self {
+            DenyReason::MissingToken => 0,
+            DenyReason::Token(e) => 1 + e.index(),
+            DenyReason::Revoked(_) => 1 + TOKEN,
+            DenyReason::FeedStale => 2 + TOKEN,
+        }
+    }
+
     pub fn reason(&self) -> &'static str {
         match self {
             DenyReason::MissingToken => "missing_token",
@@ -170,6 +191,36 @@ impl<A> Decision<A> {
             Decision::Error(e) => e,
         }
     }
+
+    /// This decision's position in [`outcomes`] (no label lookup: the module's hot path).
+    /// `None` only for an error whose reason is not in [`ERROR_REASONS`].
+    pub fn outcome(&self) -> Option<usize> {
+        const DENY: usize = 3 + TokenError::ALL.len();
+        match self {
+            Decision::Allow(_) => Some(0),
+            Decision::Deny(d) => Some(1 + d.reason.index()),
+            Decision::Error(e) => ERROR_REASONS
+                .iter()
+                .position(|r| r == e)
+                .map(|i| 1 + DENY + i),
+        }
+    }
+}
+
+/// The reasons of [`Decision::Error`] (Veto could not decide), stable `reason` labels: the
+/// issuer's keys were never loaded; in-proxy, a decision that would have had to wait (the
+/// module has no JWKS refetcher) and a panic caught at the module's FFI boundary.
+pub const ERROR_REASONS: [&str; 3] = ["keys_unavailable", "pending", "panic"];
+
+/// Every outcome of a check as its `(result, reason)` labels, in a fixed order that
+/// [`Decision::outcome`] indexes: `allow/ok`, every deny reason, every error reason. Built
+/// from the reasons' own exemplars, so it is the one list of them (the in-proxy module
+/// counts by it, and so does the counters file the sidecar exports).
+pub fn outcomes() -> Vec<(&'static str, &'static str)> {
+    std::iter::once(("allow", "ok"))
+        .chain(DenyReason::exemplars().map(|r| ("deny", r.reason())))
+        .chain(ERROR_REASONS.iter().map(|e| ("error", *e)))
+        .collect()
 }
 
 pub struct DeciderConfig {
@@ -346,7 +397,7 @@ impl<A: Default + Send + Sync + 'static, R: Revocations> Decider<A, R> {
         let now_ms = crate::now_ms();
         let verified = match self.verified(token, now_ms).await {
             Ok(v) => v,
-            Err(TokenError::KeysUnavailable) => return Decision::Error("keys_unavailable"),
+            Err(TokenError::KeysUnavailable) => return Decision::Error(ERROR_REASONS[0]),
             Err(e) => return self.deny(DenyReason::Token(e)),
         };
         self.after_verification(verified, now_ms)
@@ -521,6 +572,31 @@ impl<A: Default + Send + Sync + 'static, R: Revocations> Decider<A, R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn outcomes_list_every_result_and_reason_once_at_its_index() {
+        let list = outcomes();
+        let mut decisions: Vec<Decision<()>> = DenyReason::exemplars()
+            .map(|reason| {
+                Decision::Deny(Denial {
+                    reason,
+                    code: DenyCode::Unauthenticated,
+                })
+            })
+            .collect();
+        decisions.extend(ERROR_REASONS.iter().map(|e| Decision::Error(e)));
+        assert_eq!(decisions.len() + 1, list.len());
+        for d in &decisions {
+            let i = d.outcome().expect("listed");
+            assert_eq!(list[i], (d.result_label(), d.reason_label()), "{d:?}");
+        }
+        assert_eq!(list[0], ("allow", "ok"));
+        let mut unique = list.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), list.len());
+        assert_eq!(Decision::<()>::Error("elsewhere").outcome(), None);
+    }
 
     #[test]
     fn bearer_extraction() {

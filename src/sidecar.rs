@@ -277,6 +277,8 @@ impl Sidecar {
                 let m = revoked.mirror_to(path, &origins).with_context(|| {
                     format!("inproxy.shm_path: cannot create {}", path.display())
                 })?;
+                // what the module(s) count beside the mirror, read at each scrape
+                crate::metrics::register(&registry, crate::authz::InproxyChecks::new(path));
                 Some(m)
             }
             None => None,

@@ -26,6 +26,30 @@
 //! - `void envoy_dynamic_module_callback_http_send_response(filter_envoy_ptr, uint32_t
 //!   status_code, module_http_header* headers_vector, size_t headers_vector_size,
 //!   module_buffer body, module_buffer details)`
+//! - `envoy_dynamic_module_type_metrics_result`: `Success` is the first (0)
+//! - `metrics_result envoy_dynamic_module_callback_http_filter_config_define_counter(
+//!   filter_config_envoy_ptr, module_buffer name, module_buffer* label_names, size_t
+//!   label_names_length, size_t* counter_id_ptr)` (only while the configuration is being
+//!   made: `Frozen` afterwards)
+//! - `metrics_result envoy_dynamic_module_callback_http_filter_config_define_gauge(
+//!   filter_config_envoy_ptr, module_buffer name, module_buffer* label_names, size_t
+//!   label_names_length, size_t* gauge_id_ptr)`
+//! - `metrics_result envoy_dynamic_module_callback_http_filter_increment_counter(
+//!   filter_envoy_ptr, size_t id, module_buffer* label_values, size_t label_values_length,
+//!   uint64_t value)` (as many values as the definition's label names)
+//! - `metrics_result envoy_dynamic_module_callback_http_filter_set_gauge(filter_envoy_ptr,
+//!   size_t id, module_buffer* label_values, size_t label_values_length, uint64_t value)`
+//! - `void envoy_dynamic_module_callback_http_set_dynamic_metadata_string(filter_envoy_ptr,
+//!   module_buffer ns, module_buffer key, module_buffer value)`, `..._number(..., double
+//!   value)`, `..._bool(..., bool value)`: set (overwrite) one key of the stream's dynamic
+//!   metadata, the namespace created if absent
+//! - `bool envoy_dynamic_module_callback_http_add_dynamic_metadata_list_string(
+//!   filter_envoy_ptr, module_buffer ns, module_buffer key, module_buffer value)`,
+//!   `..._list_number(..., double)`, `..._list_bool(..., bool)`: append to a list value (made
+//!   if the key is absent)
+//!
+//! (The metadata setters returned `bool` in earlier ABI versions; declared here as `void`,
+//! which is sound whatever they return: the result is not read.)
 //!
 //! The event hooks Envoy resolves are defined in `lib.rs` with their C signatures.
 #![allow(non_camel_case_types)]
@@ -89,7 +113,84 @@ pub const CONTINUE: u32 = 0;
 /// `envoy_dynamic_module_type_on_http_filter_request_headers_status_StopIteration`.
 pub const STOP_ITERATION: u32 = 1;
 
+/// `envoy_dynamic_module_type_metrics_result_Success`.
+pub const METRICS_SUCCESS: u32 = 0;
+
 extern "C" {
+    pub fn envoy_dynamic_module_callback_http_filter_config_define_counter(
+        filter_config_envoy_ptr: EnvoyPtr,
+        name: ModuleBuffer,
+        label_names: *mut ModuleBuffer,
+        label_names_length: usize,
+        counter_id_ptr: *mut usize,
+    ) -> u32;
+
+    pub fn envoy_dynamic_module_callback_http_filter_config_define_gauge(
+        filter_config_envoy_ptr: EnvoyPtr,
+        name: ModuleBuffer,
+        label_names: *mut ModuleBuffer,
+        label_names_length: usize,
+        gauge_id_ptr: *mut usize,
+    ) -> u32;
+
+    pub fn envoy_dynamic_module_callback_http_filter_increment_counter(
+        filter_envoy_ptr: EnvoyPtr,
+        id: usize,
+        label_values: *mut ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
+
+    pub fn envoy_dynamic_module_callback_http_filter_set_gauge(
+        filter_envoy_ptr: EnvoyPtr,
+        id: usize,
+        label_values: *mut ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
+
+    pub fn envoy_dynamic_module_callback_http_set_dynamic_metadata_string(
+        filter_envoy_ptr: EnvoyPtr,
+        ns: ModuleBuffer,
+        key: ModuleBuffer,
+        value: ModuleBuffer,
+    );
+
+    pub fn envoy_dynamic_module_callback_http_set_dynamic_metadata_number(
+        filter_envoy_ptr: EnvoyPtr,
+        ns: ModuleBuffer,
+        key: ModuleBuffer,
+        value: f64,
+    );
+
+    pub fn envoy_dynamic_module_callback_http_set_dynamic_metadata_bool(
+        filter_envoy_ptr: EnvoyPtr,
+        ns: ModuleBuffer,
+        key: ModuleBuffer,
+        value: bool,
+    );
+
+    pub fn envoy_dynamic_module_callback_http_add_dynamic_metadata_list_string(
+        filter_envoy_ptr: EnvoyPtr,
+        ns: ModuleBuffer,
+        key: ModuleBuffer,
+        value: ModuleBuffer,
+    ) -> bool;
+
+    pub fn envoy_dynamic_module_callback_http_add_dynamic_metadata_list_number(
+        filter_envoy_ptr: EnvoyPtr,
+        ns: ModuleBuffer,
+        key: ModuleBuffer,
+        value: f64,
+    ) -> bool;
+
+    pub fn envoy_dynamic_module_callback_http_add_dynamic_metadata_list_bool(
+        filter_envoy_ptr: EnvoyPtr,
+        ns: ModuleBuffer,
+        key: ModuleBuffer,
+        value: bool,
+    ) -> bool;
+
     pub fn envoy_dynamic_module_callback_http_get_header(
         filter_envoy_ptr: EnvoyPtr,
         header_type: u32,

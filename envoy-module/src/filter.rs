@@ -2,7 +2,9 @@
 //! with the same loader and turned into the same [`Decider`] the sidecar builds, its
 //! revocations and freshness read from the sidecar's shared memory), and what to do with a
 //! request — which headers to set or remove on allow, which response to send on deny,
-//! rendered by `veto::authz::render` as the sidecar renders it.
+//! rendered by `veto::authz::render` as the sidecar renders it — and what to count: each
+//! check's outcome (an index into `veto::decision::outcomes`, the one list of results and
+//! reasons), added to the counters file beside the shared memory that the sidecar exports.
 //!
 //! Keys: the sidecar publishes the keys it trusts beside its shared-memory file
 //! (`<shm_path>.jwks`, see `veto::jwks::KeysPublisher`) and bumps the header's keys
@@ -11,13 +13,16 @@
 //! keys, an issuer's `jwks_file` (or this filter's `jwks_files`) is used.
 
 use serde::Deserialize;
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use veto::authz::{render, Identity};
 use veto::config::Settings;
-use veto::decision::{Credential, Decider, Decision, DecisionMetrics, IssuerHooks};
+use veto::decision::{
+    outcomes, Credential, Decider, Decision, DecisionMetrics, IssuerHooks, Verified,
+};
 use veto::revocation::ShmRevocations;
 use veto::sidecar::{decider_config, expected_origins, hmac_secret, issuer_policy};
 use veto::token::{Alg, KeySet, KeyStore, Validator};
@@ -41,10 +46,83 @@ struct ModuleConfig {
 }
 
 /// What the transports' cache keeps per verified token, for this transport: the identity
-/// headers, rendered once per token.
+/// headers and the dynamic metadata, rendered once per token.
 #[derive(Default)]
 pub struct Answers {
     headers: OnceLock<Vec<(String, Option<String>)>>,
+    metadata: OnceLock<Metadata>,
+}
+
+/// A value of Envoy dynamic metadata, as the ABI's setters can put it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Meta {
+    Str(String),
+    Num(f64),
+    Bool(bool),
+    /// A list of scalars (a nested array or object in it is its JSON text).
+    List(Vec<Meta>),
+}
+
+/// The verified claims as dynamic metadata under one namespace.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Metadata {
+    pub namespace: Arc<str>,
+    pub entries: Vec<(String, Meta)>,
+}
+
+/// An allowed request's token, whose dynamic metadata (rendered once per token, in its
+/// cache entry) the FFI layer sets: the decision's own reference, moved here, so an allow
+/// costs no extra reference count.
+#[derive(Clone)]
+pub struct Allowed(Arc<Verified<Answers>>);
+
+impl Allowed {
+    pub fn metadata(&self) -> Option<&Metadata> {
+        self.0.answers.metadata.get()
+    }
+}
+
+impl PartialEq for Allowed {
+    fn eq(&self, other: &Allowed) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl std::fmt::Debug for Allowed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Allowed").field(&self.metadata()).finish()
+    }
+}
+
+impl Metadata {
+    /// The claims as the sidecar puts them into ext_authz `dynamic_metadata` (every verified
+    /// claim, by name): strings, numbers and booleans as such, arrays as lists, an object
+    /// (which the ABI's scalar setters cannot nest) as its JSON text; nulls are left out.
+    pub fn of(namespace: &Arc<str>, claims: &serde_json::Map<String, Value>) -> Metadata {
+        fn scalar(v: &Value) -> Option<Meta> {
+            match v {
+                Value::Null => None,
+                Value::Bool(b) => Some(Meta::Bool(*b)),
+                Value::Number(n) => n.as_f64().map(Meta::Num),
+                Value::String(s) => Some(Meta::Str(s.clone())),
+                other => Some(Meta::Str(other.to_string())),
+            }
+        }
+        let entries = claims
+            .iter()
+            .filter_map(|(k, v)| {
+                let m = match v {
+                    Value::Array(a) => Meta::List(a.iter().filter_map(scalar).collect()),
+                    v => scalar(v)?,
+                };
+                Some((k.clone(), m))
+            })
+            .collect();
+        Metadata {
+            namespace: namespace.clone(),
+            entries,
+        }
+    }
 }
 
 /// One configured filter (shared by Envoy's workers).
@@ -55,6 +133,24 @@ pub struct InProxy {
     keys: Keys,
     identity: Identity,
     remove_authorization: bool,
+    /// `authz.metadata_namespace` (empty: no dynamic metadata).
+    namespace: Arc<str>,
+    /// Every check outcome's `(result, reason)` (`veto::decision::outcomes`), the label
+    /// values of Envoy's counter and the slots of the counters file.
+    pub outcomes: Vec<(&'static str, &'static str)>,
+    /// The counters file beside the shared memory (`None`: it could not be opened; the
+    /// checks are then counted in Envoy's stats only).
+    counters: Option<veto_shm::counters::Counters>,
+    /// When Envoy's gauges of what the module sees (table generation, feed position) are
+    /// next refreshed (Unix ms): at most once a second, by whichever worker gets there.
+    gauges_due_ms: AtomicI64,
+}
+
+/// One check: what the request gets, and its outcome (index into [`InProxy::outcomes`]).
+#[derive(Debug)]
+pub struct Checked {
+    pub verdict: Verdict,
+    pub outcome: Option<usize>,
 }
 
 /// The issuers' key stores (the validator's, shared) and what reloading them needs.
@@ -121,10 +217,11 @@ impl Keys {
 }
 
 /// What the request gets.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq)]
 pub enum Verdict {
-    /// Continue upstream with these request headers set (`Some`) or removed (`None`).
-    Allow(Vec<(String, Option<String>)>),
+    /// Continue upstream with these request headers set (`Some`) or removed (`None`), and
+    /// the token's claims set as dynamic metadata (`None`: no `authz.metadata_namespace`).
+    Allow(Vec<(String, Option<String>)>, Option<Allowed>),
     /// Answer locally.
     Respond {
         status: u32,
@@ -195,13 +292,26 @@ impl InProxy {
         // keys the sidecar already published are in use from the first request
         keys.refresh(revocations.keys_generation(veto::now_ms()));
         let identity = Identity::new(s.authz.headers.clone());
+        let outcomes = outcomes();
+        let counters_path = veto_shm::counters::path_beside(&shm);
+        let counters = match veto_shm::counters::Counters::open_or_create(&counters_path, &outcomes)
+        {
+            Ok(c) => Some(c),
+            Err(e) => {
+                crate::log(&format!(
+                    "{}: {e}; checks are counted in Envoy's stats only",
+                    counters_path.display()
+                ));
+                None
+            }
+        };
         let decider = Decider::new(
             validator,
             revocations.clone(),
             freshness,
             hooks,
             decider_config(&s, &identity),
-            // not exported yet (the module's metrics are a later step)
+            // cache and staleness counters: not exported in-proxy (checks are, by outcome)
             DecisionMetrics::register(&prometheus::Registry::new()),
         );
         Ok(InProxy {
@@ -210,12 +320,66 @@ impl InProxy {
             keys,
             identity,
             remove_authorization: s.authz.remove_authorization,
+            namespace: s.authz.metadata_namespace.as_str().into(),
+            outcomes,
+            counters,
+            gauges_due_ms: AtomicI64::new(0),
         })
+    }
+
+    /// Decides one request and counts it in the counters file (one relaxed atomic add).
+    pub fn check(&self, authorization: Option<(usize, &[u8])>) -> Checked {
+        let (verdict, outcome) = self.decide_inner(authorization);
+        if let (Some(c), Some(i)) = (&self.counters, outcome) {
+            c.add(i);
+        }
+        Checked { verdict, outcome }
+    }
+
+    /// Counts a panic caught at the FFI boundary (the check itself is counted as
+    /// `error/panic` by [`InProxy::count`]).
+    pub fn count_panic(&self) {
+        if let Some(c) = &self.counters {
+            c.add_panic();
+        }
+    }
+
+    /// Counts a check decided outside [`InProxy::check`] (a panic's 503).
+    pub fn count(&self, outcome: Option<usize>) {
+        if let (Some(c), Some(i)) = (&self.counters, outcome) {
+            c.add(i);
+        }
+    }
+
+    /// The outcome index of `(result, reason)`.
+    pub fn outcome_of(&self, label: (&str, &str)) -> Option<usize> {
+        self.outcomes.iter().position(|o| *o == label)
+    }
+
+    /// The table generation and feed position the module sees, when Envoy's gauges are due
+    /// for a refresh (at most once a second per configuration): `None` on most requests.
+    pub fn gauges_due(&self, now_ms: i64) -> Option<(u64, u64)> {
+        let due = self.gauges_due_ms.load(Ordering::Relaxed);
+        if now_ms < due
+            || self
+                .gauges_due_ms
+                .compare_exchange(due, now_ms + 1000, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return None;
+        }
+        let r = self.decider.revoked();
+        Some((r.generation(), r.feed_position()))
+    }
+
+    /// Decides one request (and counts it, as [`InProxy::check`]).
+    pub fn decide(&self, authorization: Option<(usize, &[u8])>) -> Verdict {
+        self.check(authorization).verdict
     }
 
     /// Decides one request. `authorization`: the header's values as Envoy holds them
     /// (`None`: absent; the count of values; the first value's bytes).
-    pub fn decide(&self, authorization: Option<(usize, &[u8])>) -> Verdict {
+    fn decide_inner(&self, authorization: Option<(usize, &[u8])>) -> (Verdict, Option<usize>) {
         let credential = match authorization {
             None | Some((0, _)) => Credential::Absent,
             Some((1, bytes)) => match std::str::from_utf8(bytes) {
@@ -226,7 +390,12 @@ impl InProxy {
         };
         self.keys
             .refresh(self.revocations.keys_generation(veto::now_ms()));
-        match now_or_never(self.decider.decide(credential)) {
+        let decision = now_or_never(self.decider.decide(credential));
+        let outcome = match &decision {
+            Some(d) => d.outcome(),
+            None => self.outcome_of(("error", "pending")),
+        };
+        let verdict = match decision {
             Some(Decision::Allow(v)) => {
                 let mut set = v
                     .answers
@@ -241,7 +410,15 @@ impl InProxy {
                 if self.remove_authorization {
                     set.push(("authorization".into(), None));
                 }
-                Verdict::Allow(set)
+                let allowed = if self.namespace.is_empty() {
+                    None
+                } else {
+                    v.answers
+                        .metadata
+                        .get_or_init(|| Metadata::of(&self.namespace, &v.claims.all));
+                    Some(Allowed(v))
+                };
+                Verdict::Allow(set, allowed)
             }
             Some(Decision::Deny(d)) => {
                 let mut headers = vec![
@@ -262,7 +439,8 @@ impl InProxy {
             Some(Decision::Error(e)) => unavailable(e),
             // Only a JWKS refetch awaits, and the module has none: never pending. Fail closed.
             None => unavailable("pending"),
-        }
+        };
+        (verdict, outcome)
     }
 }
 

@@ -20,6 +20,16 @@
 //! This file is the FFI boundary: every hook catches panics (a panic is answered 503 and
 //! counted in [`PANICS`], never unwound into Envoy), and nothing else here is unsafe beyond
 //! reading and writing through Envoy's callbacks.
+//!
+//! Metrics, defined through the ABI when Envoy makes the configuration (stat creation is
+//! frozen afterwards) and shown on Envoy's `/stats/prometheus`: `veto_inproxy_checks{result,
+//! reason}` (one increment per check), `veto_inproxy_panics`, and the gauges
+//! `veto_inproxy_table_generation` and `veto_inproxy_feed_position` (what the module sees of
+//! the sidecar's shared memory, refreshed at most once a second). Each check is also added
+//! to the counters file the sidecar exports as `veto_inproxy_checks_total` (see
+//! [`filter`]). On allow, the verified claims go into the stream's dynamic metadata under
+//! `authz.metadata_namespace` (default `veto`) for access logs and later filters (RBAC);
+//! denials set none.
 
 mod abi;
 pub mod filter;
@@ -36,6 +46,70 @@ pub static PANICS: AtomicU64 = AtomicU64::new(0);
 /// Reloads of the sidecar's published keys that failed, every configuration (the keys in use
 /// were kept; see `filter`).
 pub static KEY_RELOAD_FAILURES: AtomicU64 = AtomicU64::new(0);
+
+/// Envoy's ids of the module's metrics in one configuration.
+#[derive(Clone, Copy)]
+struct MetricIds {
+    checks: usize,
+    panics: usize,
+    generation: usize,
+    position: usize,
+}
+
+/// What the configuration pointer Envoy holds points to.
+struct Configured {
+    filter: InProxy,
+    /// `None`: Envoy refused a definition (logged); nothing is counted through the ABI.
+    ids: Option<MetricIds>,
+}
+
+/// Defines the module's metrics on the configuration being made.
+///
+/// # Safety
+/// `config` is the configuration's envoy pointer, during `config_new`.
+unsafe fn define_metrics(config: EnvoyPtr) -> Option<MetricIds> {
+    if config.is_null() {
+        return None;
+    }
+    let define = |name: &str, labels: &[&str], gauge: bool| -> Option<usize> {
+        let mut names: Vec<ModuleBuffer> = labels
+            .iter()
+            .map(|l| ModuleBuffer::of(l.as_bytes()))
+            .collect();
+        let mut id = 0usize;
+        // SAFETY: `config` is valid during config_new; the buffers live for the call and
+        // Envoy copies the names; `id` is valid for writes.
+        let r = unsafe {
+            let f = if gauge {
+                envoy_dynamic_module_callback_http_filter_config_define_gauge
+            } else {
+                envoy_dynamic_module_callback_http_filter_config_define_counter
+            };
+            f(
+                config,
+                ModuleBuffer::of(name.as_bytes()),
+                if names.is_empty() {
+                    std::ptr::null_mut()
+                } else {
+                    names.as_mut_ptr()
+                },
+                names.len(),
+                &mut id,
+            )
+        };
+        if r != METRICS_SUCCESS {
+            log(&format!("metric {name} not defined (Envoy's result {r})"));
+            return None;
+        }
+        Some(id)
+    };
+    Some(MetricIds {
+        checks: define("veto_inproxy_checks", &["result", "reason"], false)?,
+        panics: define("veto_inproxy_panics", &[], false)?,
+        generation: define("veto_inproxy_table_generation", &[], true)?,
+        position: define("veto_inproxy_feed_position", &[], true)?,
+    })
+}
 
 fn log(msg: &str) {
     // Envoy's stderr is its log; no token or secret ever reaches this.
@@ -57,13 +131,18 @@ pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
 /// Envoy passes buffers valid for the call.
 #[no_mangle]
 pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
-    _config_envoy_ptr: EnvoyPtr,
+    config_envoy_ptr: EnvoyPtr,
     _name: EnvoyBuffer,
     config: EnvoyBuffer,
 ) -> ModulePtr {
     // SAFETY: Envoy owns `config` and keeps it valid during this call.
     let json = unsafe { envoy_bytes(config) };
-    let built = catch_unwind(|| InProxy::from_json(json.unwrap_or_default()));
+    let built = catch_unwind(|| {
+        let filter = InProxy::from_json(json.unwrap_or_default())?;
+        // SAFETY: Envoy's configuration pointer, valid during this call.
+        let ids = unsafe { define_metrics(config_envoy_ptr) };
+        Ok::<_, String>(Configured { filter, ids })
+    });
     match built {
         Ok(Ok(f)) => Box::into_raw(Box::new(f)) as ModulePtr,
         Ok(Err(e)) => {
@@ -91,7 +170,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(conf
     let _ = catch_unwind(|| {
         // SAFETY: made by `Box::into_raw` in config_new; Envoy destroys it once, after the
         // last filter of the configuration.
-        drop(unsafe { Box::from_raw(config as *mut InProxy) });
+        drop(unsafe { Box::from_raw(config as *mut Configured) });
     });
 }
 
@@ -116,28 +195,99 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     module: ModulePtr,
     _end_of_stream: bool,
 ) -> u32 {
-    let verdict = catch_unwind(AssertUnwindSafe(|| {
-        // SAFETY: the configuration outlives its filters (Envoy's contract).
-        let cfg = unsafe { &*(module as *const InProxy) };
+    // SAFETY: the configuration outlives its filters (Envoy's contract).
+    let cfg = unsafe { &*(module as *const Configured) };
+    let checked = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: `filter` is valid for this callback; the bytes are borrowed within it.
         let auth = unsafe { request_header(filter, b"authorization") };
-        cfg.decide(auth)
+        cfg.filter.check(auth)
     }));
-    let verdict = verdict.unwrap_or_else(|_| {
-        PANICS.fetch_add(1, Ordering::Relaxed);
-        filter::unavailable("panic")
-    });
+    let (verdict, outcome) = match checked {
+        Ok(c) => (c.verdict, c.outcome),
+        Err(_) => {
+            let outcome = cfg.filter.outcome_of(("error", "panic"));
+            cfg.filter.count(outcome);
+            // SAFETY: `filter` is valid for this callback.
+            unsafe { panicked(cfg, filter) };
+            (filter::unavailable("panic"), outcome)
+        }
+    };
     let answered = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: `filter` is valid for this callback.
+        unsafe { observe(cfg, filter, outcome) };
         // SAFETY: `filter` is valid for this callback.
         unsafe { apply(filter, &verdict) }
     }));
     match answered {
         Ok(status) => status,
         Err(_) => {
-            PANICS.fetch_add(1, Ordering::Relaxed);
+            // SAFETY: `filter` is valid for this callback.
+            unsafe { panicked(cfg, filter) };
             // SAFETY: as above; the answer of last resort carries static data only.
             unsafe { send(filter, &filter::unavailable("panic")) };
             STOP_ITERATION
+        }
+    }
+}
+
+/// Counts a caught panic: [`PANICS`], the counters file, Envoy's `veto_inproxy_panics`.
+///
+/// # Safety
+/// `filter` is valid for the current callback.
+unsafe fn panicked(cfg: &Configured, filter: EnvoyPtr) {
+    PANICS.fetch_add(1, Ordering::Relaxed);
+    cfg.filter.count_panic();
+    if let Some(ids) = cfg.ids {
+        // SAFETY: `filter` is valid; a label-less counter takes no values.
+        unsafe {
+            envoy_dynamic_module_callback_http_filter_increment_counter(
+                filter,
+                ids.panics,
+                std::ptr::null_mut(),
+                0,
+                1,
+            );
+        }
+    }
+}
+
+/// Counts one check in Envoy's stats (`veto_inproxy_checks{result, reason}`) and refreshes
+/// the gauges when they are due.
+///
+/// # Safety
+/// `filter` is valid for the current callback.
+unsafe fn observe(cfg: &Configured, filter: EnvoyPtr, outcome: Option<usize>) {
+    let Some(ids) = cfg.ids else {
+        return;
+    };
+    if let Some((result, reason)) = outcome.and_then(|i| cfg.filter.outcomes.get(i)) {
+        let mut values = [
+            ModuleBuffer::of(result.as_bytes()),
+            ModuleBuffer::of(reason.as_bytes()),
+        ];
+        // SAFETY: `filter` is valid; two values for the two label names; Envoy copies them.
+        unsafe {
+            envoy_dynamic_module_callback_http_filter_increment_counter(
+                filter,
+                ids.checks,
+                values.as_mut_ptr(),
+                values.len(),
+                1,
+            );
+        }
+    }
+    if let Some((generation, position)) = cfg.filter.gauges_due(veto::now_ms()) {
+        for (id, v) in [(ids.generation, generation), (ids.position, position)] {
+            // SAFETY: `filter` is valid; label-less gauges take no values.
+            unsafe {
+                envoy_dynamic_module_callback_http_filter_set_gauge(
+                    filter,
+                    id,
+                    std::ptr::null_mut(),
+                    0,
+                    v,
+                );
+            }
         }
     }
 }
@@ -148,7 +298,11 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
 /// `filter` is valid for the current callback.
 unsafe fn apply(filter: EnvoyPtr, verdict: &Verdict) -> u32 {
     match verdict {
-        Verdict::Allow(headers) => {
+        Verdict::Allow(headers, allowed) => {
+            if let Some(m) = allowed.as_ref().and_then(filter::Allowed::metadata) {
+                // SAFETY: `filter` is valid for the current callback.
+                unsafe { set_metadata(filter, m) };
+            }
             for (name, value) in headers {
                 let value = value
                     .as_deref()
@@ -169,6 +323,63 @@ unsafe fn apply(filter: EnvoyPtr, verdict: &Verdict) -> u32 {
             // SAFETY: as above.
             unsafe { send(filter, verdict) };
             STOP_ITERATION
+        }
+    }
+}
+
+/// Puts the verified claims into the stream's dynamic metadata (allowed requests only: one
+/// callback per claim, a list's items one each).
+///
+/// # Safety
+/// `filter` is valid for the current callback.
+unsafe fn set_metadata(filter: EnvoyPtr, metadata: &filter::Metadata) {
+    use filter::Meta;
+    let ns = ModuleBuffer::of(metadata.namespace.as_bytes());
+    for (key, value) in metadata.entries.iter() {
+        let k = ModuleBuffer::of(key.as_bytes());
+        // SAFETY (every call below): `filter` is valid; the buffers live for the call and
+        // Envoy copies them.
+        match value {
+            Meta::Str(s) => unsafe {
+                envoy_dynamic_module_callback_http_set_dynamic_metadata_string(
+                    filter,
+                    ns,
+                    k,
+                    ModuleBuffer::of(s.as_bytes()),
+                )
+            },
+            Meta::Num(n) => unsafe {
+                envoy_dynamic_module_callback_http_set_dynamic_metadata_number(filter, ns, k, *n)
+            },
+            Meta::Bool(b) => unsafe {
+                envoy_dynamic_module_callback_http_set_dynamic_metadata_bool(filter, ns, k, *b)
+            },
+            Meta::List(items) => {
+                for item in items {
+                    match item {
+                        Meta::Str(s) => unsafe {
+                            envoy_dynamic_module_callback_http_add_dynamic_metadata_list_string(
+                                filter,
+                                ns,
+                                k,
+                                ModuleBuffer::of(s.as_bytes()),
+                            );
+                        },
+                        Meta::Num(n) => unsafe {
+                            envoy_dynamic_module_callback_http_add_dynamic_metadata_list_number(
+                                filter, ns, k, *n,
+                            );
+                        },
+                        Meta::Bool(b) => unsafe {
+                            envoy_dynamic_module_callback_http_add_dynamic_metadata_list_bool(
+                                filter, ns, k, *b,
+                            );
+                        },
+                        // lists hold scalars only (`Metadata::of`)
+                        Meta::List(_) => {}
+                    }
+                }
+            }
         }
     }
 }

@@ -3,6 +3,7 @@
 //! the sidecar's own decider.
 
 use super::*;
+use filter::{Meta, Metadata};
 use serde_json::json;
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -17,6 +18,172 @@ type Sent = (u32, Vec<(String, String)>, String, String);
 struct FakeStream {
     request: Vec<(String, String)>,
     sent: Option<Sent>,
+    /// Dynamic metadata set: (namespace, key, value as JSON).
+    metadata: Vec<(String, String, serde_json::Value)>,
+    /// Counter increments: (id, label values).
+    counted: Vec<(usize, Vec<String>)>,
+    /// Gauges set: (id, value).
+    gauges: Vec<(usize, u64)>,
+}
+
+thread_local! {
+    /// Metrics defined on a configuration: (name, label names, gauge).
+    static DEFINED: RefCell<Vec<(String, Vec<String>, bool)>> = const { RefCell::new(Vec::new()) };
+}
+
+fn texts(b: *mut ModuleBuffer, n: usize) -> Vec<String> {
+    if n == 0 {
+        return Vec::new();
+    }
+    // SAFETY: the module passes `n` buffers at `b`.
+    let bs = unsafe { std::slice::from_raw_parts(b, n) };
+    bs.iter().map(|b| text(b.ptr, b.length)).collect()
+}
+
+fn define(
+    name: ModuleBuffer,
+    labels: *mut ModuleBuffer,
+    n: usize,
+    id: *mut usize,
+    gauge: bool,
+) -> u32 {
+    DEFINED.with(|d| {
+        let mut d = d.borrow_mut();
+        d.push((text(name.ptr, name.length), texts(labels, n), gauge));
+        // SAFETY: the module passes a valid out-pointer.
+        unsafe { *id = d.len() - 1 };
+    });
+    METRICS_SUCCESS
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_filter_config_define_counter(
+    _c: EnvoyPtr,
+    name: ModuleBuffer,
+    labels: *mut ModuleBuffer,
+    n: usize,
+    id: *mut usize,
+) -> u32 {
+    define(name, labels, n, id, false)
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_filter_config_define_gauge(
+    _c: EnvoyPtr,
+    name: ModuleBuffer,
+    labels: *mut ModuleBuffer,
+    n: usize,
+    id: *mut usize,
+) -> u32 {
+    define(name, labels, n, id, true)
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_filter_increment_counter(
+    _f: EnvoyPtr,
+    id: usize,
+    values: *mut ModuleBuffer,
+    n: usize,
+    by: u64,
+) -> u32 {
+    assert_eq!(by, 1);
+    let values = texts(values, n);
+    STREAM.with(|s| s.borrow_mut().counted.push((id, values)));
+    METRICS_SUCCESS
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_filter_set_gauge(
+    _f: EnvoyPtr,
+    id: usize,
+    _values: *mut ModuleBuffer,
+    n: usize,
+    v: u64,
+) -> u32 {
+    assert_eq!(n, 0);
+    STREAM.with(|s| s.borrow_mut().gauges.push((id, v)));
+    METRICS_SUCCESS
+}
+
+fn set_meta(ns: ModuleBuffer, key: ModuleBuffer, v: serde_json::Value, list: bool) {
+    let (ns, key) = (text(ns.ptr, ns.length), text(key.ptr, key.length));
+    STREAM.with(|s| {
+        let mut s = s.borrow_mut();
+        let existing = s
+            .metadata
+            .iter_mut()
+            .find(|(n, k, _)| *n == ns && *k == key);
+        match (existing, list) {
+            (Some((_, _, serde_json::Value::Array(a))), true) => a.push(v),
+            (Some(e), false) => e.2 = v,
+            (None, true) => s.metadata.push((ns, key, json!([v]))),
+            (None, false) => s.metadata.push((ns, key, v)),
+            (Some(_), true) => panic!("appending to a non-list"),
+        }
+    });
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_set_dynamic_metadata_string(
+    _f: EnvoyPtr,
+    ns: ModuleBuffer,
+    key: ModuleBuffer,
+    v: ModuleBuffer,
+) {
+    set_meta(ns, key, json!(text(v.ptr, v.length)), false)
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_set_dynamic_metadata_number(
+    _f: EnvoyPtr,
+    ns: ModuleBuffer,
+    key: ModuleBuffer,
+    v: f64,
+) {
+    set_meta(ns, key, json!(v), false)
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_set_dynamic_metadata_bool(
+    _f: EnvoyPtr,
+    ns: ModuleBuffer,
+    key: ModuleBuffer,
+    v: bool,
+) {
+    set_meta(ns, key, json!(v), false)
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_add_dynamic_metadata_list_string(
+    _f: EnvoyPtr,
+    ns: ModuleBuffer,
+    key: ModuleBuffer,
+    v: ModuleBuffer,
+) -> bool {
+    set_meta(ns, key, json!(text(v.ptr, v.length)), true);
+    true
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_add_dynamic_metadata_list_number(
+    _f: EnvoyPtr,
+    ns: ModuleBuffer,
+    key: ModuleBuffer,
+    v: f64,
+) -> bool {
+    set_meta(ns, key, json!(v), true);
+    true
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_add_dynamic_metadata_list_bool(
+    _f: EnvoyPtr,
+    ns: ModuleBuffer,
+    key: ModuleBuffer,
+    v: bool,
+) -> bool {
+    set_meta(ns, key, json!(v), true);
+    true
 }
 
 thread_local! {
@@ -212,7 +379,7 @@ max_staleness = "2s"
 
 fn reason(v: &Verdict) -> String {
     match v {
-        Verdict::Allow(_) => "ok".into(),
+        Verdict::Allow(..) => "ok".into(),
         Verdict::Respond { details, .. } => details.trim_start_matches("veto_").to_string(),
     }
 }
@@ -227,10 +394,18 @@ fn allows_with_identity_and_denies_like_the_sidecar() {
     let f = w.filter();
     let t = bearer(&w.token("alice", "s1", 0));
     let v = f.decide(Some((1, t.as_bytes())));
+    let Verdict::Allow(headers, Some(allowed)) = &v else {
+        panic!("{v:?}")
+    };
     assert_eq!(
-        v,
-        Verdict::Allow(vec![("x-user-id".into(), Some("alice".into()))])
+        headers,
+        &vec![("x-user-id".to_string(), Some("alice".to_string()))]
     );
+    let metadata = allowed.metadata().expect("rendered");
+    assert_eq!(&*metadata.namespace, "veto");
+    assert!(metadata
+        .entries
+        .contains(&("sub".into(), Meta::Str("alice".into()))));
     let v = f.decide(None);
     let Verdict::Respond {
         status,
@@ -360,7 +535,7 @@ fn the_hooks_drive_envoy() {
                 ("authorization".into(), t.clone()),
                 ("x-user-id".into(), "admin".into()),
             ],
-            sent: None,
+            ..FakeStream::default()
         }
     });
     // SAFETY: the fake stream stands for Envoy's; `filter` is the configuration.
@@ -377,7 +552,7 @@ fn the_hooks_drive_envoy() {
     STREAM.with(|s| {
         *s.borrow_mut() = FakeStream {
             request: vec![("authorization".into(), "Bearer nope".into())],
-            sent: None,
+            ..FakeStream::default()
         }
     });
     // SAFETY: as above.
@@ -398,6 +573,135 @@ fn the_hooks_drive_envoy() {
     // SAFETY: made by config_new above, destroyed once.
     unsafe { envoy_dynamic_module_on_http_filter_config_destroy(cfg) };
     assert_eq!(PANICS.load(Ordering::Relaxed), 0);
+}
+
+/// Through the C hooks with a configuration pointer: the metrics are defined at
+/// configuration, each check is counted once in Envoy (by result and reason) and once in the
+/// counters file the sidecar exports, the gauges are set, and an allow (only) puts the
+/// verified claims into the dynamic metadata.
+#[test]
+fn the_hooks_count_and_set_metadata() {
+    let w = World::new("");
+    let json = w.config_json();
+    let buf = |b: &[u8]| EnvoyBuffer {
+        ptr: b.as_ptr().cast(),
+        length: b.len(),
+    };
+    let mut envoy_config = 0u8;
+    let config_ptr: EnvoyPtr = (&mut envoy_config as *mut u8).cast();
+    // SAFETY: valid buffers for the call; the fake ignores the configuration pointer.
+    let cfg = unsafe {
+        envoy_dynamic_module_on_http_filter_config_new(config_ptr, buf(b"veto"), buf(&json))
+    };
+    assert!(!cfg.is_null());
+    let defined = DEFINED.with(|d| d.borrow().clone());
+    let names: Vec<(&str, bool)> = defined.iter().map(|(n, _, g)| (n.as_str(), *g)).collect();
+    assert_eq!(
+        names,
+        [
+            ("veto_inproxy_checks", false),
+            ("veto_inproxy_panics", false),
+            ("veto_inproxy_table_generation", true),
+            ("veto_inproxy_feed_position", true),
+        ]
+    );
+    assert_eq!(defined[0].1, ["result", "reason"]);
+    let filter = envoy_dynamic_module_on_http_filter_new(cfg, std::ptr::null_mut());
+    let run = |auth: Option<String>| {
+        STREAM.with(|s| {
+            *s.borrow_mut() = FakeStream {
+                request: auth
+                    .map(|a| ("authorization".to_string(), a))
+                    .into_iter()
+                    .collect(),
+                ..FakeStream::default()
+            }
+        });
+        // SAFETY: the fake stream stands for Envoy's; `filter` is the configuration.
+        unsafe {
+            envoy_dynamic_module_on_http_filter_request_headers(std::ptr::null_mut(), filter, true)
+        };
+        STREAM.with(|s| std::mem::take(&mut *s.borrow_mut()))
+    };
+    let allowed = run(Some(bearer(&w.token("dora", "s9", 0))));
+    assert_eq!(
+        allowed.counted,
+        [(0, vec!["allow".to_string(), "ok".to_string()])]
+    );
+    // the first check refreshes the gauges: generation 1, feed position 1 (World's heartbeat)
+    assert_eq!(allowed.gauges, [(2, 1), (3, 1)]);
+    let meta: std::collections::BTreeMap<String, serde_json::Value> = allowed
+        .metadata
+        .iter()
+        .map(|(ns, k, v)| {
+            assert_eq!(ns, "veto");
+            (k.clone(), v.clone())
+        })
+        .collect();
+    assert_eq!(meta["sub"], "dora");
+    assert_eq!(meta["sid"], "s9");
+    assert_eq!(meta["iss"], ISS);
+    assert_eq!(meta["aud"], "api");
+    assert!(meta["exp"].is_number());
+    let denied = run(None);
+    assert_eq!(
+        denied.counted,
+        [(0, vec!["deny".to_string(), "missing_token".to_string()])]
+    );
+    assert!(denied.metadata.is_empty(), "no metadata on a denial");
+    assert!(denied.gauges.is_empty(), "gauges at most once a second");
+    let malformed = run(Some("Bearer nope".into()));
+    assert_eq!(malformed.counted[0].1, ["deny", "malformed"]);
+    // the same counts in the file beside the shared memory, as the sidecar reads it
+    let file =
+        veto_shm::counters::read(&veto_shm::counters::path_beside(&w.dir.path().join("shm")))
+            .unwrap();
+    let count = |r: &str, s: &str| {
+        file.checks
+            .iter()
+            .find(|(fr, fs, _)| fr == r && fs == s)
+            .map(|c| c.2)
+    };
+    assert_eq!(count("allow", "ok"), Some(1));
+    assert_eq!(count("deny", "missing_token"), Some(1));
+    assert_eq!(count("deny", "malformed"), Some(1));
+    assert_eq!(count("deny", "revoked"), Some(0));
+    assert_eq!(count("error", "panic"), Some(0));
+    assert_eq!(count("error", "pending"), Some(0));
+    assert_eq!(file.panics, 0);
+    assert_eq!(file.checks.len(), veto::decision::outcomes().len());
+    // SAFETY: made by config_new above, destroyed once.
+    unsafe { envoy_dynamic_module_on_http_filter_config_destroy(cfg) };
+}
+
+/// An empty `authz.metadata_namespace` sets no dynamic metadata; an array claim is a list.
+#[test]
+fn metadata_follows_the_namespace_setting() {
+    let w = World::new("[authz]\nmetadata_namespace = \"\"\n");
+    let f = w.filter();
+    let t = bearer(&w.token("erin", "s2", 0));
+    let Verdict::Allow(_, m) = f.decide(Some((1, t.as_bytes()))) else {
+        panic!("allowed")
+    };
+    assert!(m.is_none());
+    let claims = json!({"aud": ["a", 1, true, {"x": 1}], "sub": "s", "n": null, "o": {"k": "v"}});
+    let m = Metadata::of(&Arc::from("veto"), claims.as_object().unwrap());
+    assert_eq!(
+        m.entries,
+        [
+            (
+                "aud".to_string(),
+                Meta::List(vec![
+                    Meta::Str("a".into()),
+                    Meta::Num(1.0),
+                    Meta::Bool(true),
+                    Meta::Str(r#"{"x":1}"#.into())
+                ])
+            ),
+            ("o".to_string(), Meta::Str(r#"{"k":"v"}"#.into())),
+            ("sub".to_string(), Meta::Str("s".into())),
+        ]
+    );
 }
 
 /// The module's decision and the sidecar's agree on every token of a generated population

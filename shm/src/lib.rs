@@ -54,6 +54,9 @@
 //! build a new file beside the old, rename it over the path and then set the old file's
 //! `superseded` flag; a reader that sees the flag (or, after a writer crash, a heartbeat that
 //! stopped) opens the path again. Old mappings stay valid until their readers drop them.
+//!
+//! Beside the file, [`counters`] keeps the module's check counts (`<path>.counters`), which
+//! the sidecar exports.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -133,9 +136,17 @@ unsafe impl Sync for Map {}
 impl Map {
     /// Maps all of `file`, read-write (the writer) or read-only (readers).
     fn new(file: &std::fs::File, len: usize, writable: bool) -> io::Result<Map> {
-        use std::os::fd::AsRawFd;
         if len < HEADER_BYTES {
             return Err(bad("file shorter than the header"));
+        }
+        Map::any(file, len, writable)
+    }
+
+    /// Maps all of `file` (`len` > 0 bytes, its length), of whatever layout.
+    fn any(file: &std::fs::File, len: usize, writable: bool) -> io::Result<Map> {
+        use std::os::fd::AsRawFd;
+        if len == 0 {
+            return Err(bad("empty file"));
         }
         let prot = if writable {
             libc::PROT_READ | libc::PROT_WRITE
@@ -900,6 +911,8 @@ fn previous(path: &Path) -> Option<(Map, u64, u64)> {
     let keys_generation = map.load(OFF_KEYS_GENERATION);
     valid.then_some((map, generation, keys_generation))
 }
+
+pub mod counters;
 
 #[cfg(test)]
 mod tests;

@@ -74,3 +74,130 @@ impl CheckMetrics {
         self.duration[t].observe(started.elapsed().as_secs_f64());
     }
 }
+
+/// The in-proxy module's checks, read at scrape time from the counters file it writes beside
+/// the shared-memory mirror (`veto_shm::counters`): `veto_inproxy_checks_total{result,
+/// reason}` and `veto_inproxy_panics_total`, summed over every Envoy process sharing the
+/// file. No file yet (no module has started), or one this build cannot read: no series,
+/// never a scrape error.
+#[derive(Clone)]
+pub struct InproxyChecks {
+    path: std::path::PathBuf,
+    descs: Vec<prometheus::core::Desc>,
+}
+
+const INPROXY_CHECKS: (&str, &str) = (
+    "veto_inproxy_checks_total",
+    "Checks decided by the in-proxy Envoy module(s), by result and reason.",
+);
+const INPROXY_PANICS: (&str, &str) = (
+    "veto_inproxy_panics_total",
+    "Panics caught by the in-proxy Envoy module(s) (each answered 503).",
+);
+
+impl InproxyChecks {
+    /// Exports the counters file beside `shm_path`.
+    pub fn new(shm_path: &std::path::Path) -> InproxyChecks {
+        use prometheus::core::Collector;
+        let (checks, panics) = Self::families();
+        let descs = checks
+            .desc()
+            .into_iter()
+            .chain(panics.desc())
+            .cloned()
+            .collect();
+        InproxyChecks {
+            path: veto_shm::counters::path_beside(shm_path),
+            descs,
+        }
+    }
+
+    fn families() -> (IntCounterVec, IntCounter) {
+        let checks = IntCounterVec::new(
+            prometheus::Opts::new(INPROXY_CHECKS.0, INPROXY_CHECKS.1),
+            &["result", "reason"],
+        )
+        .expect("static metric");
+        let panics = IntCounter::new(INPROXY_PANICS.0, INPROXY_PANICS.1).expect("static metric");
+        (checks, panics)
+    }
+}
+
+impl prometheus::core::Collector for InproxyChecks {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let Ok(snapshot) = veto_shm::counters::read(&self.path) else {
+            return Vec::new();
+        };
+        let (checks, panics) = Self::families();
+        for (result, reason, n) in &snapshot.checks {
+            checks.with_label_values(&[result, reason]).inc_by(*n);
+        }
+        panics.inc_by(snapshot.panics);
+        let mut out = checks.collect();
+        out.extend(panics.collect());
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decision::outcomes;
+
+    fn scrape(shm: &std::path::Path) -> String {
+        let r = Registry::new();
+        metrics::register(&r, InproxyChecks::new(shm));
+        metrics::render(&r)
+    }
+
+    #[test]
+    fn the_modules_counters_file_is_exported_at_scrape_time() {
+        let d = tempfile::tempdir().unwrap();
+        let shm = d.path().join("veto-revoked");
+        // no module yet: no series, no error
+        assert_eq!(scrape(&shm), "");
+        let labels = outcomes();
+        let c = veto_shm::counters::Counters::open_or_create(
+            &veto_shm::counters::path_beside(&shm),
+            &labels,
+        )
+        .unwrap();
+        let revoked = labels
+            .iter()
+            .position(|l| *l == ("deny", "revoked"))
+            .unwrap();
+        c.add(0);
+        c.add(revoked);
+        c.add(revoked);
+        c.add_panic();
+        let text = scrape(&shm);
+        assert!(
+            text.contains("veto_inproxy_checks_total{reason=\"ok\",result=\"allow\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("veto_inproxy_checks_total{reason=\"revoked\",result=\"deny\"} 2"));
+        assert!(text.contains("veto_inproxy_checks_total{reason=\"feed_stale\",result=\"deny\"} 0"));
+        assert!(text.contains("veto_inproxy_panics_total 1"));
+        // read at each scrape
+        c.add(0);
+        assert!(
+            scrape(&shm).contains("veto_inproxy_checks_total{reason=\"ok\",result=\"allow\"} 2")
+        );
+    }
+
+    #[test]
+    fn a_foreign_counters_file_exports_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let shm = d.path().join("veto-revoked");
+        std::fs::write(
+            veto_shm::counters::path_beside(&shm),
+            b"VETOCNT1 but not really",
+        )
+        .unwrap();
+        assert_eq!(scrape(&shm), "");
+    }
+}

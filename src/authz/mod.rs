@@ -16,7 +16,7 @@ pub mod render;
 use std::sync::OnceLock;
 
 pub use identity::Identity;
-pub use metrics::CheckMetrics;
+pub use metrics::{CheckMetrics, InproxyChecks};
 
 /// The decider the transports share: its cached tokens carry the transports' [`Answers`].
 pub type Decider = crate::decision::Decider<Answers>;

@@ -36,6 +36,47 @@ pub enum TokenError {
 }
 
 impl TokenError {
+    /// One exemplar of every variant, in [`TokenError::index`] order: what the lists of
+    /// reasons (`crate::decision::outcomes`) are built from, so no second list of reason
+    /// strings exists. A new variant gets the next index and an exemplar here.
+    pub const ALL: [TokenError; 14] = [
+        TokenError::TooLarge,
+        TokenError::Malformed(""),
+        TokenError::UnsupportedAlg,
+        TokenError::UnsupportedCrit,
+        TokenError::WrongIssuer,
+        TokenError::UnknownKid,
+        TokenError::BadSignature,
+        TokenError::Expired,
+        TokenError::NotYetValid,
+        TokenError::WrongAudience,
+        TokenError::MissingClaim(""),
+        TokenError::InvalidClaim(""),
+        TokenError::LifetimeTooLong,
+        TokenError::KeysUnavailable,
+    ];
+
+    /// The variant's position in [`TokenError::ALL`] (exhaustive: a new variant does not
+    /// compile until it has one).
+    pub fn index(&self) -> usize {
+        match self {
+            TokenError::TooLarge => 0,
+            TokenError::Malformed(_) => 1,
+            TokenError::UnsupportedAlg => 2,
+            TokenError::UnsupportedCrit => 3,
+            TokenError::WrongIssuer => 4,
+            TokenError::UnknownKid => 5,
+            TokenError::BadSignature => 6,
+            TokenError::Expired => 7,
+            TokenError::NotYetValid => 8,
+            TokenError::WrongAudience => 9,
+            TokenError::MissingClaim(_) => 10,
+            TokenError::InvalidClaim(_) => 11,
+            TokenError::LifetimeTooLong => 12,
+            TokenError::KeysUnavailable => 13,
+        }
+    }
+
     /// Stable, low-cardinality reason code.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -64,5 +105,21 @@ impl TokenError {
             TokenError::InvalidClaim(c) => format!("claim is not in its accepted form: {c}"),
             other => other.to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TokenError;
+
+    #[test]
+    fn every_variant_has_its_exemplar_at_its_index() {
+        for (i, e) in TokenError::ALL.iter().enumerate() {
+            assert_eq!(e.index(), i, "{e:?}");
+        }
+        let mut reasons: Vec<&str> = TokenError::ALL.iter().map(TokenError::reason).collect();
+        reasons.sort();
+        reasons.dedup();
+        assert_eq!(reasons.len(), TokenError::ALL.len(), "reasons are distinct");
     }
 }

@@ -180,6 +180,15 @@ impl ShmRevocations {
             .map_or(0, |a| a.map.keys_generation())
     }
 
+    /// The sidecar's feed position (its last applied stream sequence) in the generation
+    /// mapped now (0: none).
+    pub fn feed_position(&self) -> u64 {
+        self.current
+            .read()
+            .as_ref()
+            .map_or(0, |a| a.map.feed_position())
+    }
+
     /// Opens the path again if it holds a newer file than the one mapped. `urgent` (the
     /// mapped file is superseded: new entries go to the new one) always tries; otherwise (no
     /// file yet, a silent heartbeat) at most every [`REOPEN_EVERY_MS`].
