@@ -10,7 +10,7 @@
 //! # Layout (all integers little-endian, as the host: both sides run on one machine)
 //!
 //! ```text
-//! 0      magic "VETOSHM1"          8   format version (1)
+//! 0      magic "VETOSHM1"          8   format version (2)
 //! 16     generation                24  superseded (0, then 1 once a newer file replaced this one)
 //! 32     hash keys [u64; 4]: id k0, id k1, issuer k0, issuer k1
 //! 64     heartbeat (writer's clock, Unix ms; 0 = never)
@@ -64,8 +64,11 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// `"VETOSHM1"` as a little-endian word.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"VETOSHM1");
-/// The layout version this crate reads and writes.
-pub const VERSION: u64 = 1;
+/// The layout version this crate reads and writes. 2: the digest's words are the revoked
+/// set's key words 1–3 first (version 1 files held word 0 first; a module and a sidecar of
+/// different versions must not share a file, so a reader refuses another version's file and
+/// stays stale until its own writer replaces it).
+pub const VERSION: u64 = 2;
 /// Tables in a file: one per kind of revocation (session, token, subject) and scope (its
 /// issuer, any issuer), numbered as the revoked set numbers them: `kind * 2 + any_issuer`.
 pub const TABLES: usize = 6;

@@ -239,7 +239,7 @@ fn bad_files_are_refused() {
     assert!(Mapping::open(&path).is_err());
     // a newer layout
     let mut newer = good;
-    newer[OFF_VERSION..OFF_VERSION + 8].copy_from_slice(&2u64.to_le_bytes());
+    newer[OFF_VERSION..OFF_VERSION + 8].copy_from_slice(&(VERSION + 1).to_le_bytes());
     std::fs::write(&path, &newer).unwrap();
     assert!(Mapping::open(&path).is_err());
     assert!(Writer::create(&path, KEYS, &["x".repeat(65)]).is_err());

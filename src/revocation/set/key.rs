@@ -18,11 +18,17 @@ use std::hash::Hasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use xxhash_rust::xxh3::xxh3_128_with_secret;
 
-/// A 128-bit entry key, uniformly random. Its four words are spent on different jobs so they
-/// never correlate: word 0 picks the shard, words 1–2 feed the table's hasher, words 1–3 the
-/// Bloom filter's block and bits.
+/// An entry key: 102 uniformly random bits of a 128-bit keyed hash. Its four words are spent
+/// on different jobs so they never correlate: word 0 picks the shard and holds nothing else
+/// (its other bits are cleared, so a key is canonical and a table need not store it: it is
+/// the table's shard), words 1–2 place it in its table, words 1–3 are its tag there and feed
+/// the Bloom filter's block and bits.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) struct Key([u32; 4]);
+
+/// Word 0 of a key: its shard's index (`SHARDS` is a power of two).
+const SHARD_MASK: u32 = super::SHARDS as u32 - 1;
+const _: () = assert!(super::SHARDS.is_power_of_two() && super::SHARDS <= 1 << 16);
 
 impl Key {
     /// The key as four words, for a snapshot.
@@ -30,19 +36,26 @@ impl Key {
         self.0
     }
 
-    /// A key from a snapshot's words.
+    /// A key from a snapshot's words (word 0 reduced to its shard bits: snapshots written
+    /// before keys were canonical hold the whole word).
     pub(super) fn from_words(words: [u32; 4]) -> Key {
-        Key(words)
+        Key([words[0] & SHARD_MASK, words[1], words[2], words[3]])
     }
 
-    /// The bits that choose the shard.
-    pub(super) fn shard_bits(&self) -> u32 {
-        self.0[0]
+    /// The key of `shard` with tag `tag` (a table's slot).
+    pub(super) fn from_parts(shard: u32, tag: [u32; 3]) -> Key {
+        Key::from_words([shard, tag[0], tag[1], tag[2]])
     }
 
-    /// The 64 bits the table hashes by (not the shard bits).
-    pub(super) fn table_bits(&self) -> u64 {
-        u64::from(self.0[1]) << 32 | u64::from(self.0[2])
+    /// The shard's index.
+    pub(super) fn shard(&self) -> usize {
+        self.0[0] as usize
+    }
+
+    /// What a table tells keys of its shard apart by: words 1–3 (the first two also pick
+    /// the slot a probe starts at).
+    pub(super) fn tag(&self) -> [u32; 3] {
+        [self.0[1], self.0[2], self.0[3]]
     }
 
     /// The filter's block selector and its two words of bit positions.
@@ -50,11 +63,12 @@ impl Key {
         (self.0[1], self.0[2], self.0[3])
     }
 
-    /// The key as two words, as the shared-memory mirror stores it (`veto_shm::Digest`).
+    /// The key as two words, as the shared-memory mirror stores it (`veto_shm::Digest`,
+    /// whose first 96 bits are kept: the tag).
     pub(super) fn digest(&self) -> [u64; 2] {
         [
-            u64::from(self.0[0]) | u64::from(self.0[1]) << 32,
-            u64::from(self.0[2]) | u64::from(self.0[3]) << 32,
+            u64::from(self.0[1]) | u64::from(self.0[2]) << 32,
+            u64::from(self.0[3]) | u64::from(self.0[0]) << 32,
         ]
     }
 }
@@ -67,7 +81,7 @@ impl Half {
     /// The key of `self` (an id's half) under the issuer half `issuer`.
     pub(super) fn key(self, issuer: Half) -> Key {
         let (a, b) = (self.0[0] ^ issuer.0[0], self.0[1] ^ issuer.0[1]);
-        Key([a as u32, (a >> 32) as u32, b as u32, (b >> 32) as u32])
+        Key::from_words([a as u32, (a >> 32) as u32, b as u32, (b >> 32) as u32])
     }
 }
 

@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use table::{Entry, Table, Upsert};
 
+/// Shards of a set (a power of two: a key's word 0 is its shard's index).
 const SHARDS: usize = 64;
 
 /// What applying an event did.
@@ -150,6 +151,10 @@ impl<T> PerKind<T> {
 struct Expiry(u32);
 
 impl Entry for Expiry {
+    const VACANT: Expiry = Expiry(0);
+    fn is_vacant(&self) -> bool {
+        self.0 == 0
+    }
     fn merge(&mut self, other: Expiry) -> bool {
         let changed = other.0 > self.0;
         self.0 = self.0.max(other.0);
@@ -172,6 +177,13 @@ struct SubjectEntry {
 }
 
 impl Entry for SubjectEntry {
+    const VACANT: SubjectEntry = SubjectEntry {
+        not_before: 0,
+        expires: 0,
+    };
+    fn is_vacant(&self) -> bool {
+        self.expires == 0
+    }
     fn merge(&mut self, other: SubjectEntry) -> bool {
         let changed = other.not_before > self.not_before || other.expires > self.expires;
         self.not_before = self.not_before.max(other.not_before);
@@ -187,14 +199,31 @@ impl Entry for SubjectEntry {
 }
 
 /// One shard: a table per kind and scope.
-#[derive(Default)]
 struct Shard {
     session: PerScope<Table<Expiry>>,
     token: PerScope<Table<Expiry>>,
     subject: PerScope<Table<SubjectEntry>>,
 }
 
+impl<V: Entry> PerScope<Table<V>> {
+    fn new(shard: u32) -> Self {
+        PerScope {
+            issuer: Table::new(shard),
+            any_issuer: Table::new(shard),
+        }
+    }
+}
+
 impl Shard {
+    /// The empty tables of shard `shard`.
+    fn new(shard: u32) -> Shard {
+        Shard {
+            session: PerScope::new(shard),
+            token: PerScope::new(shard),
+            subject: PerScope::new(shard),
+        }
+    }
+
     /// Stores a revocation ending at `expires`; `not_before` matters to subjects only.
     fn upsert(
         &mut self,
@@ -403,9 +432,9 @@ impl RevokedSet {
         let per_shard = max_entries.min(MAX_FILTER_ENTRIES).div_ceil(SHARDS) * 5 / 4;
         RevokedSet {
             shards: (0..SHARDS)
-                .map(|_| ShardCell {
+                .map(|i| ShardCell {
                     filter: Filter::new(per_shard),
-                    tables: RwLock::new(Shard::default()),
+                    tables: RwLock::new(Shard::new(i as u32)),
                 })
                 .collect(),
             hashers,
@@ -437,7 +466,7 @@ impl RevokedSet {
     }
 
     fn shard(&self, k: &Key) -> &ShardCell {
-        &self.shards[k.shard_bits() as usize % SHARDS]
+        &self.shards[k.shard()]
     }
 
     fn count(&self, kind: RevokedBy, scope: Scope) -> usize {

@@ -1,18 +1,29 @@
 //! One table of the set: an open-addressing map from [`Key`] to a small entry. Its shard's
 //! Bloom filter ([`super::bloom`]) stands in front of it.
 //!
-//! Plain hashbrown (through `std::collections::HashMap`) keyed by the digest itself: the key
-//! is already uniformly random, so the hasher passes 64 of its bits through instead of hashing
-//! again. A session or token slot is `([u32; 4] digest, u32 expiry-seconds)` — 20 bytes plus
-//! one control byte.
+//! Why not hashbrown: a general map stores the whole key and a control byte per slot and
+//! doubles as it grows — 21 bytes a session slot, 39–46 B per entry at 10M. Here a slot is
+//! only what tells entries of one table apart and the entry itself: a key's shard is implied
+//! by the table (words 0 of every key in it are the shard's index, [`Key`]), so a slot keeps
+//! the other 96 bits as its tag and the expiry after them — 16 bytes a session or token slot,
+//! 20 a subject's. A vacant slot is one whose entry is [`Entry::VACANT`] (expiry 0: no live
+//! entry expires at the epoch). Linear probing from a fast-range index of 64 key bits, so the
+//! slot count need not be a power of two and the table grows by half at a 7/8 load: between
+//! 16/(7/8) = 18.3 and 18.3 × 1.5 = 27.4 bytes a session entry, whatever the count. The
+//! key is already uniformly random (a keyed hash), so it is used as it is.
+//!
+//! Removal is by rebuilding ([`Table::prune`]): no tombstones, so a lookup stops at the first
+//! vacant slot and a table under churn never fills up with the dead.
 
 use super::key::Key;
-use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
 
 /// What a table entry is: something that expires, can be made stronger by a later event for
 /// the same key, and decides whether it revokes a token.
 pub(super) trait Entry: Copy {
+    /// The entry of a vacant slot; never [`Self::live`].
+    const VACANT: Self;
+    /// Is this [`Self::VACANT`]?
+    fn is_vacant(&self) -> bool;
     /// Folds `other` into `self`, keeping the stronger of each part; true if `self` changed.
     fn merge(&mut self, other: Self) -> bool;
     /// Live at `now_ms`?
@@ -28,78 +39,107 @@ pub(super) enum Upsert {
     Inserted,
     /// An existing entry made stronger.
     Strengthened,
-    /// The table already held this or a stronger entry.
+    /// The table already held this or a stronger entry (or the entry was vacant: dead).
     Unchanged,
 }
 
-impl Hash for Key {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        // Already uniformly random: hand the table 64 bits that are not the shard bits.
-        state.write_u64(self.table_bits());
-    }
+/// A slot: the key's 96 bits after the shard's, and the entry.
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct Slot<V> {
+    tag: [u32; 3],
+    v: V,
 }
 
-/// A hasher that passes the (already random) key through.
-#[derive(Default, Clone, Copy)]
-struct PassThrough(u64);
+/// The fewest slots a table that holds anything has.
+const MIN_SLOTS: usize = 8;
 
-impl Hasher for PassThrough {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
-#[derive(Default, Clone, Copy)]
-struct BuildPassThrough;
-
-impl BuildHasher for BuildPassThrough {
-    type Hasher = PassThrough;
-    fn build_hasher(&self) -> PassThrough {
-        PassThrough(0)
-    }
+/// Most entries `slots` slots take before the table grows (7/8).
+fn max_load(slots: usize) -> usize {
+    slots - slots / 8
 }
 
 pub(super) struct Table<V> {
-    map: HashMap<Key, V, BuildPassThrough>,
-}
-
-impl<V> Default for Table<V> {
-    fn default() -> Self {
-        Table {
-            map: HashMap::default(),
-        }
-    }
+    slots: Box<[Slot<V>]>,
+    len: usize,
+    /// The shard this table belongs to: word 0 of every key in it.
+    shard: u32,
 }
 
 impl<V: Entry> Table<V> {
+    /// An empty table of shard `shard` (no memory until the first insert).
+    pub(super) fn new(shard: u32) -> Table<V> {
+        Table {
+            slots: Box::new([]),
+            len: 0,
+            shard,
+        }
+    }
+
+    /// An empty table with `slots` vacant slots.
+    fn with_slots(shard: u32, slots: usize) -> Table<V> {
+        Table {
+            slots: vec![
+                Slot {
+                    tag: [0; 3],
+                    v: V::VACANT
+                };
+                slots
+            ]
+            .into_boxed_slice(),
+            len: 0,
+            shard,
+        }
+    }
+
+    /// The slot a probe for `tag` starts at: fast range (`h × n / 2^64`) of the tag's first
+    /// 64 bits.
+    fn home(&self, tag: &[u32; 3]) -> usize {
+        let h = u64::from(tag[0]) << 32 | u64::from(tag[1]);
+        ((u128::from(h) * self.slots.len() as u128) >> 64) as usize
+    }
+
+    /// The index of the slot holding `tag`, or of the vacant slot where it would go. The
+    /// table must have a vacant slot (its load is below 1).
+    fn find(&self, tag: &[u32; 3]) -> usize {
+        let n = self.slots.len();
+        let mut i = self.home(tag);
+        loop {
+            let s = &self.slots[i];
+            if s.v.is_vacant() || s.tag == *tag {
+                return i;
+            }
+            i += 1;
+            if i == n {
+                i = 0;
+            }
+        }
+    }
+
     /// The entry under `k`; an empty table answers without a probe.
     fn get(&self, k: &Key) -> Option<&V> {
-        if self.map.is_empty() {
+        if self.len == 0 {
             return None;
         }
-        self.map.get(k)
+        let s = &self.slots[self.find(&k.tag())];
+        (!s.v.is_vacant()).then_some(&s.v)
     }
 
     pub(super) fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    /// Every key held, for the shard's filter.
-    pub(super) fn keys(&self) -> impl Iterator<Item = Key> + '_ {
-        self.map.keys().copied()
+        self.len
     }
 
     /// Every entry held, for a snapshot.
     pub(super) fn entries(&self) -> impl Iterator<Item = (Key, V)> + '_ {
-        self.map.iter().map(|(k, v)| (*k, *v))
+        self.slots
+            .iter()
+            .filter(|s| !s.v.is_vacant())
+            .map(|s| (Key::from_parts(self.shard, s.tag), s.v))
+    }
+
+    /// Every key held, for the shard's filter.
+    pub(super) fn keys(&self) -> impl Iterator<Item = Key> + '_ {
+        self.entries().map(|(k, _)| k)
     }
 
     /// Does the entry under `k` (if any) revoke a token issued at `iat_secs`, at `now_ms`?
@@ -107,60 +147,167 @@ impl<V: Entry> Table<V> {
         self.get(k).is_some_and(|e| e.revokes(iat_secs, now_ms))
     }
 
-    /// Stores `v` under `k`, or merges it into the entry already there.
+    /// Stores `v` under `k`, or merges it into the entry already there. `k` must be of this
+    /// table's shard.
     pub(super) fn upsert(&mut self, k: Key, v: V) -> Upsert {
-        if let Some(e) = self.map.get_mut(&k) {
-            return if e.merge(v) {
-                Upsert::Strengthened
-            } else {
-                Upsert::Unchanged
-            };
+        debug_assert_eq!(k.words()[0], self.shard);
+        if v.is_vacant() {
+            return Upsert::Unchanged;
         }
-        self.map.insert(k, v);
-        Upsert::Inserted
+        let tag = k.tag();
+        if self.len + 1 > max_load(self.slots.len()) {
+            // look first: a merge into a full table must not grow it
+            if self.len > 0 {
+                let i = self.find(&tag);
+                if !self.slots[i].v.is_vacant() {
+                    return merged(&mut self.slots[i].v, v);
+                }
+            }
+            let grown = (self.slots.len() + self.slots.len() / 2).max(MIN_SLOTS);
+            self.rebuild(grown, |_| true);
+        }
+        let i = self.find(&tag);
+        let s = &mut self.slots[i];
+        if s.v.is_vacant() {
+            *s = Slot { tag, v };
+            self.len += 1;
+            Upsert::Inserted
+        } else {
+            merged(&mut s.v, v)
+        }
+    }
+
+    /// Moves the entries `keep` keeps into a new table of `slots` slots.
+    fn rebuild(&mut self, slots: usize, keep: impl Fn(&V) -> bool) {
+        let mut t = Table::with_slots(self.shard, slots);
+        for s in self.slots.iter().filter(|s| !s.v.is_vacant() && keep(&s.v)) {
+            let i = t.find(&s.tag);
+            t.slots[i] = *s;
+            t.len += 1;
+        }
+        *self = t;
     }
 
     /// Forgets the entries not live at `now_ms`; returns how many. When it forgot any, the
-    /// map is rebuilt at the size its live entries need, so the table does not grow under
-    /// churn (the shard then rebuilds its filter, so forgotten keys stop costing probes).
-    ///
-    /// Why rebuild instead of only `retain`: hashbrown's removals leave tombstones that use
-    /// up the room for inserts, and when the room runs out with the table more than half
-    /// full it doubles instead of rehashing in place. A set whose entry count is flat (as
-    /// many revocations expire as arrive) then doubled its tables once, at a steady count
-    /// (the one-hour soak: 2.9 → 5.5 MiB of tables at 90k entries). A rebuild costs one
-    /// pass, like the filter's rebuild after it, and it is what `retain` + `shrink_to_fit`
-    /// did when the set had shrunk.
+    /// table is rebuilt without them (so lookups still stop at the first vacant slot, and
+    /// the shard then rebuilds its filter, so forgotten keys stop costing probes): at the
+    /// same size while the live entries load it to at least 1/3, so a table at a steady
+    /// count keeps its size under churn; smaller (loaded to 2/3) once they no longer do.
     pub(super) fn prune(&mut self, now_ms: i64) -> usize {
-        let before = self.map.len();
-        self.map.retain(|_, e| e.live(now_ms));
-        let removed = before - self.map.len();
+        let live = self
+            .slots
+            .iter()
+            .filter(|s| !s.v.is_vacant() && s.v.live(now_ms))
+            .count();
+        let removed = self.len - live;
         if removed > 0 {
-            let mut map = HashMap::with_capacity_and_hasher(self.map.len(), BuildPassThrough);
-            map.extend(self.map.drain());
-            self.map = map;
+            let slots = match live {
+                0 => 0,
+                _ if live >= self.slots.len() / 3 => self.slots.len(),
+                _ => (live + live / 2).max(MIN_SLOTS),
+            };
+            self.rebuild(slots, |v| v.live(now_ms));
         }
         removed
     }
 
-    /// Bytes held: slots × (slot + control byte); not allocator slack.
+    /// Bytes held: slots × slot size.
     pub(super) fn bytes(&self) -> usize {
-        let slot = std::mem::size_of::<(Key, V)>() + 1;
-        buckets(self.map.capacity()) * slot
+        self.slots.len() * std::mem::size_of::<Slot<V>>()
     }
 }
 
-/// hashbrown's bucket count for a given capacity (7/8 load factor, power of two).
-fn buckets(cap: usize) -> usize {
-    if cap == 0 {
-        0
-    } else if cap < 8 {
-        if cap < 4 {
-            4
-        } else {
-            8
-        }
+fn merged<V: Entry>(e: &mut V, v: V) -> Upsert {
+    if e.merge(v) {
+        Upsert::Strengthened
     } else {
-        (cap * 8 / 7).next_power_of_two()
+        Upsert::Unchanged
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    struct E(u32);
+
+    impl Entry for E {
+        const VACANT: E = E(0);
+        fn is_vacant(&self) -> bool {
+            self.0 == 0
+        }
+        fn merge(&mut self, o: E) -> bool {
+            let c = o.0 > self.0;
+            self.0 = self.0.max(o.0);
+            c
+        }
+        fn live(&self, now_ms: i64) -> bool {
+            i64::from(self.0) * 1000 > now_ms
+        }
+        fn revokes(&self, _: i64, now_ms: i64) -> bool {
+            self.live(now_ms)
+        }
+    }
+
+    fn key(shard: u32, i: u64) -> Key {
+        // spread like a hash would
+        let h = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (i >> 7);
+        Key::from_parts(shard, [(h >> 32) as u32, h as u32, i as u32])
+    }
+
+    #[test]
+    fn holds_every_key_through_growth_and_prune() {
+        let mut t = Table::<E>::new(5);
+        assert!(!t.revokes(&key(5, 1), 0, 0), "empty");
+        for i in 0..10_000u64 {
+            let exp = if i % 3 == 0 { 10 } else { 1000 };
+            assert_eq!(t.upsert(key(5, i), E(exp)), Upsert::Inserted, "{i}");
+            assert!(t.len() <= max_load(t.slots.len()));
+        }
+        assert_eq!(t.len(), 10_000);
+        assert_eq!(t.upsert(key(5, 7), E(5)), Upsert::Unchanged);
+        assert_eq!(t.upsert(key(5, 7), E(2000)), Upsert::Strengthened);
+        assert_eq!(t.upsert(key(5, 8), E::VACANT), Upsert::Unchanged);
+        for i in 0..10_000u64 {
+            assert!(t.revokes(&key(5, i), 0, 5_000), "{i}");
+        }
+        assert!(!t.revokes(&key(5, 10_001), 0, 5_000));
+        // between 16 / (7/8) and 1.5 times that, per entry
+        let per = t.bytes() as f64 / t.len() as f64;
+        assert!((18.0..=27.5).contains(&per), "{per} B/entry");
+        let dead = (0..10_000u64).filter(|i| i % 3 == 0).count();
+        let slots = t.slots.len();
+        assert_eq!(t.prune(20_000), dead);
+        assert_eq!(t.len(), 10_000 - dead);
+        assert_eq!(t.slots.len(), slots, "2/3 still live: the same size");
+        for i in 0..10_000u64 {
+            let want = i % 3 != 0;
+            assert_eq!(t.revokes(&key(5, i), 0, 20_000), want, "{i}");
+        }
+        let mut keys: Vec<_> = t.keys().map(|k| k.words()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        assert_eq!(keys.len(), t.len());
+        assert!(keys.iter().all(|w| w[0] == 5));
+        let n = t.len();
+        assert_eq!(t.prune(10_000_000), n);
+        assert_eq!((t.len(), t.bytes()), (0, 0));
+    }
+
+    #[test]
+    fn probes_wrap_around_the_end() {
+        // every tag homes on the last slot: the probe must wrap to the first
+        let mut t = Table::<E>::with_slots(0, 8);
+        let tag = |i: u32| [u32::MAX, u32::MAX, i];
+        for i in 0..7 {
+            let k = Key::from_parts(0, tag(i));
+            assert_eq!(t.home(&k.tag()), 7);
+            assert_eq!(t.upsert(k, E(100)), Upsert::Inserted);
+        }
+        for i in 0..7 {
+            assert!(t.revokes(&Key::from_parts(0, tag(i)), 0, 0), "{i}");
+        }
+        assert!(!t.revokes(&Key::from_parts(0, tag(99)), 0, 0));
     }
 }

@@ -443,7 +443,10 @@ fn convergence_holds_across_shards_and_filter_rebuilds() {
 
 /// A set at a steady count (as many revocations expire as arrive, pruned every step) keeps
 /// its tables' size: the one-hour soak saw hashbrown double them at a flat 90k entries once
-/// removals' tombstones had used up the room for inserts.
+/// removals' tombstones had used up the room for inserts. A table grows by half when its
+/// shard's share of the plateau first peaks above 7/8 of its slots (a share is random, so
+/// some do, once, after the plateau is reached) and never shrinks while 1/3 live: never
+/// above 1.5 times the plateau's size.
 #[test]
 fn tables_do_not_grow_under_churn_at_a_steady_count() {
     const PER_STEP: i64 = 1_000; // revocations per step (a step: one prune interval)
@@ -473,7 +476,7 @@ fn tables_do_not_grow_under_churn_at_a_steady_count() {
         if let Some(b) = plateau_bytes {
             assert_eq!(s.len() as i64, PER_STEP * TTL_STEPS, "step {step}");
             assert!(
-                stats.table_bytes <= b,
+                stats.table_bytes <= b * 3 / 2,
                 "step {step}: tables grew from {b} to {} B at a flat {} entries",
                 stats.table_bytes,
                 s.len()
