@@ -437,3 +437,37 @@ async fn the_table_grows_from_1k_entries_under_load_without_a_false_allow() {
         rig.inproxy.log()
     );
 }
+
+/// `veto install-module` (the in-proxy pod's init container, k8s/inproxy/): the module
+/// arrives whole at `<dir>/libvetoinproxy.so`, through a temporary name; a missing module is
+/// exit 66, a directory it cannot write is 73.
+#[test]
+fn install_module_copies_the_module_into_the_directory_envoy_searches() {
+    let module = build_module().join("libvetoinproxy.so");
+    let to = tempfile::tempdir().expect("tempdir");
+    let dir = to.path().display().to_string();
+    let from = module.display().to_string();
+    let (code, out, err) = veto(&["install-module", "--to", &dir, "--from", &from]);
+    assert_eq!(code, 0, "{out}{err}");
+    let copied = std::fs::read(to.path().join("libvetoinproxy.so")).expect("copied");
+    assert!(
+        copied == std::fs::read(&module).expect("module"),
+        "not the same bytes"
+    );
+    let names: Vec<_> = std::fs::read_dir(to.path())
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(names, ["libvetoinproxy.so"], "a temporary file was left");
+    let (code, _, err) = veto(&[
+        "install-module",
+        "--to",
+        &dir,
+        "--from",
+        "/nonexistent/x.so",
+    ]);
+    assert_eq!(code, 66, "{err}");
+    let nowhere = to.path().join("missing").display().to_string();
+    let (code, _, err) = veto(&["install-module", "--to", &nowhere, "--from", &from]);
+    assert_eq!(code, 73, "{err}");
+}
