@@ -61,11 +61,7 @@ die() {
     echo "bench-envoy: $*" >&2
     exit 1
 }
-[[ -x "${VETO_ENVOY_BIN:-}" ]] || die "no Envoy binary (VETO_ENVOY_BIN); run scripts/install-deps.sh"
-[[ -x "${VETO_NATS_SERVER_BIN:-}" ]] || die "no nats-server (VETO_NATS_SERVER_BIN); run scripts/install-deps.sh"
-for tool in wrk curl envsubst python3; do
-    command -v "$tool" >/dev/null || die "$tool is not installed"
-done
+need_tools bench-envoy 1 wrk curl envsubst python3
 
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/veto-bench.XXXXXX")"
 PIDS=()

@@ -61,11 +61,7 @@ die() {
     echo "bench-inproxy: $*" >&2
     exit 1
 }
-[[ -x "${VETO_ENVOY_BIN:-}" ]] || die "no Envoy binary (VETO_ENVOY_BIN); run scripts/install-deps.sh"
-[[ -x "${VETO_NATS_SERVER_BIN:-}" ]] || die "no nats-server (VETO_NATS_SERVER_BIN); run scripts/install-deps.sh"
-for tool in wrk curl envsubst; do
-    command -v "$tool" >/dev/null || die "$tool is not installed"
-done
+need_tools bench-inproxy 1 wrk curl envsubst
 PY="${VETO_VENV:+$VETO_VENV/bin/python}"
 PY="${PY:-python3}"
 "$PY" -c 'import yaml' 2>/dev/null || die "$PY has no PyYAML (scripts/install-deps.sh makes the venv)"

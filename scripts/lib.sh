@@ -94,6 +94,20 @@ envoy_config() {
 
 # --- load measurement (scripts/bench-envoy.sh, scripts/bench-inproxy.sh) ------------------
 
+# Exits with code $2, naming script $1, unless Envoy and nats-server are found (scripts/env.sh
+# exports them) and every other tool named is on the PATH.
+need_tools() {
+    local me="$1" code="$2" tool
+    shift 2
+    [[ -x "${VETO_ENVOY_BIN:-}" ]] \
+        || { echo "$me: no Envoy binary (VETO_ENVOY_BIN); run scripts/install-deps.sh" >&2; exit "$code"; }
+    [[ -x "${VETO_NATS_SERVER_BIN:-}" ]] \
+        || { echo "$me: no nats-server (VETO_NATS_SERVER_BIN); run scripts/install-deps.sh" >&2; exit "$code"; }
+    for tool in "$@"; do
+        command -v "$tool" >/dev/null || { echo "$me: $tool is not installed" >&2; exit "$code"; }
+    done
+}
+
 # utime+stime of process $1 (all its threads) in clock ticks, from /proc/$1/stat (the fields
 # after the parenthesised command name, which may hold spaces).
 cpu_ticks() {
