@@ -40,7 +40,7 @@ cd "$REPO"
 # shellcheck source=scripts/env.sh
 source scripts/env.sh 2>/dev/null || true
 # shellcheck source=scripts/lib.sh
-source scripts/lib.sh # free_ports, wait_port, wait_http, stop_pids
+source scripts/lib.sh # free_ports, wait_port, wait_http, stop_pids, cpu_ticks, wrk_report_lua, AWK_MEDIAN
 
 ROUNDS="${ROUNDS:-3}"
 DURATION="${DURATION:-10}"
@@ -61,11 +61,7 @@ die() {
     echo "bench-envoy: $*" >&2
     exit 1
 }
-[[ -x "${VETO_ENVOY_BIN:-}" ]] || die "no Envoy binary (VETO_ENVOY_BIN); run scripts/install-deps.sh"
-[[ -x "${VETO_NATS_SERVER_BIN:-}" ]] || die "no nats-server (VETO_NATS_SERVER_BIN); run scripts/install-deps.sh"
-for tool in wrk curl envsubst python3; do
-    command -v "$tool" >/dev/null || die "$tool is not installed"
-done
+need_tools bench-envoy 1 wrk curl envsubst python3
 
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/veto-bench.XXXXXX")"
 PIDS=()
@@ -223,18 +219,7 @@ if awk -v r="$REVOKE_RATE" 'BEGIN { exit !(r > 0) }'; then
         >"$TMP/revocations.log" 2>&1 &
     PIDS+=($!)
 fi
-cat >"$TMP/report.lua" <<'LUA'
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format("RESULT %d %d %d %d %d %d\n", summary.requests, summary.duration,
-    latency:percentile(50), latency:percentile(99), e.status,
-    e.connect + e.read + e.write + e.timeout))
-end
-LUA
-
-cpu_ticks() { # pid -> utime+stime in clock ticks
-    awk '{ print $14 + $15 }' "/proc/$1/stat"
-}
+wrk_report_lua "$TMP/report.lua"
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
 
 # run_wrk side seconds [perf] -> "rps p50_us p99_us authz_cpu_us_per_req envoy_cpu_us_per_req"
@@ -292,11 +277,7 @@ curl -fsS "http://127.0.0.1:$P_VETO_HTTP/metrics" \
 echo "==> summary: medians over $ROUNDS rounds; ratios against noop (per-round: median of the ratios within each round)"
 TPUT_TARGET=0.90
 ((HELD < 1000000)) || ! awk -v r="$REVOKE_RATE" 'BEGIN { exit !(r >= 1000) }' || TPUT_TARGET=0.95
-awk -v sides="${SIDES[*]}" -v target="$TPUT_TARGET" '
-function median(a, n,   i, j, t) {
-    for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
-    return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
-}
+awk -v sides="${SIDES[*]}" -v target="$TPUT_TARGET" "$AWK_MEDIAN"'
 function med(side, col,   i, a) { for (i = 1; i <= cnt[side]; i++) a[i] = v[side, i, col]; return median(a, cnt[side]) }
 function per_round(side, col,   r, k, a) {
     for (r = 1; r <= rounds; r++) a[++k] = v[side, r, col] / v["noop", r, col]

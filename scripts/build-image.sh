@@ -57,6 +57,10 @@ created=$(date -u -d "@$epoch" +%Y-%m-%dT%H:%M:%SZ)
 log "cargo build --release --locked ${target_args[*]} --bin veto"
 t0=$SECONDS
 cargo build --release --locked "${target_args[@]}" --bin veto
+# the in-proxy Envoy module: for the host's glibc (Envoy dlopens it), whatever --libc says
+log "cargo build --release --locked -p veto-envoy-module --lib"
+cargo build --release --locked -p veto-envoy-module --lib
+module="$tdir/release/libvetoinproxy.so"
 cargo_s=$((SECONDS - t0))
 # (ldd says "statically linked" for a static-pie, and lists "=> path" lines for a dynamic one)
 if [[ $libc == musl ]] && ldd "$bin" 2>&1 | grep -q '=>'; then
@@ -67,7 +71,7 @@ fi
 stage="$(mktemp -d)"
 trap 'rm -rf "$stage"' EXIT
 mkdir "$stage/rootfs" "$stage/context"
-deploy/container/rootfs.sh "$bin" "$stage/rootfs"
+deploy/container/rootfs.sh "$bin" "$stage/rootfs" "$module"
 log "image files:"
 (cd "$stage/rootfs" && find . -type f -printf '  %M %10s /%P\n' | sort -k3)
 

@@ -43,6 +43,11 @@ REPO = Path(__file__).resolve().parent.parent
 ALERTS = REPO / "deploy/prometheus/alerts.yaml"
 PROMETHEUS_RULE = REPO / "k8s/base/monitoring/prometheusrule.yaml"
 SIDECAR_TEMPLATE = REPO / "deploy/envoy/envoy-sidecar.yaml.tmpl"
+INPROXY_TEMPLATE = REPO / "deploy/envoy/inproxy/envoy-inproxy.yaml.tmpl"
+DYNAMIC_MODULES = "envoy.filters.http.dynamic_modules"
+# The module as `cargo build -p veto-envoy-module` leaves it (scripts/test.sh validates the
+# in-proxy template with it too).
+MODULE_DIR = Path(os.environ.get("CARGO_TARGET_DIR") or REPO / "target") / "debug"
 
 # The metrics the sidecar and the authority export (DESIGN.md §6). Dashboards and alerts may use only these, so
 # a typo in a query is an error here instead of an empty panel or an alert that never fires.
@@ -358,7 +363,7 @@ def load_docs(files: list[str]) -> list[tuple[str, dict]]:
     return docs
 
 
-def envoy_validate(config_text: str, failures: Failures, where: str) -> None:
+def envoy_validate(config_text: str, failures: Failures, where: str, env: dict | None = None) -> None:
     envoy = os.environ.get("VETO_ENVOY_BIN")
     if not envoy:
         failures.add(where, "VETO_ENVOY_BIN is not set (source scripts/env.sh)")
@@ -367,7 +372,7 @@ def envoy_validate(config_text: str, failures: Failures, where: str) -> None:
         f.write(config_text)
     try:
         r = subprocess.run([envoy, "--mode", "validate", "-c", f.name, "-l", "error"],
-                           capture_output=True, text=True)
+                           capture_output=True, text=True, env=env)
         if r.returncode != 0:
             failures.add(where, "envoy --mode validate failed:\n" + r.stdout[-3000:] + r.stderr[-3000:])
     finally:
@@ -553,9 +558,13 @@ def check_render(file: str, docs: list[dict], template: dict, failures: Failures
                     except tomllib.TOMLDecodeError as e:
                         failures.add(where, f"{key} is not TOML: {e}")
             if "envoy.yaml" in data:
-                envoy_validate(data["envoy.yaml"], failures, where)
                 cfg = yaml.safe_load(data["envoy.yaml"])
                 envoy_configs[(ns_of(doc), name)] = cfg
+                if DYNAMIC_MODULES in http_filters(cfg, "ingress"):
+                    # validated in check_pod, with the files the Envoy container mounts
+                    check_inproxy_filter(cfg, failures, where)
+                    continue
+                envoy_validate(data["envoy.yaml"], failures, where)
                 # The security-relevant filters must not drift from the tested template.
                 want, got = http_filters(template, "ingress"), http_filters(cfg, "ingress")
                 for filt in ("envoy.filters.http.header_mutation", "envoy.filters.http.ext_authz"):
@@ -670,7 +679,9 @@ def check_pod(where: str, doc: dict, tmpl: dict, configmaps: dict, secrets: dict
             if m["name"] not in volumes and m["name"] not in {t["metadata"]["name"] for t in doc["spec"].get("volumeClaimTemplates", [])}:
                 failures.add(where, f"{cw} mounts volume {m['name']}, which the pod does not have")
         ports = {p.get("name"): p["containerPort"] for p in c.get("ports", [])}
-        for key in VETO_CONFIG_KEYS:
+        # Envoy mounts the sidecar's veto.toml in the in-proxy pod (the module reads it): it
+        # is checked there as the reader, in check_inproxy_pod, not as a veto process.
+        for key in VETO_CONFIG_KEYS if c["name"] != "envoy" else ():
             cm = next((v["configMap"]["name"] for v in mounted if "configMap" in v
                        and key in configmaps.get((ns, v["configMap"]["name"]), {})), None)
             if cm is None:
@@ -680,7 +691,13 @@ def check_pod(where: str, doc: dict, tmpl: dict, configmaps: dict, secrets: dict
                 cfg = effective_veto_config(text, env)
             except tomllib.TOMLDecodeError:
                 continue
-            veto_check_config(text, env, failures, f"{where} {cw} ({key})")
+            # paths on the pod's emptyDirs (inproxy.shm_path) exist in the pod: here, a temp dir
+            with tempfile.TemporaryDirectory() as tmp:
+                empty = {m["name"] for m in c.get("volumeMounts", []) if "emptyDir" in volumes.get(m["name"], {})}
+                dirs = materialize({"volumeMounts": [m for m in c.get("volumeMounts", []) if m["name"] in empty]},
+                                   volumes, {}, Path(tmp))
+                local_env = [{**e, "value": rewrite(e["value"], dirs)} if "value" in e else e for e in env]
+                veto_check_config(text, local_env, failures, f"{where} {cw} ({key})")
             check_veto_container(where, cw, key, cfg, c, ports, pod, ns, services, failures)
             if key == "veto.toml":
                 veto_ports[f"{where} {cw}"] = (port_of(cfg.get("grpc", {}).get("listen", "127.0.0.1:9191")),
@@ -689,8 +706,12 @@ def check_pod(where: str, doc: dict, tmpl: dict, configmaps: dict, secrets: dict
                                  for cm2 in ((ns, volumes.get(m["name"], {}).get("configMap", {}).get("name"))
                                              for m in cc.get("volumeMounts", []))
                                  if cm2 in envoy_configs), None)
-                if envoy_cm and cluster_port(envoy_configs[envoy_cm], "veto_authz") != port_of(cfg["grpc"]["listen"]):
+                inproxy = envoy_cm and DYNAMIC_MODULES in http_filters(envoy_configs[envoy_cm], "ingress")
+                if envoy_cm and not inproxy and cluster_port(envoy_configs[envoy_cm], "veto_authz") != port_of(cfg["grpc"]["listen"]):
                     failures.add(where, "Envoy's veto_authz cluster port is not veto's [grpc] port")
+                if inproxy:
+                    check_inproxy_pod(where, pod, c, cm, configmaps[envoy_cm], volumes,
+                                      {k: v for (n, k), v in configmaps.items() if n == ns}, failures)
         # nats-server: every $VETO_NATS_* its config reads is in the environment, and the
         # JetStream store is on the volume claim.
         for v in mounted:
@@ -709,6 +730,112 @@ def check_pod(where: str, doc: dict, tmpl: dict, configmaps: dict, secrets: dict
                     if not any(m["name"] in claims and (store.group(1) + "/").startswith(m["mountPath"].rstrip("/") + "/")
                                for m in c.get("volumeMounts", [])):
                         failures.add(where, f"{cw}: {k} store_dir {store.group(1)} is not on a volume claim")
+
+
+def check_inproxy_filter(cfg: dict, failures: Failures, where: str) -> None:
+    """An in-proxy Envoy config's module filter is the template's but for the paths in
+    filter_config (which must name the sidecar's veto.toml)."""
+    template = yaml.safe_load(string.Template(INPROXY_TEMPLATE.read_text()).safe_substitute(
+        LISTEN_PORT=1, ADMIN_PORT=2, UPSTREAM_PORT=3, VETO_CONFIG="/v"))
+    want = http_filters(template, "ingress")
+    got = http_filters(cfg, "ingress")
+    if list(got) != list(want):
+        failures.add(where, f"http filters {list(got)}, the template's are {list(want)}")
+    w, g = want[DYNAMIC_MODULES], got[DYNAMIC_MODULES]
+    for key in ("@type", "dynamic_module_config", "filter_name"):
+        if w.get(key) != g.get(key):
+            failures.add(where, f"{DYNAMIC_MODULES} {key} differs from {INPROXY_TEMPLATE.relative_to(REPO)}")
+    try:
+        module_cfg = json.loads(g["filter_config"]["value"])
+    except (KeyError, TypeError, json.JSONDecodeError) as e:
+        failures.add(where, f"{DYNAMIC_MODULES} filter_config is not the module's JSON: {e}")
+        return
+    if "veto_config" not in module_cfg:
+        failures.add(where, f"{DYNAMIC_MODULES} filter_config names no veto_config")
+
+
+def materialize(c: dict, volumes: dict, configmaps: dict, root: Path) -> dict[str, str]:
+    """Lays out what container `c` mounts under `root` (a ConfigMap's keys as files, an
+    emptyDir as a directory) and returns {mountPath: local path}."""
+    mounts: dict[str, str] = {}
+    for m in c.get("volumeMounts", []):
+        v = volumes.get(m["name"], {})
+        local = root / m["mountPath"].lstrip("/")
+        local.mkdir(parents=True, exist_ok=True)
+        if "configMap" in v:
+            for key, text in configmaps.get(v["configMap"]["name"], {}).items():
+                (local / key).write_text(text)
+        mounts[m["mountPath"].rstrip("/")] = str(local)
+    return mounts
+
+
+def rewrite(text: str, mounts: dict[str, str]) -> str:
+    for mount_path in sorted(mounts, key=len, reverse=True):
+        text = re.sub(re.escape(mount_path) + r"(?=[/\"'\s]|$)", mounts[mount_path], text)
+    return text
+
+
+def check_inproxy_pod(where: str, pod: dict, veto: dict, veto_cm: str, envoy_data: dict,
+                      volumes: dict, configmaps: dict, failures: Failures) -> None:
+    """The in-proxy pod (k8s/inproxy): the module delivered into the directory Envoy searches,
+    the shared-memory file on a memory-backed emptyDir both containers mount, the sidecar's
+    own veto.toml and overrides in Envoy's environment; then Envoy validates the config with
+    the module cargo built, against the files the container mounts."""
+    envoy = next(cc for cc in pod["containers"] if cc["name"] == "envoy")
+    env = {e["name"]: e.get("value") for e in envoy.get("env", [])}
+    veto_env = {e["name"]: e.get("value") for e in veto.get("env", [])}
+    mounts_of = lambda c: {m["mountPath"].rstrip("/"): m for m in c.get("volumeMounts", [])}
+    search = env.get("ENVOY_DYNAMIC_MODULES_SEARCH_PATH")
+    if not search:
+        failures.add(where, "container envoy: ENVOY_DYNAMIC_MODULES_SEARCH_PATH is not set")
+    else:
+        installers = [ic for ic in pod.get("initContainers", [])
+                      if "install-module" in ic.get("args", [])
+                      and search in ic.get("args", [])
+                      and search.rstrip("/") in mounts_of(ic)
+                      and not mounts_of(ic)[search.rstrip("/")].get("readOnly")]
+        if search.rstrip("/") not in mounts_of(envoy):
+            failures.add(where, f"container envoy: ENVOY_DYNAMIC_MODULES_SEARCH_PATH {search} is not a mount")
+        elif not installers:
+            failures.add(where, f"no init container runs `install-module --to {search}` into the volume Envoy mounts there")
+        elif mounts_of(installers[0])[search.rstrip("/")]["name"] != mounts_of(envoy)[search.rstrip("/")]["name"]:
+            failures.add(where, f"the init container's {search} is not the volume Envoy mounts there")
+    for k, v in veto_env.items():
+        if k.startswith("VETO__") and env.get(k) != v:
+            failures.add(where, f"container envoy: {k} is {env.get(k)!r}, the veto container's is {v!r} (the module must see the sidecar's config)")
+    shm = veto_env.get("VETO__INPROXY__SHM_PATH") or tomllib.loads(configmaps[veto_cm]["veto.toml"]).get("inproxy", {}).get("shm_path")
+    if not shm:
+        failures.add(where, "container veto: inproxy.shm_path is not set (VETO__INPROXY__SHM_PATH)")
+    else:
+        shm_dir = str(Path(shm).parent)
+        vm, em = mounts_of(veto).get(shm_dir), mounts_of(envoy).get(shm_dir)
+        vol = volumes.get((vm or {}).get("name"), {})
+        if vm is None or em is None or vm["name"] != em["name"]:
+            failures.add(where, f"{shm_dir} is not one volume mounted by both veto and envoy")
+        elif vol.get("emptyDir", {}).get("medium") != "Memory" or "sizeLimit" not in vol.get("emptyDir", {}):
+            failures.add(where, f"volume {vm['name']} ({shm_dir}) is not an emptyDir with medium Memory and a sizeLimit")
+        elif vm.get("readOnly") or not em.get("readOnly"):
+            failures.add(where, f"{shm_dir}: veto must mount it read-write and envoy read-only")
+    try:
+        veto_config = json.loads(http_filters(yaml.safe_load(envoy_data["envoy.yaml"]), "ingress")
+                                 [DYNAMIC_MODULES]["filter_config"]["value"])["veto_config"]
+    except (KeyError, TypeError, json.JSONDecodeError):
+        return  # check_inproxy_filter said why
+    cm_mount = mounts_of(envoy).get(str(Path(veto_config).parent))
+    if cm_mount is None or volumes.get(cm_mount["name"], {}).get("configMap", {}).get("name") != veto_cm:
+        failures.add(where, f"container envoy: veto_config {veto_config} is not the veto container's ConfigMap {veto_cm}")
+    if not (MODULE_DIR / "libvetoinproxy.so").is_file():
+        print(f"{where}: envoy --mode validate of the in-proxy config skipped "
+              f"(no {MODULE_DIR}/libvetoinproxy.so; cargo build -p veto-envoy-module)")
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        mounts = materialize(envoy, volumes, configmaps, Path(tmp))
+        if search:
+            mounts[search.rstrip("/")] = str(MODULE_DIR)
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("VETO__")}
+        run_env = {**clean, **{k: rewrite(v, mounts) for k, v in env.items() if v is not None}}
+        envoy_validate(rewrite(envoy_data["envoy.yaml"], mounts), failures,
+                       f"{where} container envoy (in-proxy, module {MODULE_DIR})", run_env)
 
 
 def check_service_url(url: str, ns: str, services: dict, failures: Failures, where: str) -> dict | None:

@@ -91,3 +91,46 @@ envoy_config() {
         envsubst '${LISTEN_PORT} ${ADMIN_PORT} ${AUTHZ_PORT} ${UPSTREAM_PORT}' \
         <"$(dirname "${BASH_SOURCE[0]}")/../deploy/envoy/envoy-sidecar.yaml.tmpl"
 }
+
+# --- load measurement (scripts/bench-envoy.sh, scripts/bench-inproxy.sh) ------------------
+
+# Exits with code $2, naming script $1, unless Envoy and nats-server are found (scripts/env.sh
+# exports them) and every other tool named is on the PATH.
+need_tools() {
+    local me="$1" code="$2" tool
+    shift 2
+    [[ -x "${VETO_ENVOY_BIN:-}" ]] \
+        || { echo "$me: no Envoy binary (VETO_ENVOY_BIN); run scripts/install-deps.sh" >&2; exit "$code"; }
+    [[ -x "${VETO_NATS_SERVER_BIN:-}" ]] \
+        || { echo "$me: no nats-server (VETO_NATS_SERVER_BIN); run scripts/install-deps.sh" >&2; exit "$code"; }
+    for tool in "$@"; do
+        command -v "$tool" >/dev/null || { echo "$me: $tool is not installed" >&2; exit "$code"; }
+    done
+}
+
+# utime+stime of process $1 (all its threads) in clock ticks, from /proc/$1/stat (the fields
+# after the parenthesised command name, which may hold spaces).
+cpu_ticks() {
+    awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
+}
+
+# Writes to $1 a wrk Lua script whose done() prints one line:
+#   RESULT requests duration_us p50_us p99_us non2xx socket_errors
+wrk_report_lua() {
+    cat >"$1" <<'LUA'
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("RESULT %d %d %d %d %d %d\n", summary.requests, summary.duration,
+    latency:percentile(50), latency:percentile(99), e.status,
+    e.connect + e.read + e.write + e.timeout))
+end
+LUA
+}
+
+# An awk function median(a, n) of a[1..n] (sorts a), for `awk "$AWK_MEDIAN ..."`.
+# shellcheck disable=SC2034 # used by the scripts that source this file
+AWK_MEDIAN='
+function median(a, n,   i, j, t) {
+    for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
+    return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+}'

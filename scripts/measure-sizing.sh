@@ -33,7 +33,7 @@ cd "$REPO"
 # shellcheck source=scripts/env.sh
 source scripts/env.sh 2>/dev/null || true
 # shellcheck source=scripts/lib.sh
-source scripts/lib.sh # free_ports, wait_port, wait_http, stop_pids
+source scripts/lib.sh # free_ports, wait_port, wait_http, stop_pids, wrk_report_lua
 
 ROUNDS="${ROUNDS:-2}"
 DURATION="${DURATION:-10}"
@@ -175,14 +175,7 @@ sleep 1
 IDLE_A="$(rss_kib "${PID[a]}")" IDLE_B="$(rss_kib "${PID[b]}")"
 
 # --- wrk scripts -----------------------------------------------------------------------------
-cat >"$TMP/report.lua" <<'LUA'
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format("RESULT %d %d %d %d %d %d\n", summary.requests, summary.duration,
-    latency:percentile(50), latency:percentile(99), e.status,
-    e.connect + e.read + e.write + e.timeout))
-end
-LUA
+wrk_report_lua "$TMP/report.lua"
 {
     cat <<'LUA'
 local tokens = {}

@@ -52,7 +52,7 @@ cd "$REPO"
 # shellcheck source=scripts/env.sh
 source scripts/env.sh 2>/dev/null || true
 # shellcheck source=scripts/lib.sh
-source scripts/lib.sh # free_ports, wait_port, wait_http, stop_pids
+source scripts/lib.sh # free_ports, wait_port, wait_http, stop_pids, need_tools
 
 MINUTES=60 RATE=10000 REVOCATIONS=100 OUT="" TTL=15m PRUNE=60s CONNECTIONS=32
 ENVOY_CONCURRENCY=2 WARMUP=10s BUILD=1
@@ -79,11 +79,7 @@ die() {
     echo "soak: $*" >&2
     exit 2
 }
-[[ -x "${VETO_ENVOY_BIN:-}" ]] || die "no Envoy binary (VETO_ENVOY_BIN); run scripts/install-deps.sh"
-[[ -x "${VETO_NATS_SERVER_BIN:-}" ]] || die "no nats-server (VETO_NATS_SERVER_BIN); run scripts/install-deps.sh"
-for tool in curl envsubst python3; do
-    command -v "$tool" >/dev/null || die "$tool is not installed"
-done
+need_tools soak 2 curl envsubst python3
 
 TARGET="${CARGO_TARGET_DIR:-$REPO/target}/release"
 OUT="${OUT:-$TARGET/../soak/$(date -u +%Y%m%dT%H%M%SZ)}"

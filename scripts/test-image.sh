@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Single-region smoke test of the container image, run with podman: a real nats-server on a
+# Single-region smoke test of the container image, run with podman: the in-proxy module copied
+# out with `veto install-module` (what k8s/inproxy/'s init container runs); a real nats-server on a
 # free loopback port, the image as the sidecar (read-only root, non-root, no capabilities),
 # and allow -> revoke -> deny through the sidecar's forward-auth /check, then a clean stop
 # (SIGTERM -> drain -> exit 0 within the grace). The CLI steps (keys, mint, provision,
@@ -101,6 +102,16 @@ if timeout 60 podman run --rm "${RUN[@]}" --entrypoint /bin/sh "$IMAGE" -c true 
     fail "the image has a /bin/sh"
 fi
 echo "   user $user, /bin/sh absent, $(podman image inspect --format '{{.Size}}' "$IMAGE") bytes"
+
+step "veto install-module: the in-proxy Envoy module out of the image (k8s/inproxy's init container)"
+mkdir -p "$WORK/modules"
+chown 65532:65532 "$WORK/modules" 2>/dev/null || chmod 0777 "$WORK/modules"
+timeout 60 podman run --rm "${RUN[@]}" "${HARDEN[@]}" -v "$WORK/modules:/modules" "$IMAGE" \
+    install-module --to /modules | sed 's/^/   /' || fail "install-module"
+so="$WORK/modules/libvetoinproxy.so"
+[[ -s $so && $(head -c 4 "$so" | od -An -c | tr -d ' ') == 177ELF ]] || fail "no ELF module at $so"
+grep -q envoy_dynamic_module_on_program_init "$so" || fail "$so does not export the dynamic-module ABI"
+[[ ! -e "$WORK/modules/.libvetoinproxy.so.tmp" ]] || fail "install-module left its temporary file"
 
 NATS_PORT=$(free_port); GRPC=$(free_port); HTTP=$(free_port)
 step "nats-server (JetStream, domain us) on 127.0.0.1:$NATS_PORT"

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Validate k8s/ offline, as rendered by kustomize (docs/kubernetes.md).
 #
-# Roots: every k8s/overlays/<region>, k8s/istio, and k8s/inject once it exists (any other
-# directory of k8s/ holding a kustomization.yaml outside k8s/base is built too). Each is
-# rendered with `kubectl kustomize` (kubectl v1.32, kustomize v5.5). For each overlay,
-# scripts/k8s-secrets.sh writes throwaway Secrets into a temp dir; they are appended to that
-# overlay's render, so the checks see what `kubectl apply` would create.
+# Roots: every k8s/overlays/<region>, k8s/istio, k8s/inproxy (region us in the in-proxy mode),
+# and k8s/inject once it exists (any other directory of k8s/ holding a kustomization.yaml
+# outside k8s/base is built too). Each is rendered with `kubectl kustomize` (kubectl v1.32,
+# kustomize v5.5). For each overlay (and k8s/inproxy, with us's), scripts/k8s-secrets.sh
+# writes throwaway Secrets into a temp dir; they are appended to that overlay's render, so
+# the checks see what `kubectl apply` would create.
 #
 # 1. kubernetes-validate --strict (schemas ship inside the package, no network) against the
 #    Kubernetes versions we claim, VETO_K8S_VERSIONS (default 1.29.0 1.32.0 1.37.0: the oldest
@@ -70,8 +71,13 @@ for root in "${roots[@]}"; do
         rc=1
         continue
     fi
-    if [[ "$root" == k8s/overlays/* ]]; then
-        region="$(basename "$root")"
+    # a region overlay, or a variant of one (k8s/inproxy: the us overlay in in-proxy mode)
+    region=""
+    case "$root" in
+        k8s/overlays/*) region="$(basename "$root")" ;;
+        k8s/inproxy) region=us ;;
+    esac
+    if [[ -n "$region" ]]; then
         scripts/k8s-secrets.sh "$region" --out "$tmp/secrets" >/dev/null 2>"$tmp/err" \
             || { cat "$tmp/err" >&2; echo "validate-k8s: scripts/k8s-secrets.sh $region failed" >&2; rc=1; }
         [[ -f "$tmp/secrets/$region/secrets.yaml" ]] && cat "$tmp/secrets/$region/secrets.yaml" >>"$out"

@@ -57,6 +57,16 @@ enum Command {
     /// Multi-region NATS: topology configs and stream provisioning.
     #[command(subcommand)]
     Nats(cli::nats::NatsCommand),
+    /// Copy the in-proxy Envoy module (libvetoinproxy.so) the image carries into a directory
+    /// Envoy reads (ENVOY_DYNAMIC_MODULES_SEARCH_PATH): a Kubernetes init container's job.
+    InstallModule {
+        /// The directory to write libvetoinproxy.so into (a volume shared with Envoy).
+        #[arg(long)]
+        to: PathBuf,
+        /// The module to copy.
+        #[arg(long, default_value = cli::module::IMAGE_MODULE)]
+        from: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -88,6 +98,7 @@ fn main() -> ExitCode {
             Command::Heartbeat(args) => cli::heartbeat(args).await,
             Command::Keys(k) => cli::keys(k),
             Command::Nats(n) => cli::nats::run(n).await,
+            Command::InstallModule { to, from } => cli::module::install(&from, &to).map(|_| ()),
         }
     });
     match result {

@@ -52,14 +52,13 @@ mod snapshot;
 use async_nats::jetstream;
 #[allow(unused_imports)]
 pub use common::{env_usize, loadavg, system_cpu, wants, CpuSample, PARTS};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use support::{nats_section, sidecar_config, Issuer};
 use tokio_util::sync::CancellationToken;
 use topology_support::LocalTopology;
-use veto::bus::publish::send_event;
 use veto::revocation::{Kind, RevocationEvent};
 use veto::token::Alg;
 
@@ -83,8 +82,8 @@ pub fn event(origin: &str, event_id: &str, now_us: i64) -> RevocationEvent {
     }
 }
 
-/// Publishes `n` events `<prefix>-<i>` from `origin`, at most `inflight` acks outstanding.
-/// Returns (time, acked, failed).
+/// Publishes `n` events `<prefix>-<i>` from `origin`, at most `inflight` acks outstanding
+/// (the kit's [`support::publish_bulk`]). Returns (time, acked, failed).
 pub async fn publish_bulk(
     js: &jetstream::Context,
     origin: &str,
@@ -93,35 +92,9 @@ pub async fn publish_bulk(
     inflight: usize,
     deadline: Duration,
 ) -> (Duration, usize, usize) {
-    let start = Instant::now();
     let now = veto::now_us();
-    let mut acks = VecDeque::with_capacity(inflight + 1);
-    let (mut ok, mut failed) = (0usize, 0usize);
-    for i in 0..n {
-        if start.elapsed() > deadline {
-            failed += n - i;
-            break;
-        }
-        match send_event(js, &event(origin, &format!("{prefix}-{i}"), now)).await {
-            Ok(f) => acks.push_back(f),
-            Err(_) => failed += 1,
-        }
-        if acks.len() >= inflight {
-            if let Some(f) = acks.pop_front() {
-                match f.await {
-                    Ok(_) => ok += 1,
-                    Err(_) => failed += 1,
-                }
-            }
-        }
-    }
-    for f in acks {
-        match f.await {
-            Ok(_) => ok += 1,
-            Err(_) => failed += 1,
-        }
-    }
-    (start.elapsed(), ok, failed)
+    let events = (0..n).map(|i| event(origin, &format!("{prefix}-{i}"), now));
+    support::publish_bulk(js, events, inflight, deadline).await
 }
 
 pub async fn stream_messages(js: &jetstream::Context, name: &str) -> Option<u64> {

@@ -1,9 +1,12 @@
 #!/bin/sh
 # Lays out the files of the veto runtime image (FROM scratch) in a directory:
 #
-#   deploy/container/rootfs.sh BINARY OUTDIR
+#   deploy/container/rootfs.sh BINARY OUTDIR [MODULE]
 #
 #   /veto                                  the binary (stripped unless VETO_IMAGE_STRIP=0)
+#   /usr/lib/veto/libvetoinproxy.so        MODULE, the in-proxy Envoy module (a glibc cdylib,
+#                                          loaded by Envoy, never by veto), when given:
+#                                          `veto install-module --to DIR` copies it out
 #   /etc/passwd, /etc/group                root and veto (65532:65532), no login shell
 #   /etc/ssl/certs/ca-certificates.crt     CA roots, for JWKS over https (reqwest's rustls
 #                                          platform verifier probes this path)
@@ -15,9 +18,10 @@
 # CA_BUNDLE overrides where the CA bundle is read from.
 set -eu
 
-[ $# -eq 2 ] || { echo "usage: $0 BINARY OUTDIR" >&2; exit 64; }
+[ $# -eq 2 ] || [ $# -eq 3 ] || { echo "usage: $0 BINARY OUTDIR [MODULE]" >&2; exit 64; }
 bin=$1
 out=$2
+module=${3:-}
 ca=${CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
 
 [ -x "$bin" ] || { echo "rootfs.sh: $bin is not an executable" >&2; exit 66; }
@@ -31,6 +35,16 @@ if [ "${VETO_IMAGE_STRIP:-1}" = 1 ]; then
     strip --strip-all "$out/veto"
 fi
 chmod 0755 "$out/veto"
+if [ -n "$module" ]; then
+    [ -f "$module" ] || { echo "rootfs.sh: $module is not a file" >&2; exit 66; }
+    mkdir -p "$out/usr/lib/veto"
+    cp "$module" "$out/usr/lib/veto/libvetoinproxy.so"
+    if [ "${VETO_IMAGE_STRIP:-1}" = 1 ]; then
+        # debug symbols only: Envoy binds the module's envoy_dynamic_module_* exports
+        strip --strip-debug "$out/usr/lib/veto/libvetoinproxy.so"
+    fi
+    chmod 0644 "$out/usr/lib/veto/libvetoinproxy.so"
+fi
 
 cat >"$out/etc/passwd" <<'PASSWD'
 root:x:0:0:root:/:/sbin/nologin

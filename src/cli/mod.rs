@@ -1,6 +1,7 @@
 //! The subcommands behind `main`.
 
 pub mod inject;
+pub mod module;
 pub mod nats;
 
 use clap::{Args, Subcommand};

@@ -131,3 +131,83 @@ pub async fn see(http: &reqwest::Client, url: String, auth: Option<&str>) -> See
     let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
     Seen { status, www, body }
 }
+
+/// One in-proxy set-up with real parts: nats-server, a `veto sidecar` mirroring into shared
+/// memory, Envoy with the module, and an ext_authz Envoy in front of the same sidecar (the
+/// reference), both routing to one echoing upstream.
+pub struct Rig {
+    pub inproxy: Envoy,
+    pub reference: Envoy,
+    pub sidecar: Sidecar,
+    pub issuer: Issuer,
+    pub nats: NatsServer,
+    /// The shared-memory file the sidecar writes and the module reads.
+    pub shm: PathBuf,
+    _shm_dir: tempfile::TempDir,
+    _upstream: tokio::task::JoinHandle<()>,
+}
+
+impl Rig {
+    /// Starts everything (ES256 issuer, region `us`, `revocation.max_staleness`) and waits
+    /// until the sidecar is ready and has published its file.
+    pub async fn start(max_staleness: &str) -> Rig {
+        let module_dir = build_module();
+        let nats = NatsServer::start();
+        let issuer = Issuer::new(veto::token::Alg::ES256);
+        let shm_dir = tempfile::tempdir().expect("tempdir");
+        let shm = shm_dir.path().join("veto-revoked");
+        let extra = inproxy_section(&shm, max_staleness);
+        let sidecar = Sidecar::start(&sidecar_config(&issuer, Some(&nats.url()), &extra));
+        sidecar.wait_ready(Duration::from_secs(10)).await;
+        // the file appears at its path with the first heartbeat after the replay
+        wait_shm(&shm).await;
+        let (up, upstream) = upstream().await;
+        let inproxy = inproxy_envoy(
+            &module_dir,
+            &sidecar.dir.path().join("veto.toml"),
+            up.port(),
+        );
+        let reference = Envoy::start(sidecar.grpc, up.port());
+        Rig {
+            inproxy,
+            reference,
+            sidecar,
+            issuer,
+            nats,
+            shm,
+            _shm_dir: shm_dir,
+            _upstream: upstream,
+        }
+    }
+
+    /// `veto revoke <what> --nats .. --region us`; panics unless it exits 0.
+    pub fn revoke(&self, what: &[&str]) {
+        let url = self.nats.url();
+        let mut args = vec!["revoke"];
+        args.extend_from_slice(what);
+        args.extend_from_slice(&["--nats", &url, "--region", "us", "--reason", "test"]);
+        let (code, out, err) = veto(&args);
+        assert_eq!(code, 0, "veto {args:?}: {out}{err}");
+    }
+
+    /// Revokes with the CLI, waits until the sidecar refuses `bearer` (it applied the
+    /// revocation, and so mirrored it), and returns what the module and the reference
+    /// answer to the very next request with it.
+    pub async fn revoke_then_see(
+        &self,
+        what: &[&str],
+        http: &reqwest::Client,
+        path: &str,
+        bearer: &str,
+    ) -> (Seen, Seen) {
+        self.revoke(what);
+        assert!(
+            sidecar_answers(&self.sidecar, bearer, 401, Duration::from_secs(2)).await,
+            "the sidecar did not apply {what:?}:\n{}",
+            self.sidecar.log()
+        );
+        let ours = see(http, self.inproxy.url(path), Some(bearer)).await;
+        let theirs = see(http, self.reference.url(path), Some(bearer)).await;
+        (ours, theirs)
+    }
+}

@@ -481,6 +481,15 @@ impl Envoy {
             .as_mut()
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
+
+    /// The process id while Envoy still runs (`None` once it exited: a crash).
+    pub fn running_pid(&mut self) -> Option<u32> {
+        let c = self.child.0.as_mut()?;
+        match c.try_wait() {
+            Ok(None) => Some(c.id()),
+            _ => None,
+        }
+    }
 }
 
 /// A tiny upstream that echoes the request headers it received as JSON.
@@ -591,4 +600,44 @@ pub fn check_config(text: &str) -> (i32, String, String) {
     let p = dir.path().join("veto.toml");
     std::fs::write(&p, text).expect("write config");
     veto(&["check-config", "--config", &p.display().to_string()])
+}
+
+/// Publishes `events` through JetStream with at most `inflight` acknowledgements
+/// outstanding (the fast way to fill a stream: one ack awaited per send, not per event);
+/// stops sending after `deadline`. Returns (time, acked, failed); the unsent count as failed.
+pub async fn publish_bulk(
+    js: &async_nats::jetstream::Context,
+    events: impl ExactSizeIterator<Item = veto::revocation::RevocationEvent>,
+    inflight: usize,
+    deadline: Duration,
+) -> (Duration, usize, usize) {
+    let start = Instant::now();
+    let n = events.len();
+    let mut acks = std::collections::VecDeque::with_capacity(inflight + 1);
+    let (mut ok, mut failed) = (0usize, 0usize);
+    for (i, ev) in events.enumerate() {
+        if start.elapsed() > deadline {
+            failed += n - i;
+            break;
+        }
+        match veto::bus::publish::send_event(js, &ev).await {
+            Ok(f) => acks.push_back(f),
+            Err(_) => failed += 1,
+        }
+        if acks.len() >= inflight {
+            if let Some(f) = acks.pop_front() {
+                match f.await {
+                    Ok(_) => ok += 1,
+                    Err(_) => failed += 1,
+                }
+            }
+        }
+    }
+    for f in acks {
+        match f.await {
+            Ok(_) => ok += 1,
+            Err(_) => failed += 1,
+        }
+    }
+    (start.elapsed(), ok, failed)
 }
