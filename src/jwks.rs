@@ -309,9 +309,7 @@ impl Refetcher {
 
 /// The in-proxy keys file of the shared-memory file `shm`: `<shm>.jwks`, beside it.
 pub fn published_keys_path(shm: &Path) -> PathBuf {
-    let mut p = shm.as_os_str().to_owned();
-    p.push(".jwks");
-    PathBuf::from(p)
+    veto_shm::beside(shm, ".jwks")
 }
 
 /// The keys file's `format` (a document of another format is refused, keeping the keys).
@@ -383,34 +381,14 @@ impl KeysPublisher {
             self.seen = now;
             return Ok(false);
         }
-        write_atomically(&self.path, &doc)?;
+        // 0644: Envoy may run as another user than the sidecar
+        crate::feed::snapshot::write_atomically(&self.path, 0o644, |w| {
+            std::io::Write::write_all(w, &doc)
+        })?;
         self.last = Some(doc);
         self.seen = now;
         Ok(true)
     }
-}
-
-/// Writes `doc` at `path` through a temporary file beside it and a rename, so a reader finds
-/// the old document or the new one, never a part (no fsync: the file is on a tmpfs and is
-/// rewritten by the sidecar after a crash anyway).
-fn write_atomically(path: &Path, doc: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let written = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o644)
-        .open(&tmp)
-        .and_then(|mut f| f.write_all(doc))
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
 }
 
 /// Why the in-proxy keys file could not be read (the keys in use then stay). Never carries

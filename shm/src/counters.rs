@@ -54,9 +54,7 @@ const _: () = assert!(OFF_REASON + MAX_REASON_BYTES == SLOT);
 
 /// The counters file beside the revoked-set file at `shm_path`.
 pub fn path_beside(shm_path: &Path) -> PathBuf {
-    let mut p = shm_path.as_os_str().to_owned();
-    p.push(".counters");
-    PathBuf::from(p)
+    super::beside(shm_path, ".counters")
 }
 
 fn len_for(slots: usize) -> usize {

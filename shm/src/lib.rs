@@ -40,9 +40,8 @@
 //! published keys. The counter is carried into every new file: a rebuilt (grown, pruned)
 //! generation starts with the current value, and a new writer starts from the previous
 //! writer's value, so the counter never goes back while the path holds a valid file and a
-//! reader switching files never mistakes an older set of keys for the current one. Files
-//! written before this word existed hold 0 there (the file is zero-filled), so the layout
-//! version did not change.
+//! reader switching files never mistakes an older set of keys for the current one. The word
+//! was free (zero) space in version 1, so it needed no layout change of its own.
 //!
 //! # Concurrency
 //!
@@ -916,6 +915,14 @@ fn previous(path: &Path) -> Option<(Map, u64, u64)> {
 }
 
 pub mod counters;
+
+/// A file beside the shared-memory file `shm`: its path with `suffix` appended (the module's
+/// counters, the published keys).
+pub fn beside(shm: &Path, suffix: &str) -> PathBuf {
+    let mut p = shm.as_os_str().to_owned();
+    p.push(suffix);
+    PathBuf::from(p)
+}
 
 #[cfg(test)]
 mod tests;

@@ -12,8 +12,8 @@ pub const IMAGE_MODULE: &str = "/usr/lib/veto/libvetoinproxy.so";
 /// The file name Envoy looks for: `lib<dynamic_module_config.name>.so`.
 const MODULE_FILE: &str = "libvetoinproxy.so";
 
-/// Copies `from` to `<to>/libvetoinproxy.so` through a temporary name and a rename, so
-/// Envoy never sees half a file; returns the path written.
+/// Copies `from` to `<to>/libvetoinproxy.so` through a temporary name and a rename
+/// (`write_atomically`), so Envoy never sees half a file; returns the path written.
 pub fn install(from: &Path, to: &Path) -> Result<PathBuf, Failure> {
     let cant = |what: &str, p: &Path, e: std::io::Error| Failure {
         code: 73, // EX_CANTCREAT
@@ -29,9 +29,10 @@ pub fn install(from: &Path, to: &Path) -> Result<PathBuf, Failure> {
         });
     }
     let dest = to.join(MODULE_FILE);
-    let tmp = to.join(format!(".{MODULE_FILE}.tmp"));
-    std::fs::copy(from, &tmp).map_err(|e| cant("cannot write", &tmp, e))?;
-    std::fs::rename(&tmp, &dest).map_err(|e| cant("cannot rename into", &dest, e))?;
+    veto::feed::snapshot::write_atomically(&dest, 0o755, |w| {
+        std::io::copy(&mut std::fs::File::open(from)?, w).map(drop)
+    })
+    .map_err(|e| cant("cannot write", &dest, e))?;
     println!(
         "{}: installed ({} bytes)",
         dest.display(),

@@ -148,11 +148,13 @@ pub fn read(path: &Path, stream: &str, cap: u64) -> Result<Image, (Fallback, Str
     Ok(image)
 }
 
-/// Writes a file atomically: `write` fills `.<name>.tmp` beside `path` (mode 0600), which is
-/// fsynced and renamed over `path`, and the directory fsynced. On an error the temporary file
-/// is removed (best effort) and `path` is untouched.
+/// Writes a file atomically: `write` fills `.<name>.tmp` beside `path` (with `mode`), which
+/// is fsynced and renamed over `path`, and the directory fsynced. On an error the temporary
+/// file is removed (best effort) and `path` is untouched. (The snapshot, the in-proxy keys
+/// file and `veto install-module` all write through this.)
 pub fn write_atomically<T>(
     path: &Path,
+    mode: u32,
     write: impl FnOnce(&mut BufWriter<File>) -> io::Result<T>,
 ) -> io::Result<T> {
     let dir = match path.parent() {
@@ -168,10 +170,10 @@ pub fn write_atomically<T>(
             .write(true)
             .create(true)
             .truncate(true)
-            .mode(0o600)
+            .mode(mode)
             .open(&tmp)?;
         // a leftover temporary file keeps the mode it was created with
-        file.set_permissions(fs::Permissions::from_mode(0o600))?;
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
         let mut w = BufWriter::with_capacity(1 << 20, file);
         let out = write(&mut w)?;
         let file = w.into_inner().map_err(|e| e.into_error())?;
@@ -373,7 +375,9 @@ impl Snapshots {
             seq,
             written_at_ms: now,
         };
-        write_atomically(&self.path, |w| self.revoked.write_snapshot(&header, now, w))
+        write_atomically(&self.path, 0o600, |w| {
+            self.revoked.write_snapshot(&header, now, w)
+        })
     }
 }
 
@@ -417,7 +421,7 @@ mod tests {
     }
 
     fn write(path: &Path, set: &RevokedSet, h: &Header) {
-        write_atomically(path, |w| set.write_snapshot(h, crate::now_ms(), w)).unwrap();
+        write_atomically(path, 0o600, |w| set.write_snapshot(h, crate::now_ms(), w)).unwrap();
     }
 
     #[test]
@@ -455,7 +459,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("revoked.snap");
         write(&path, &set_with(10), &header(5));
-        let r: io::Result<()> = write_atomically(&path, |w| {
+        let r: io::Result<()> = write_atomically(&path, 0o600, |w| {
             use std::io::Write;
             w.write_all(b"VETOSNAP partial")?;
             Err(io::Error::other("disk full"))
