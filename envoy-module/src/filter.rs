@@ -151,6 +151,9 @@ pub struct InProxy {
 pub struct Checked {
     pub verdict: Verdict,
     pub outcome: Option<usize>,
+    /// The table generation and feed position for Envoy's gauges, when they are due
+    /// ([`InProxy::gauges_due`]): `None` on most requests.
+    pub gauges: Option<(u64, u64)>,
 }
 
 /// The issuers' key stores (the validator's, shared) and what reloading them needs.
@@ -206,7 +209,6 @@ impl Keys {
             }
             Err(e) => {
                 self.failures.fetch_add(1, Ordering::Relaxed);
-                crate::KEY_RELOAD_FAILURES.fetch_add(1, Ordering::Relaxed);
                 crate::log(&format!(
                     "keys generation {generation}: {e}; keeping the keys in use"
                 ));
@@ -329,11 +331,15 @@ impl InProxy {
 
     /// Decides one request and counts it in the counters file (one relaxed atomic add).
     pub fn check(&self, authorization: Option<(usize, &[u8])>) -> Checked {
-        let (verdict, outcome) = self.decide_inner(authorization);
-        if let (Some(c), Some(i)) = (&self.counters, outcome) {
-            c.add(i);
+        // one clock read for the keys generation's reopen and the gauges
+        let now_ms = veto::now_ms();
+        let (verdict, outcome) = self.decide_inner(authorization, now_ms);
+        self.count(outcome);
+        Checked {
+            verdict,
+            outcome,
+            gauges: self.gauges_due(now_ms),
         }
-        Checked { verdict, outcome }
     }
 
     /// Counts a panic caught at the FFI boundary (the check itself is counted as
@@ -344,7 +350,8 @@ impl InProxy {
         }
     }
 
-    /// Counts a check decided outside [`InProxy::check`] (a panic's 503).
+    /// Counts a check in the counters file (also one decided outside [`InProxy::check`]: a
+    /// panic's 503).
     pub fn count(&self, outcome: Option<usize>) {
         if let (Some(c), Some(i)) = (&self.counters, outcome) {
             c.add(i);
@@ -379,7 +386,11 @@ impl InProxy {
 
     /// Decides one request. `authorization`: the header's values as Envoy holds them
     /// (`None`: absent; the count of values; the first value's bytes).
-    fn decide_inner(&self, authorization: Option<(usize, &[u8])>) -> (Verdict, Option<usize>) {
+    fn decide_inner(
+        &self,
+        authorization: Option<(usize, &[u8])>,
+        now_ms: i64,
+    ) -> (Verdict, Option<usize>) {
         let credential = match authorization {
             None | Some((0, _)) => Credential::Absent,
             Some((1, bytes)) => match std::str::from_utf8(bytes) {
@@ -388,8 +399,7 @@ impl InProxy {
             },
             Some(_) => Credential::Ambiguous,
         };
-        self.keys
-            .refresh(self.revocations.keys_generation(veto::now_ms()));
+        self.keys.refresh(self.revocations.keys_generation(now_ms));
         let decision = now_or_never(self.decider.decide(credential));
         let outcome = match &decision {
             Some(d) => d.outcome(),

@@ -43,10 +43,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Panics caught in the hooks (each answered 503, or a refused configuration).
 pub static PANICS: AtomicU64 = AtomicU64::new(0);
 
-/// Reloads of the sidecar's published keys that failed, every configuration (the keys in use
-/// were kept; see `filter`).
-pub static KEY_RELOAD_FAILURES: AtomicU64 = AtomicU64::new(0);
-
 /// Envoy's ids of the module's metrics in one configuration.
 #[derive(Clone, Copy)]
 struct MetricIds {
@@ -202,19 +198,19 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
         let auth = unsafe { request_header(filter, b"authorization") };
         cfg.filter.check(auth)
     }));
-    let (verdict, outcome) = match checked {
-        Ok(c) => (c.verdict, c.outcome),
+    let (verdict, outcome, gauges) = match checked {
+        Ok(c) => (c.verdict, c.outcome, c.gauges),
         Err(_) => {
             let outcome = cfg.filter.outcome_of(("error", "panic"));
             cfg.filter.count(outcome);
             // SAFETY: `filter` is valid for this callback.
             unsafe { panicked(cfg, filter) };
-            (filter::unavailable("panic"), outcome)
+            (filter::unavailable("panic"), outcome, None)
         }
     };
     let answered = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: `filter` is valid for this callback.
-        unsafe { observe(cfg, filter, outcome) };
+        unsafe { observe(cfg, filter, outcome, gauges) };
         // SAFETY: `filter` is valid for this callback.
         unsafe { apply(filter, &verdict) }
     }));
@@ -256,7 +252,12 @@ unsafe fn panicked(cfg: &Configured, filter: EnvoyPtr) {
 ///
 /// # Safety
 /// `filter` is valid for the current callback.
-unsafe fn observe(cfg: &Configured, filter: EnvoyPtr, outcome: Option<usize>) {
+unsafe fn observe(
+    cfg: &Configured,
+    filter: EnvoyPtr,
+    outcome: Option<usize>,
+    gauges: Option<(u64, u64)>,
+) {
     let Some(ids) = cfg.ids else {
         return;
     };
@@ -276,7 +277,7 @@ unsafe fn observe(cfg: &Configured, filter: EnvoyPtr, outcome: Option<usize>) {
             );
         }
     }
-    if let Some((generation, position)) = cfg.filter.gauges_due(veto::now_ms()) {
+    if let Some((generation, position)) = gauges {
         for (id, v) in [(ids.generation, generation), (ids.position, position)] {
             // SAFETY: `filter` is valid; label-less gauges take no values.
             unsafe {
