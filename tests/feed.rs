@@ -19,11 +19,6 @@ async fn denied(s: &Sidecar, token: &str) -> bool {
     s.check(Some(&format!("Bearer {token}"))).await.status() == 401
 }
 
-fn revoke(nats: &NatsServer, what: &str, id: &str) {
-    let (code, out, err) = veto(&["revoke", what, id, "--nats", &nats.url(), "--region", "us"]);
-    assert_eq!(code, 0, "{out}{err}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revocations_survive_nats_and_sidecar_restarts() {
     let mut nats = NatsServer::start();
@@ -39,14 +34,14 @@ async fn revocations_survive_nats_and_sidecar_restarts() {
         assert!(!denied(&sidecar, t).await);
     }
 
-    revoke(&nats, "--session", "-s1");
+    revoke(&nats.url(), &["--session", "-s1"]);
     assert!(eventually(Duration::from_secs(2), || denied(&sidecar, &t1))
         .await
         .is_some());
 
     // the JetStream server dies and comes back with its store
     nats.restart();
-    revoke(&nats, "--token", "j-s2");
+    revoke(&nats.url(), &["--token", "j-s2"]);
     assert!(
         eventually(Duration::from_secs(5), || denied(&sidecar, &t2))
             .await
@@ -54,7 +49,7 @@ async fn revocations_survive_nats_and_sidecar_restarts() {
         "feed did not resume after a nats-server restart:\n{}",
         sidecar.log()
     );
-    revoke(&nats, "--subject", "u3");
+    revoke(&nats.url(), &["--subject", "u3"]);
     assert!(eventually(Duration::from_secs(2), || denied(&sidecar, &t3))
         .await
         .is_some());
@@ -188,7 +183,7 @@ async fn poison_and_duplicate_events_are_counted_and_skipped() {
             .is_some()
     );
     // the feed is alive after the poison: a later good event still applies
-    revoke(&nats, "--session", "s-after");
+    revoke(&nats.url(), &["--session", "s-after"]);
     let later = issuer.mint("u", "s-after");
     assert!(
         eventually(Duration::from_secs(2), || denied(&sidecar, &later))

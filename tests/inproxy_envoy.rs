@@ -19,7 +19,7 @@ use veto::token::Alg;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_module_decides_like_the_sidecar_inside_envoy() {
     let mut rig = Rig::start("2s").await;
-    let http = reqwest::Client::new();
+    let http = client();
     let path = "/orders/7";
 
     // valid token: 200, identity set from the token, the client's forged x-user-id gone
@@ -142,7 +142,7 @@ async fn the_module_decides_like_the_sidecar_inside_envoy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_and_subject_revocations_are_refused_on_the_next_request() {
     let rig = Rig::start("2s").await;
-    let http = reqwest::Client::new();
+    let http = client();
     let path = "/orders/8";
     let status = |auth: String| {
         let (http, url) = (http.clone(), rig.inproxy.url(path));
@@ -308,7 +308,7 @@ async fn the_table_grows_from_1k_entries_under_load_without_a_false_allow() {
     let watcher = {
         let (followed, check) = (followed.clone(), format!("{}/check", rig.sidecar.base()));
         tokio::spawn(async move {
-            let http = reqwest::Client::new();
+            let http = client();
             let deadline = Instant::now() + bound + Duration::from_secs(30);
             for f in followed.iter() {
                 loop {
@@ -337,7 +337,7 @@ async fn the_table_grows_from_1k_entries_under_load_without_a_false_allow() {
                 (followed.clone(), valid.clone(), tally.clone(), stop.clone());
             let url = rig.inproxy.url("/grow");
             tokio::spawn(async move {
-                let http = reqwest::Client::new();
+                let http = client();
                 let mut n = w;
                 while !stop.load(Relaxed) {
                     n += 1;

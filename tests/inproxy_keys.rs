@@ -117,7 +117,7 @@ region = "us"
         up.port(),
     );
     let envoy_pid = envoy.pid();
-    let http = reqwest::Client::new();
+    let http = client();
     let url = envoy.url("/orders/7");
 
     // the jwks_url-only issuer works in-proxy; `cached` is verified (and cached) by the

@@ -80,18 +80,7 @@ async fn checks_are_counted_in_envoy_and_on_the_sidecar_and_claims_reach_the_met
     sidecar.wait_ready(Duration::from_secs(10)).await;
     wait_shm(&shm).await;
     // the feed moves to sequence 1: a revoked session
-    let (code, out, err) = veto(&[
-        "revoke",
-        "--session",
-        "sess-r",
-        "--nats",
-        &nats.url(),
-        "--region",
-        "us",
-        "--reason",
-        "test",
-    ]);
-    assert_eq!(code, 0, "{out}{err}");
+    revoke(&nats.url(), &["--session", "sess-r"]);
     let revoked = format!("Bearer {}", issuer.mint("bob", "sess-r"));
     assert!(
         sidecar_answers(&sidecar, &revoked, 401, Duration::from_secs(2)).await,
@@ -117,7 +106,7 @@ async fn checks_are_counted_in_envoy_and_on_the_sidecar_and_claims_reach_the_met
         &[("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", &module_dir)],
         "info",
     );
-    let http = reqwest::Client::new();
+    let http = client();
     let url = envoy.url("/orders/7");
 
     let good_claims = issuer.claims("alice", "sess-1");

@@ -107,6 +107,15 @@ pub async fn sidecar_answers(
     }
 }
 
+/// An HTTP client whose every request is bounded (10 s): a load loop or a probe through a
+/// stuck proxy fails instead of hanging the test.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("HTTP client")
+}
+
 /// What a client sees of a denial (or of an allow): status, challenge, JSON body.
 #[derive(Debug, PartialEq)]
 pub struct Seen {
@@ -182,12 +191,7 @@ impl Rig {
 
     /// `veto revoke <what> --nats .. --region us`; panics unless it exits 0.
     pub fn revoke(&self, what: &[&str]) {
-        let url = self.nats.url();
-        let mut args = vec!["revoke"];
-        args.extend_from_slice(what);
-        args.extend_from_slice(&["--nats", &url, "--region", "us", "--reason", "test"]);
-        let (code, out, err) = veto(&args);
-        assert_eq!(code, 0, "veto {args:?}: {out}{err}");
+        revoke(&self.nats.url(), what);
     }
 
     /// Revokes with the CLI, waits until the sidecar refuses `bearer` (it applied the

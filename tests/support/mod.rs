@@ -520,6 +520,16 @@ pub async fn upstream() -> (SocketAddr, tokio::task::JoinHandle<()>) {
     (addr, h)
 }
 
+/// `veto revoke <what..> --nats <nats_url> --region us --reason test`; panics unless it
+/// exits 0.
+pub fn revoke(nats_url: &str, what: &[&str]) {
+    let mut args = vec!["revoke"];
+    args.extend_from_slice(what);
+    args.extend_from_slice(&["--nats", nats_url, "--region", "us", "--reason", "test"]);
+    let (code, out, err) = veto(&args);
+    assert_eq!(code, 0, "veto {args:?}: {out}{err}");
+}
+
 /// Runs `veto` with `args`, returning (exit code, stdout, stderr).
 pub fn veto(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_veto"))
