@@ -345,6 +345,14 @@ max_staleness = "2s"
             .into_bytes()
     }
 
+    /// Rewrites the issuer's `jwks_file = ..` line of its veto.toml as `with`.
+    fn replace_jwks_line(&self, with: &str) {
+        let path = self.dir.path().join("veto.toml");
+        let toml = std::fs::read_to_string(&path).unwrap();
+        let jwks_line = toml.lines().find(|l| l.starts_with("jwks_file")).unwrap();
+        std::fs::write(&path, toml.replace(jwks_line, with)).unwrap();
+    }
+
     fn filter(&self) -> InProxy {
         InProxy::from_json(&self.config_json()).unwrap()
     }
@@ -861,17 +869,7 @@ fn signed(key: &SigningKey, sub: &str, sid: &str) -> String {
 #[test]
 fn a_jwks_url_issuer_follows_the_keys_the_sidecar_publishes() {
     let w = World::new("");
-    let toml = std::fs::read_to_string(w.dir.path().join("veto.toml")).unwrap();
-    let jwks_line = toml
-        .lines()
-        .find(|l| l.starts_with("jwks_file"))
-        .unwrap()
-        .to_string();
-    std::fs::write(
-        w.dir.path().join("veto.toml"),
-        toml.replace(&jwks_line, "jwks_url = \"http://127.0.0.1:9/jwks.json\""),
-    )
-    .unwrap();
+    w.replace_jwks_line("jwks_url = \"http://127.0.0.1:9/jwks.json\"");
     let f = w.filter();
     let t1 = signed(&w.key, "erin", "s1");
     let decide = |t: &str| reason(&f.decide(Some((1, t.as_bytes())))).to_string();
@@ -968,23 +966,10 @@ fn an_hmac_secret_is_never_published_and_survives_reloads() {
     let hs = SigningKey::generate(Alg::HS256, "hs").unwrap();
     let secret_path = w.dir.path().join("hs.secret");
     std::fs::write(&secret_path, hs.pkcs8_der()).unwrap();
-    let toml = std::fs::read_to_string(w.dir.path().join("veto.toml")).unwrap();
-    let jwks_line = toml
-        .lines()
-        .find(|l| l.starts_with("jwks_file"))
-        .unwrap()
-        .to_string();
-    std::fs::write(
-        w.dir.path().join("veto.toml"),
-        toml.replace(
-            &jwks_line,
-            &format!(
+    w.replace_jwks_line(&format!(
                 "jwks_url = \"http://127.0.0.1:9/jwks.json\"\nalgorithms = [\"ES256\", \"HS256\"]\nhmac_secret_file = \"{}\"",
                 secret_path.display()
-            ),
-        ),
-    )
-    .unwrap();
+            ),);
     let f = w.filter();
     let decide = |t: &str| reason(&f.decide(Some((1, t.as_bytes())))).to_string();
     let hs_token = signed(&hs, "hal", "s1");
