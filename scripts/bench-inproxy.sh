@@ -29,6 +29,7 @@
 #   ROUNDS [3] DURATION [10] (seconds per wrk run) WARMUP [2] CONNECTIONS [16] (wrk -t1)
 #   HELD_SMALL [1000000] HELD_LARGE [10000000] (session revocations held by sidecars A, B)
 #   IN_FLIGHT [1000] (publish acks outstanding while filling) LAG_TRIES [10]
+#   FILL_TIMEOUT [HELD_LARGE / 1000 s, at least 600] (the fill gives up after it)
 #   NO_BUILD [0] (1 = use the existing release binaries) KEEP_TMP [0]
 # Needs wrk, curl, python3 (the venv's, with PyYAML: scripts/install-deps.sh), Envoy and
 # nats-server (scripts/env.sh). Everything listens on 127.0.0.1 on free ports and is stopped
@@ -50,6 +51,7 @@ CONNECTIONS="${CONNECTIONS:-16}"
 HELD_SMALL="${HELD_SMALL:-1000000}"
 HELD_LARGE="${HELD_LARGE:-10000000}"
 IN_FLIGHT="${IN_FLIGHT:-1000}"
+FILL_TIMEOUT="${FILL_TIMEOUT:-$(( (HELD_LARGE / 1000) > 600 ? HELD_LARGE / 1000 : 600 ))}"
 LAG_TRIES="${LAG_TRIES:-10}"
 NO_BUILD="${NO_BUILD:-0}"
 TARGET="${CARGO_TARGET_DIR:-$REPO/target}/release"
@@ -161,6 +163,9 @@ while :; do
         fi
     done
     [[ -n "${FILLED_AT[a]:-}" && -n "${FILLED_AT[b]:-}" ]] && break
+    # bounded: 1k/s at the least (this box fills at ~18k/s), and never under 10 minutes
+    ((SECONDS - fill_start < FILL_TIMEOUT)) \
+        || die "the sidecars hold $(held a) and $(held b) after ${FILL_TIMEOUT} s (FILL_TIMEOUT)"
     for s in a b; do
         if [[ -z "${FILLED_AT[$s]:-}" ]] && ! kill -0 "${FILL_PID[$s]}" 2>/dev/null \
             && ! wait "${FILL_PID[$s]}"; then
