@@ -42,11 +42,14 @@ async fn flood(
 ) -> Vec<tokio::task::JoinHandle<Option<Duration>>> {
     let mut out = Vec::with_capacity(FLOOD);
     for i in 0..FLOOD {
-        let started = Instant::now();
         let s = match TcpStream::connect(("127.0.0.1", port)).await {
             Ok(s) => s,
             Err(e) => panic!("connection {i}: {e}"),
         };
+        // from the established connection, not the SYN: a connect that waited out a full
+        // accept queue (the kernel drops the SYN, the client retries after 1 s) is the
+        // kernel's pace, not the server's answer
+        let started = Instant::now();
         let slow = i % 2 == 0;
         out.push(tokio::spawn(async move {
             let (mut rd, mut wr) = s.into_split();
@@ -79,8 +82,12 @@ async fn flood(
     out
 }
 
-/// Closed by the server within the header timeout + slack of their opening (of them: at
-/// once, < 1 s).
+/// Closed by the server within the header timeout + slack of their opening; of them, closed
+/// well before the header timeout (¾ of it): refused, not timed out. The server starts a
+/// connection's header timer when it accepts it, about when the client sees it established,
+/// so a timed-out connection closes no sooner than the timeout; a refusal is "at once" up to
+/// how far the server's accept loop lags on a loaded machine, which the margin absorbs. The
+/// servers' own counts (`refused_and_timed_out`) are the exact check.
 async fn closed(conns: Vec<tokio::task::JoinHandle<Option<Duration>>>) -> (usize, usize, Duration) {
     let (mut within, mut at_once, mut last) = (0, 0, Duration::ZERO);
     for c in conns {
@@ -89,7 +96,7 @@ async fn closed(conns: Vec<tokio::task::JoinHandle<Option<Duration>>>) -> (usize
             if t <= HEADER_TIMEOUT + SLACK {
                 within += 1;
             }
-            if t < Duration::from_millis(500) {
+            if t < HEADER_TIMEOUT * 3 / 4 {
                 at_once += 1;
             }
             last = last.max(t);
@@ -194,16 +201,8 @@ async fn slowloris_does_not_starve_forward_auth_or_grpc_checks() {
     scenario("grpc", sidecar.grpc, b"PRI * HTTP/2.0\r\n", check).await;
 
     let m = sidecar.metrics().await;
-    for (listener, kind) in [("http", "header"), ("grpc", "header")] {
-        let sel =
-            format!("veto_listener_timeouts_total{{kind=\"{kind}\",listener=\"{listener}\"}}");
-        let n = metric(&m, &sel).unwrap_or(0.0);
-        assert!(n >= (CAP - 1) as f64, "{sel} {n}");
-        let sel = format!("veto_listener_connections_refused_total{{listener=\"{listener}\"}}");
-        assert!(
-            metric(&m, &sel).unwrap_or(0.0) >= (FLOOD - CAP) as f64,
-            "{sel}"
-        );
+    for listener in ["http", "grpc"] {
+        refused_and_timed_out(&m, listener);
     }
 }
 
@@ -275,4 +274,16 @@ async fn slowloris_does_not_starve_the_authority_api() {
         refresh,
     )
     .await;
+    refused_and_timed_out(&a.metrics().await, "api");
+}
+
+/// The server's own count: the connections over the cap refused, the others timed out on
+/// their header.
+fn refused_and_timed_out(m: &str, listener: &str) {
+    let sel = format!("veto_listener_timeouts_total{{kind=\"header\",listener=\"{listener}\"}}");
+    let n = metric(m, &sel).unwrap_or(0.0);
+    assert!(n >= (CAP - 1) as f64, "{sel} {n}");
+    let sel = format!("veto_listener_connections_refused_total{{listener=\"{listener}\"}}");
+    let n = metric(m, &sel).unwrap_or(0.0);
+    assert!(n >= (FLOOD - CAP) as f64, "{sel} {n}");
 }
