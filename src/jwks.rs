@@ -332,17 +332,62 @@ pub struct KeysPublisher {
     seen: Vec<Option<u64>>,
     /// The document last written (a refresh that brings the same keys writes nothing).
     last: Option<Vec<u8>>,
+    metrics: PublishedMetrics,
+}
+
+/// `veto_inproxy_keys_published_total{result}` and `veto_inproxy_keys_generation`: what the
+/// sidecar told the in-proxy module(s) of its keys.
+#[derive(Clone)]
+pub struct PublishedMetrics {
+    written: IntCounter,
+    failed: IntCounter,
+    generation: IntGauge,
+}
+
+impl PublishedMetrics {
+    pub fn register(r: &Registry) -> PublishedMetrics {
+        let published = metrics::counter_vec(
+            r,
+            "veto_inproxy_keys_published_total",
+            "Writes of the keys file for the in-proxy module(s), by result (error: the module keeps the keys it has; retried each heartbeat).",
+            &["result"],
+        );
+        PublishedMetrics {
+            written: published.with_label_values(&["ok"]),
+            failed: published.with_label_values(&["error"]),
+            generation: metrics::gauge(
+                r,
+                "veto_inproxy_keys_generation",
+                "The keys generation last published to the in-proxy module(s) (0: none yet).",
+            ),
+        }
+    }
+
+    /// The generation the module(s) were told of (the header's word, after a write).
+    pub fn set_generation(&self, generation: u64) {
+        self.generation
+            .set(i64::try_from(generation).unwrap_or(i64::MAX));
+    }
 }
 
 impl KeysPublisher {
     /// Publishes beside the shared-memory file `shm` the keys of `issuers`.
-    pub fn new(shm: &Path, issuers: Vec<(String, Arc<KeyStore>)>) -> KeysPublisher {
+    pub fn new(
+        shm: &Path,
+        issuers: Vec<(String, Arc<KeyStore>)>,
+        metrics: PublishedMetrics,
+    ) -> KeysPublisher {
         KeysPublisher {
             path: published_keys_path(shm),
             seen: vec![None; issuers.len()],
             issuers,
             last: None,
+            metrics,
         }
+    }
+
+    pub fn metrics(&self) -> &PublishedMetrics {
+        &self.metrics
     }
 
     pub fn path(&self) -> &Path {
@@ -351,8 +396,19 @@ impl KeysPublisher {
 
     /// Writes the keys file if the keys changed since the last write; true when it did (the
     /// caller then bumps the keys generation). Cheap when nothing was reloaded: one atomic
-    /// load per issuer. A failed write is retried on the next call.
+    /// load per issuer. A failed write is retried on the next call. Each write is counted by
+    /// result.
     pub fn publish_if_changed(&mut self) -> std::io::Result<bool> {
+        let r = self.publish_inner();
+        match &r {
+            Ok(true) => self.metrics.written.inc(),
+            Ok(false) => {}
+            Err(_) => self.metrics.failed.inc(),
+        }
+        r
+    }
+
+    fn publish_inner(&mut self) -> std::io::Result<bool> {
         let now: Vec<Option<u64>> = self
             .issuers
             .iter()
@@ -497,8 +553,12 @@ mod tests {
         let secret: Arc<[u8]> = b"0123456789abcdef0123456789abcdef".as_slice().into();
         let a = Arc::new(KeyStore::new(None));
         let b = Arc::new(KeyStore::new(None));
-        let mut p =
-            KeysPublisher::new(&shm, vec![("a".into(), a.clone()), ("b".into(), b.clone())]);
+        let r = Registry::new();
+        let mut p = KeysPublisher::new(
+            &shm,
+            vec![("a".into(), a.clone()), ("b".into(), b.clone())],
+            PublishedMetrics::register(&r),
+        );
         assert_eq!(p.path(), dir.path().join("shm.jwks"));
         assert!(
             !p.publish_if_changed().unwrap(),
@@ -540,6 +600,22 @@ mod tests {
             .is_some());
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 1, "no temporary file left");
+        let text = metrics::render(&r);
+        assert!(
+            text.contains("veto_inproxy_keys_published_total{result=\"ok\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("veto_inproxy_keys_published_total{result=\"error\"} 0"));
+        // a write that fails is counted, and retried (counted again) on the next call
+        let mut gone = KeysPublisher::new(
+            &dir.path().join("no-such-dir/shm"),
+            vec![("a".into(), a.clone())],
+            PublishedMetrics::register(&Registry::new()),
+        );
+        assert!(gone.publish_if_changed().is_err());
+        assert!(gone.publish_if_changed().is_err());
+        assert_eq!(gone.metrics().failed.get(), 2);
+        assert_eq!(gone.metrics().written.get(), 0);
     }
 
     #[test]

@@ -10,7 +10,9 @@ use crate::bus;
 use crate::config::{self, Settings};
 use crate::decision::{DeciderConfig, DecisionMetrics, IssuerHooks, KeyRefetch};
 use crate::feed::{self, Applied, Applier, Feed, FeedMetrics, Snapshots};
-use crate::jwks::{JwksMetrics, KeysPublisher, Refetcher, RefetcherConfig, Source};
+use crate::jwks::{
+    JwksMetrics, KeysPublisher, PublishedMetrics, Refetcher, RefetcherConfig, Source,
+};
 use crate::listener::{ListenerMetrics, Server};
 use crate::readiness::{Component, Latch, Readiness};
 use crate::revocation::{Freshness, RevokedSet, ShmMirror};
@@ -504,11 +506,10 @@ impl Sidecar {
                 shutdown.clone(),
             );
             let every = s.inproxy.heartbeat_interval;
-            let keys = s
-                .inproxy
-                .shm_path
-                .as_deref()
-                .map(|p| KeysPublisher::new(p, self.fetched_keys.clone()));
+            let keys = s.inproxy.shm_path.as_deref().map(|p| {
+                let m = PublishedMetrics::register(&self.registry);
+                KeysPublisher::new(p, self.fetched_keys.clone(), m)
+            });
             tasks.spawn(async move {
                 inproxy_heartbeat(mirror, keys, freshness, feed, every, sd).await;
                 Task::InproxyHeartbeat
@@ -757,6 +758,7 @@ async fn inproxy_heartbeat(
             match p.publish_if_changed() {
                 Ok(true) => {
                     let generation = mirror.bump_keys_generation();
+                    p.metrics().set_generation(generation);
                     tracing::info!(generation, path = %p.path().display(), "in-proxy keys published");
                     keys_failing = false;
                 }

@@ -233,6 +233,26 @@ region = "us"
     let published = std::fs::read_to_string(&keys_file).expect("the keys file");
     assert!(!published.contains("\"old\"") && published.contains("\"new\""));
 
+    // the sidecar's account of it: three writes, the generation the module loaded, no
+    // failed reload in the module
+    let m = sidecar.metrics().await;
+    assert_eq!(
+        metric(&m, "veto_inproxy_keys_published_total{result=\"ok\"}"),
+        Some(3.0)
+    );
+    assert_eq!(
+        metric(&m, "veto_inproxy_keys_published_total{result=\"error\"}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(&m, "veto_inproxy_keys_generation"),
+        Some(third as f64)
+    );
+    assert_eq!(
+        metric(&m, "veto_inproxy_key_reload_failures_total"),
+        Some(0.0)
+    );
+
     // one Envoy throughout
     assert_eq!(envoy.pid(), envoy_pid);
     assert!(envoy.running(), "Envoy exited:\n{}", envoy.log());

@@ -154,6 +154,9 @@ pub struct Checked {
     /// The table generation and feed position for Envoy's gauges, when they are due
     /// ([`InProxy::gauges_due`]): `None` on most requests.
     pub gauges: Option<(u64, u64)>,
+    /// This request found a new keys generation whose file could not be read (counted in
+    /// the counters file already; Envoy's counter is the caller's).
+    pub key_reload_failed: bool,
 }
 
 /// The issuers' key stores (the validator's, shared) and what reloading them needs.
@@ -185,15 +188,17 @@ impl Keys {
     /// configured files stay). One atomic load when nothing changed; on a change, the keys
     /// file is read once and every published issuer's set swapped in its [`KeyStore`] (as
     /// the sidecar's refresher does). A file that cannot be read or parsed keeps the keys in
-    /// use, is counted and logged once for that generation.
-    fn refresh(&self, generation: u64) {
+    /// use, is counted and logged once for that generation. True when this call's reload
+    /// failed.
+    fn refresh(&self, generation: u64) -> bool {
         if generation == 0 || self.applied.load(Ordering::Acquire) == generation {
-            return;
+            return false;
         }
         let _one = self.reload.lock().unwrap_or_else(|e| e.into_inner());
         if self.applied.load(Ordering::Acquire) == generation {
-            return;
+            return false;
         }
+        let mut failed = false;
         let asked: Vec<(&str, &[Alg])> = self
             .issuers
             .iter()
@@ -209,12 +214,14 @@ impl Keys {
             }
             Err(e) => {
                 self.failures.fetch_add(1, Ordering::Relaxed);
+                failed = true;
                 crate::log(&format!(
                     "keys generation {generation}: {e}; keeping the keys in use"
                 ));
             }
         }
         self.applied.store(generation, Ordering::Release);
+        failed
     }
 }
 
@@ -291,8 +298,6 @@ impl InProxy {
             reload: Mutex::new(()),
             failures: AtomicU64::new(0),
         };
-        // keys the sidecar already published are in use from the first request
-        keys.refresh(revocations.keys_generation(veto::now_ms()));
         let identity = Identity::new(s.authz.headers.clone());
         let outcomes = outcomes();
         let counters_path = veto_shm::counters::path_beside(&shm);
@@ -307,6 +312,12 @@ impl InProxy {
                 None
             }
         };
+        // keys the sidecar already published are in use from the first request
+        if keys.refresh(revocations.keys_generation(veto::now_ms())) {
+            if let Some(c) = &counters {
+                c.add_key_reload_failure();
+            }
+        }
         let decider = Decider::new(
             validator,
             revocations.clone(),
@@ -333,12 +344,19 @@ impl InProxy {
     pub fn check(&self, authorization: Option<(usize, &[u8])>) -> Checked {
         // one clock read for the keys generation's reopen and the gauges
         let now_ms = veto::now_ms();
-        let (verdict, outcome) = self.decide_inner(authorization, now_ms);
+        let key_reload_failed = self.keys.refresh(self.revocations.keys_generation(now_ms));
+        if key_reload_failed {
+            if let Some(c) = &self.counters {
+                c.add_key_reload_failure();
+            }
+        }
+        let (verdict, outcome) = self.decide_inner(authorization);
         self.count(outcome);
         Checked {
             verdict,
             outcome,
             gauges: self.gauges_due(now_ms),
+            key_reload_failed,
         }
     }
 
@@ -386,11 +404,7 @@ impl InProxy {
 
     /// Decides one request. `authorization`: the header's values as Envoy holds them
     /// (`None`: absent; the count of values; the first value's bytes).
-    fn decide_inner(
-        &self,
-        authorization: Option<(usize, &[u8])>,
-        now_ms: i64,
-    ) -> (Verdict, Option<usize>) {
+    fn decide_inner(&self, authorization: Option<(usize, &[u8])>) -> (Verdict, Option<usize>) {
         let credential = match authorization {
             None | Some((0, _)) => Credential::Absent,
             Some((1, bytes)) => match std::str::from_utf8(bytes) {
@@ -399,7 +413,6 @@ impl InProxy {
             },
             Some(_) => Credential::Ambiguous,
         };
-        self.keys.refresh(self.revocations.keys_generation(now_ms));
         let decision = now_or_never(self.decider.decide(credential));
         let outcome = match &decision {
             Some(d) => d.outcome(),

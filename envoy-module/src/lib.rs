@@ -23,11 +23,12 @@
 //!
 //! Metrics, defined through the ABI when Envoy makes the configuration (stat creation is
 //! frozen afterwards) and shown on Envoy's `/stats/prometheus`: `veto_inproxy_checks{result,
-//! reason}` (one increment per check), `veto_inproxy_panics`, and the gauges
-//! `veto_inproxy_table_generation` and `veto_inproxy_feed_position` (what the module sees of
-//! the sidecar's shared memory, refreshed at most once a second). Each check is also added
-//! to the counters file the sidecar exports as `veto_inproxy_checks_total` (see
-//! [`filter`]). On allow, the verified claims go into the stream's dynamic metadata under
+//! reason}` (one increment per check), `veto_inproxy_panics`,
+//! `veto_inproxy_key_reload_failures` (the sidecar's keys file could not be read; the keys in
+//! use were kept), and the gauges `veto_inproxy_table_generation` and
+//! `veto_inproxy_feed_position` (what the module sees of the sidecar's shared memory,
+//! refreshed at most once a second). Checks, panics and key reload failures are also added
+//! to the counters file the sidecar exports as `veto_inproxy_*_total` (see [`filter`]). On allow, the verified claims go into the stream's dynamic metadata under
 //! `authz.metadata_namespace` (default `veto`) for access logs and later filters (RBAC);
 //! denials set none.
 
@@ -48,6 +49,7 @@ pub static PANICS: AtomicU64 = AtomicU64::new(0);
 struct MetricIds {
     checks: usize,
     panics: usize,
+    key_reload_failures: usize,
     generation: usize,
     position: usize,
 }
@@ -102,6 +104,7 @@ unsafe fn define_metrics(config: EnvoyPtr) -> Option<MetricIds> {
     Some(MetricIds {
         checks: define("veto_inproxy_checks", &["result", "reason"], false)?,
         panics: define("veto_inproxy_panics", &[], false)?,
+        key_reload_failures: define("veto_inproxy_key_reload_failures", &[], false)?,
         generation: define("veto_inproxy_table_generation", &[], true)?,
         position: define("veto_inproxy_feed_position", &[], true)?,
     })
@@ -198,21 +201,27 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
         let auth = unsafe { request_header(filter, b"authorization") };
         cfg.filter.check(auth)
     }));
-    let (verdict, outcome, gauges) = match checked {
-        Ok(c) => (c.verdict, c.outcome, c.gauges),
+    let checked = match checked {
+        Ok(c) => c,
         Err(_) => {
             let outcome = cfg.filter.outcome_of(("error", "panic"));
             cfg.filter.count(outcome);
             // SAFETY: `filter` is valid for this callback.
             unsafe { panicked(cfg, filter) };
-            (filter::unavailable("panic"), outcome, None)
+            filter::Checked {
+                verdict: filter::unavailable("panic"),
+                outcome,
+                gauges: None,
+                key_reload_failed: false,
+            }
         }
     };
     let answered = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: `filter` is valid for this callback.
-        unsafe { observe(cfg, filter, outcome, gauges) };
+        unsafe { observe(cfg, filter, &checked) };
+        let verdict = &checked.verdict;
         // SAFETY: `filter` is valid for this callback.
-        unsafe { apply(filter, &verdict) }
+        unsafe { apply(filter, verdict) }
     }));
     match answered {
         Ok(status) => status,
@@ -247,21 +256,28 @@ unsafe fn panicked(cfg: &Configured, filter: EnvoyPtr) {
     }
 }
 
-/// Counts one check in Envoy's stats (`veto_inproxy_checks{result, reason}`) and refreshes
-/// the gauges when they are due.
+/// Counts one check in Envoy's stats (`veto_inproxy_checks{result, reason}`, a failed keys
+/// reload) and refreshes the gauges when they are due.
 ///
 /// # Safety
 /// `filter` is valid for the current callback.
-unsafe fn observe(
-    cfg: &Configured,
-    filter: EnvoyPtr,
-    outcome: Option<usize>,
-    gauges: Option<(u64, u64)>,
-) {
+unsafe fn observe(cfg: &Configured, filter: EnvoyPtr, checked: &filter::Checked) {
     let Some(ids) = cfg.ids else {
         return;
     };
-    if let Some((result, reason)) = outcome.and_then(|i| cfg.filter.outcomes.get(i)) {
+    if checked.key_reload_failed {
+        // SAFETY: `filter` is valid; a label-less counter takes no values.
+        unsafe {
+            envoy_dynamic_module_callback_http_filter_increment_counter(
+                filter,
+                ids.key_reload_failures,
+                std::ptr::null_mut(),
+                0,
+                1,
+            );
+        }
+    }
+    if let Some((result, reason)) = checked.outcome.and_then(|i| cfg.filter.outcomes.get(i)) {
         let mut values = [
             ModuleBuffer::of(result.as_bytes()),
             ModuleBuffer::of(reason.as_bytes()),
@@ -277,7 +293,7 @@ unsafe fn observe(
             );
         }
     }
-    if let Some((generation, position)) = gauges {
+    if let Some((generation, position)) = checked.gauges {
         for (id, v) in [(ids.generation, generation), (ids.position, position)] {
             // SAFETY: `filter` is valid; label-less gauges take no values.
             unsafe {

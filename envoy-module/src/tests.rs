@@ -609,6 +609,7 @@ fn the_hooks_count_and_set_metadata() {
         [
             ("veto_inproxy_checks", false),
             ("veto_inproxy_panics", false),
+            ("veto_inproxy_key_reload_failures", false),
             ("veto_inproxy_table_generation", true),
             ("veto_inproxy_feed_position", true),
         ]
@@ -637,7 +638,7 @@ fn the_hooks_count_and_set_metadata() {
         [(0, vec!["allow".to_string(), "ok".to_string()])]
     );
     // the first check refreshes the gauges: generation 1, feed position 1 (World's heartbeat)
-    assert_eq!(allowed.gauges, [(2, 1), (3, 1)]);
+    assert_eq!(allowed.gauges, [(3, 1), (4, 1)]);
     let meta: std::collections::BTreeMap<String, serde_json::Value> = allowed
         .metadata
         .iter()
@@ -660,6 +661,14 @@ fn the_hooks_count_and_set_metadata() {
     assert!(denied.gauges.is_empty(), "gauges at most once a second");
     let malformed = run(Some("Bearer nope".into()));
     assert_eq!(malformed.counted[0].1, ["deny", "malformed"]);
+    // a keys generation whose file is corrupt: counted once, on the request that found it
+    let keys = veto::jwks::published_keys_path(&w.dir.path().join("shm"));
+    std::fs::write(&keys, "{\"format\": 1, \"issuers\": {").unwrap();
+    w.mirror.bump_keys_generation();
+    let first = run(None);
+    assert_eq!(first.counted[0], (2, vec![]), "{:?}", first.counted);
+    assert_eq!(first.counted[1].1, ["deny", "missing_token"]);
+    assert_eq!(run(None).counted.len(), 1, "once per generation");
     // the same counts in the file beside the shared memory, as the sidecar reads it
     let file =
         veto_shm::counters::read(&veto_shm::counters::path_beside(&w.dir.path().join("shm")))
@@ -671,12 +680,13 @@ fn the_hooks_count_and_set_metadata() {
             .map(|c| c.2)
     };
     assert_eq!(count("allow", "ok"), Some(1));
-    assert_eq!(count("deny", "missing_token"), Some(1));
+    assert_eq!(count("deny", "missing_token"), Some(3));
     assert_eq!(count("deny", "malformed"), Some(1));
     assert_eq!(count("deny", "revoked"), Some(0));
     assert_eq!(count("error", "panic"), Some(0));
     assert_eq!(count("error", "pending"), Some(0));
     assert_eq!(file.panics, 0);
+    assert_eq!(file.key_reload_failures, 1);
     assert_eq!(file.checks.len(), veto::decision::outcomes().len());
     // SAFETY: made by config_new above, destroyed once.
     unsafe { envoy_dynamic_module_on_http_filter_config_destroy(cfg) };
@@ -838,6 +848,7 @@ impl Sidecar {
         let publisher = veto::jwks::KeysPublisher::new(
             &w.dir.path().join("shm"),
             vec![(ISS.into(), store.clone())],
+            veto::jwks::PublishedMetrics::register(&prometheus::Registry::new()),
         );
         Sidecar { store, publisher }
     }
@@ -917,13 +928,29 @@ fn a_bad_keys_file_keeps_the_keys_in_use() {
         }
         let g = w.mirror.bump_keys_generation();
         let before = f.key_reload_failures();
+        let mut flagged = 0;
         for i in 0..20 {
-            assert_eq!(decide(&signed(&w.key, "fay", &format!("b{g}-{i}"))), "ok");
+            let t = signed(&w.key, "fay", &format!("b{g}-{i}"));
+            let c = f.check(Some((1, t.as_bytes())));
+            assert_eq!(reason(&c.verdict), "ok");
+            flagged += usize::from(c.key_reload_failed);
         }
         assert_eq!(f.key_reload_failures(), before + 1, "once per generation");
+        assert_eq!(
+            flagged, 1,
+            "one request carries the failure to Envoy's counter"
+        );
         assert_eq!(f.keys_generation(), g);
     }
     assert_eq!(f.key_reload_failures(), 2);
+    // and the counters file the sidecar exports says so
+    let counters = veto_shm::counters::path_beside(&w.dir.path().join("shm"));
+    assert_eq!(
+        veto_shm::counters::read(&counters)
+            .unwrap()
+            .key_reload_failures,
+        2
+    );
     // the next good publication replaces the configured keys
     let k2 = SigningKey::generate(Alg::ES256, "k2").unwrap();
     Sidecar::new(&w).trust(&w, &[&k2]);

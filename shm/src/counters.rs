@@ -11,7 +11,8 @@
 //! ```text
 //! 0    magic "VETOCNT1"      8   format version (1)
 //! 16   slots (n ≤ 127)       24  panics caught by the module(s)
-//! 32   reserved (0) up to 64
+//! 32   reloads of the sidecar's keys file that failed (the module kept its keys)
+//! 40   reserved (0) up to 64
 //! 64 + i·64, slot i: count (u64) · result name (16 bytes, NUL-padded) · reason name
 //!      (40 bytes, NUL-padded)
 //! ```
@@ -46,6 +47,8 @@ const OFF_MAGIC: usize = 0;
 const OFF_VERSION: usize = 8;
 const OFF_SLOTS: usize = 16;
 const OFF_PANICS: usize = 24;
+/// Was reserved (0) in the first files of this version: an older module's file reads 0.
+const OFF_KEY_RELOAD_FAILURES: usize = 32;
 const SLOT: usize = 64;
 const OFF_RESULT: usize = 8;
 const OFF_REASON: usize = OFF_RESULT + MAX_RESULT_BYTES;
@@ -130,6 +133,13 @@ impl Counters {
     /// Counts one panic caught.
     pub fn add_panic(&self) {
         self.map.word(OFF_PANICS).fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one failed reload of the sidecar's keys file.
+    pub fn add_key_reload_failure(&self) {
+        self.map
+            .word(OFF_KEY_RELOAD_FAILURES)
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// How many of the caller's outcomes have a slot in the file.
@@ -234,6 +244,7 @@ pub struct Snapshot {
     /// `(result, reason, count)` per slot, in file order.
     pub checks: Vec<(String, String, u64)>,
     pub panics: u64,
+    pub key_reload_failures: u64,
 }
 
 /// Reads the file at `path` read-only. Any error (no file, a foreign or truncated one) is
@@ -251,6 +262,7 @@ pub fn read(path: &Path) -> io::Result<Snapshot> {
     Ok(Snapshot {
         checks,
         panics: map.word(OFF_PANICS).load(Ordering::Relaxed),
+        key_reload_failures: map.word(OFF_KEY_RELOAD_FAILURES).load(Ordering::Relaxed),
     })
 }
 
@@ -273,6 +285,8 @@ mod tests {
         c.add(2);
         c.add(2);
         c.add_panic();
+        c.add_key_reload_failure();
+        c.add_key_reload_failure();
         let bytes = std::fs::read(&p).unwrap();
         assert_eq!(bytes.len(), 64 + 3 * 64);
         assert_eq!(&bytes[0..8], b"VETOCNT1");
@@ -280,6 +294,7 @@ mod tests {
         assert_eq!(word(8), 1);
         assert_eq!(word(16), 3);
         assert_eq!(word(24), 1);
+        assert_eq!(word(32), 2);
         let slot = 64 + 2 * 64;
         assert_eq!(word(slot), 2);
         assert_eq!(&bytes[slot + 8..slot + 12], b"deny");
@@ -294,6 +309,7 @@ mod tests {
                     ("deny".into(), "revoked".into(), 2),
                 ],
                 panics: 1,
+                key_reload_failures: 2,
             }
         );
         // no temporary file left behind

@@ -77,8 +77,8 @@ impl CheckMetrics {
 
 /// The in-proxy module's checks, read at scrape time from the counters file it writes beside
 /// the shared-memory mirror (`veto_shm::counters`): `veto_inproxy_checks_total{result,
-/// reason}` and `veto_inproxy_panics_total`, summed over every Envoy process sharing the
-/// file. No file yet (no module has started), or one this build cannot read: no series,
+/// reason}`, `veto_inproxy_panics_total` and `veto_inproxy_key_reload_failures_total`,
+/// summed over every Envoy process sharing the file. No file yet (no module has started), or one this build cannot read: no series,
 /// never a scrape error.
 #[derive(Clone)]
 pub struct InproxyChecks {
@@ -94,16 +94,21 @@ const INPROXY_PANICS: (&str, &str) = (
     "veto_inproxy_panics_total",
     "Panics caught by the in-proxy Envoy module(s) (each answered 503).",
 );
+const INPROXY_KEY_RELOAD_FAILURES: (&str, &str) = (
+    "veto_inproxy_key_reload_failures_total",
+    "Reloads of the sidecar's published keys that the in-proxy module(s) could not read (they kept the keys in use).",
+);
 
 impl InproxyChecks {
     /// Exports the counters file beside `shm_path`.
     pub fn new(shm_path: &std::path::Path) -> InproxyChecks {
         use prometheus::core::Collector;
-        let (checks, panics) = Self::families();
+        let (checks, panics, key_failures) = Self::families();
         let descs = checks
             .desc()
             .into_iter()
             .chain(panics.desc())
+            .chain(key_failures.desc())
             .cloned()
             .collect();
         InproxyChecks {
@@ -112,14 +117,17 @@ impl InproxyChecks {
         }
     }
 
-    fn families() -> (IntCounterVec, IntCounter) {
+    fn families() -> (IntCounterVec, IntCounter, IntCounter) {
         let checks = IntCounterVec::new(
             prometheus::Opts::new(INPROXY_CHECKS.0, INPROXY_CHECKS.1),
             &["result", "reason"],
         )
         .expect("static metric");
         let panics = IntCounter::new(INPROXY_PANICS.0, INPROXY_PANICS.1).expect("static metric");
-        (checks, panics)
+        let key_failures =
+            IntCounter::new(INPROXY_KEY_RELOAD_FAILURES.0, INPROXY_KEY_RELOAD_FAILURES.1)
+                .expect("static metric");
+        (checks, panics, key_failures)
     }
 }
 
@@ -132,13 +140,15 @@ impl prometheus::core::Collector for InproxyChecks {
         let Ok(snapshot) = veto_shm::counters::read(&self.path) else {
             return Vec::new();
         };
-        let (checks, panics) = Self::families();
+        let (checks, panics, key_failures) = Self::families();
         for (result, reason, n) in &snapshot.checks {
             checks.with_label_values(&[result, reason]).inc_by(*n);
         }
         panics.inc_by(snapshot.panics);
+        key_failures.inc_by(snapshot.key_reload_failures);
         let mut out = checks.collect();
         out.extend(panics.collect());
+        out.extend(key_failures.collect());
         out
     }
 }
@@ -174,6 +184,7 @@ mod tests {
         c.add(revoked);
         c.add(revoked);
         c.add_panic();
+        c.add_key_reload_failure();
         let text = scrape(&shm);
         assert!(
             text.contains("veto_inproxy_checks_total{reason=\"ok\",result=\"allow\"} 1"),
@@ -182,6 +193,7 @@ mod tests {
         assert!(text.contains("veto_inproxy_checks_total{reason=\"revoked\",result=\"deny\"} 2"));
         assert!(text.contains("veto_inproxy_checks_total{reason=\"feed_stale\",result=\"deny\"} 0"));
         assert!(text.contains("veto_inproxy_panics_total 1"));
+        assert!(text.contains("veto_inproxy_key_reload_failures_total 1"));
         // read at each scrape
         c.add(0);
         assert!(
