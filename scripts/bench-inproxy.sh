@@ -304,7 +304,13 @@ printf '    %-6s %-13s %10s %9s %9s %17s\n' round mode req/s p50_us p99_us envoy
 n=${#MODES[@]}
 for r in $(seq "$ROUNDS"); do
     for i in $(seq 0 $((n - 1))); do
-        m="${MODES[$(((i + r - 1) % n))]}"
+        # rotated each round, and backwards every other round: a mode is not always run
+        # right after the same one (ext_authz's busy sidecar, say)
+        if ((r % 2)); then
+            m="${MODES[$(((i + r - 1) % n))]}"
+        else
+            m="${MODES[$(((n - 1 - i + r - 1) % n))]}"
+        fi
         read -r rps p50 p99 ecpu <<<"$(run_wrk "$m" "$DURATION")"
         printf '    %-6s %-13s %10s %9s %9s %17s\n' "$r" "$m" "$rps" "$p50" "$p99" "$ecpu"
         echo "$r $m $rps $p50 $p99 $ecpu" >>"$TMP/results"

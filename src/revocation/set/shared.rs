@@ -227,17 +227,20 @@ impl ShmRevocations {
 
     /// Runs `f` on the current generation (`None`: no usable file), switching to a newer one
     /// first when the current one is superseded or silent.
+    /// One shared lock on the common path (the mapped file is current and heard from): the
+    /// guard that looked is the one `f` runs under.
     fn with<T>(&self, now_ms: i64, f: impl FnOnce(Option<&Attached>) -> T) -> T {
-        let (superseded, silent) = match &*self.current.read() {
-            Some(a) => (
-                a.map.superseded(),
-                now_ms - a.map.heartbeat_ms() > REOPEN_AFTER_SILENCE_MS,
-            ),
-            None => (false, true),
+        let superseded = {
+            let current = self.current.read();
+            match &*current {
+                Some(a) if a.map.superseded() => true,
+                Some(a) if now_ms - a.map.heartbeat_ms() <= REOPEN_AFTER_SILENCE_MS => {
+                    return f(Some(a));
+                }
+                _ => false,
+            }
         };
-        if superseded || silent {
-            self.reopen(now_ms, superseded);
-        }
+        self.reopen(now_ms, superseded);
         f(self.current.read().as_ref())
     }
 }
