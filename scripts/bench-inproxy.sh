@@ -5,8 +5,10 @@
 # hits all of them:
 #
 #   envoy_only    no filter: the floor
-#   jwt_cached    Envoy's jwt_authn with jwt_cache_config (revokes nothing): the reference
-#   jwt_uncached  jwt_authn verifying the signature on every request
+#   jwt_cached    Envoy's jwt_authn with jwt_cache_config (revokes nothing): the reference;
+#                 like the module it hands on x-user-id and the claims as dynamic metadata
+#                 (payload_in_metadata "veto", the module's authz.metadata_namespace)
+#   jwt_uncached  the same, verifying the signature on every request
 #   ext_authz     deploy/envoy/envoy-sidecar.yaml.tmpl -> veto sidecar A over gRPC
 #   inproxy_1M    deploy/envoy/inproxy/envoy-inproxy.yaml.tmpl: the module, with sidecar A's
 #                 revoked set (HELD_SMALL session revocations) mirrored in shared memory
@@ -210,8 +212,11 @@ for vh in hcm["route_config"]["virtual_hosts"]:
         r["direct_response"] = {"status": 200, "body": {"inline_string": "ok"}}
 router = hcm["http_filters"][-1]
 assert router["name"] == "envoy.filters.http.router", router
+# what the module hands on: the header kept, x-user-id, the verified claims as dynamic
+# metadata under "veto" (authz.metadata_namespace)
 provider = {"issuer": iss, "audiences": [aud], "local_jwks": {"filename": jwks}, "forward": True,
-            "claim_to_headers": [{"header_name": "x-user-id", "claim_name": "sub"}]}
+            "claim_to_headers": [{"header_name": "x-user-id", "claim_name": "sub"}],
+            "payload_in_metadata": "veto"}
 if mode == "jwt_cached":
     provider["jwt_cache_config"] = {"jwt_cache_size": 1000}
 if mode.startswith("jwt_"):

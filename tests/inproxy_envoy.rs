@@ -471,3 +471,37 @@ fn install_module_copies_the_module_into_the_directory_envoy_searches() {
     let (code, _, err) = veto(&["install-module", "--to", &nowhere, "--from", &from]);
     assert_eq!(code, 73, "{err}");
 }
+
+/// The newest glibc symbol version the module needs is at most 2.35 (Ubuntu 22.04), so it
+/// loads into every current Envoy image: `envoyproxy/envoy` is Ubuntu 24.04 (glibc 2.39),
+/// its distroless variant Debian 12 (2.36). A build host or a dependency that pulls in a
+/// newer symbol fails here, not in a pod's `dlopen`. Read with binutils' `objdump -T`.
+#[test]
+fn the_module_needs_no_glibc_newer_than_2_35() {
+    let module = build_module().join("libvetoinproxy.so");
+    let out = std::process::Command::new("objdump")
+        .arg("-T")
+        .arg(&module)
+        .output()
+        .expect("objdump (binutils) runs");
+    assert!(out.status.success(), "objdump -T failed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut needed: Vec<(u32, u32)> = text
+        .split(|c: char| c.is_whitespace() || c == '(' || c == ')')
+        .filter_map(|w| w.strip_prefix("GLIBC_"))
+        .filter_map(|v| {
+            let (major, minor) = v.split_once('.')?;
+            let minor = minor.split('.').next()?;
+            Some((major.parse().ok()?, minor.parse().ok()?))
+        })
+        .collect();
+    needed.sort();
+    let newest = needed.last().copied().expect("the module links glibc");
+    println!("the module needs glibc {}.{}", newest.0, newest.1);
+    assert!(
+        newest <= (2, 35),
+        "needs GLIBC_{}.{}: newer than Ubuntu 22.04's 2.35",
+        newest.0,
+        newest.1
+    );
+}
