@@ -510,8 +510,9 @@ impl Sidecar {
                 let m = PublishedMetrics::register(&self.registry);
                 KeysPublisher::new(p, self.fetched_keys.clone(), m)
             });
+            let gauges = MirrorMetrics::register(&self.registry);
             tasks.spawn(async move {
-                inproxy_heartbeat(mirror, keys, freshness, feed, every, sd).await;
+                inproxy_heartbeat(mirror, keys, freshness, feed, gauges, every, sd).await;
                 Task::InproxyHeartbeat
             });
         }
@@ -743,6 +744,7 @@ async fn inproxy_heartbeat(
     mut keys: Option<KeysPublisher>,
     freshness: Arc<Freshness>,
     feed: FeedMetrics,
+    gauges: MirrorMetrics,
     every: Duration,
     stop: CancellationToken,
 ) {
@@ -772,6 +774,43 @@ async fn inproxy_heartbeat(
         }
         let position = u64::try_from(feed.last_sequence.get()).unwrap_or(0);
         mirror.publish(&freshness, position, feed.ready.get() == 1, crate::now_ms());
+        gauges.observe(&mirror);
+    }
+}
+
+/// What the sidecar's `/metrics` shows of its in-proxy mirror, set each heartbeat.
+struct MirrorMetrics {
+    healthy: prometheus::IntGauge,
+    bytes: prometheus::IntGauge,
+    generation: prometheus::IntGauge,
+}
+
+impl MirrorMetrics {
+    fn register(r: &prometheus::Registry) -> MirrorMetrics {
+        MirrorMetrics {
+            healthy: crate::metrics::gauge(
+                r,
+                "veto_inproxy_mirror_healthy",
+                "1 while the in-proxy shared-memory mirror is written; 0 once a write failed (a full tmpfs): its heartbeat stops, the module goes stale, and only a restart recovers it.",
+            ),
+            bytes: crate::metrics::gauge(
+                r,
+                "veto_inproxy_mirror_bytes",
+                "Size of the current in-proxy shared-memory file (size its tmpfs with room for two during a rebuild).",
+            ),
+            generation: crate::metrics::gauge(
+                r,
+                "veto_inproxy_mirror_generation",
+                "Generation of the current in-proxy shared-memory file (it changes on growth and pruning).",
+            ),
+        }
+    }
+
+    fn observe(&self, mirror: &ShmMirror) {
+        let i = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.healthy.set(i64::from(mirror.healthy()));
+        self.bytes.set(i(mirror.file_bytes() as u64));
+        self.generation.set(i(mirror.generation()));
     }
 }
 

@@ -222,6 +222,15 @@ async fn checks_are_counted_in_envoy_and_on_the_sidecar_and_claims_reach_the_met
     }
     assert_eq!(metric_sum(&text, "veto_inproxy_checks_total", &[]), 13.0);
     assert_eq!(metric(&text, "veto_inproxy_panics_total"), Some(0.0));
+    assert_eq!(
+        metric(&text, "veto_inproxy_key_reload_failures_total"),
+        Some(0.0)
+    );
+    // and the sidecar's own view of the mirror the module reads
+    assert_eq!(metric(&text, "veto_inproxy_mirror_healthy"), Some(1.0));
+    let file = std::fs::metadata(&shm).map(|m| m.len() as f64).ok();
+    assert_eq!(metric(&text, "veto_inproxy_mirror_bytes"), file);
+    assert!(metric(&text, "veto_inproxy_mirror_generation").is_some_and(|g| g >= 1.0));
 
     // the access log read the metadata of the allowed requests, and none of the denied
     // (Envoy flushes access log files on a timer, 10 s by default)

@@ -79,6 +79,12 @@ impl ShmMirror {
         }
     }
 
+    /// False once a write failed: the file is no longer kept up to date (nor its heartbeat),
+    /// until the sidecar restarts.
+    pub fn healthy(&self) -> bool {
+        !self.broken.load(Ordering::Relaxed)
+    }
+
     /// The file's generation (it changes on growth and pruning).
     pub fn generation(&self) -> u64 {
         self.writer.lock().generation()

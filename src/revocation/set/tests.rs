@@ -574,3 +574,43 @@ fn any_bound_makes_a_set_and_the_filters_stay_capped() {
         );
     }
 }
+
+/// A mirror whose writes fail (here: growth cannot create the next generation, its
+/// directory is gone; in a pod, a full tmpfs) says so and stops its heartbeat, so the module
+/// turns stale and applies `on_stale` instead of trusting a table that misses revocations;
+/// the set itself keeps every revocation.
+#[test]
+fn a_mirror_that_cannot_write_stops_its_heartbeat() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = dir.path().join("shm-dir");
+    std::fs::create_dir(&sub).unwrap();
+    let path = sub.join("veto-revoked");
+    let s = RevokedSet::new();
+    let m = s.mirror_to(&path, &["us".to_string()]).unwrap();
+    let fresh = crate::revocation::Freshness::expecting(["us"]);
+    m.publish(&fresh, 1, true, T);
+    let reader = veto_shm::Mapping::open(&path).unwrap();
+    assert_eq!(reader.heartbeat_ms(), T);
+    assert!(m.healthy());
+    std::fs::remove_dir_all(&sub).unwrap();
+    let n = 50_000;
+    for i in 0..n {
+        s.apply(
+            &ev(Kind::Session, &format!("s{i}"), "iss", T, T + 60_000),
+            T,
+        );
+    }
+    assert!(!m.healthy(), "growth into a missing directory must fail");
+    m.publish(&fresh, 2, true, T + 5_000);
+    assert_eq!(
+        reader.heartbeat_ms(),
+        T,
+        "no heartbeat from a broken mirror"
+    );
+    let iat = T / 1000 - 5;
+    assert_eq!(
+        s.check("iss", &format!("s{}", n - 1), None, None, iat, T),
+        Some(RevokedBy::Session),
+        "the set itself holds every revocation"
+    );
+}
