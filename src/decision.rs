@@ -62,7 +62,12 @@ impl DenyReason {
     /// One exemplar of every reason a denial can carry, in [`DenyReason::index`] order.
     pub fn exemplars() -> impl Iterator<Item = DenyReason> {
         std::iter::once(DenyReason::MissingToken)
-            .chain(TokenError::ALL.into_iter().map(DenyReason::Token))
+            .chain(
+                TokenError::ALL[..DENYING_TOKEN_ERRORS]
+                    .iter()
+                    .cloned()
+                    .map(DenyReason::Token),
+            )
             .chain([
                 DenyReason::Revoked(RevokedBy::Session),
                 DenyReason::FeedStale,
@@ -71,7 +76,7 @@ impl DenyReason {
 
     /// This reason's position among [`DenyReason::exemplars`] (one per `reason()` label).
     pub fn index(&self) -> usize {
-        const TOKEN: usize = TokenError::ALL.len();
+        const TOKEN: usize = DENYING_TOKEN_ERRORS;
         match self {
             DenyReason::MissingToken => 0,
             DenyReason::Token(e) => 1 + e.index(),
@@ -195,9 +200,14 @@ impl<A> Decision<A> {
     /// This decision's position in [`outcomes`] (no label lookup: the module's hot path).
     /// `None` only for an error whose reason is not in [`ERROR_REASONS`].
     pub fn outcome(&self) -> Option<usize> {
-        const DENY: usize = 3 + TokenError::ALL.len();
+        const DENY: usize = 3 + DENYING_TOKEN_ERRORS;
         match self {
             Decision::Allow(_) => Some(0),
+            // never built (the decider answers it as an error), counted as one if it were
+            Decision::Deny(Denial {
+                reason: DenyReason::Token(TokenError::KeysUnavailable),
+                ..
+            }) => Some(1 + DENY),
             Decision::Deny(d) => Some(1 + d.reason.index()),
             Decision::Error(e) => ERROR_REASONS
                 .iter()
@@ -211,6 +221,11 @@ impl<A> Decision<A> {
 /// issuer's keys were never loaded; in-proxy, a decision that would have had to wait (the
 /// module has no JWKS refetcher) and a panic caught at the module's FFI boundary.
 pub const ERROR_REASONS: [&str; 3] = ["keys_unavailable", "pending", "panic"];
+
+/// The token errors that are denials: all but the last, `KeysUnavailable`, which is an error
+/// (`ERROR_REASONS[0]`: Veto could not decide), so the outcomes list no `deny/keys_unavailable`
+/// that could never count.
+const DENYING_TOKEN_ERRORS: usize = TokenError::ALL.len() - 1;
 
 /// Every outcome of a check as its `(result, reason)` labels, in a fixed order that
 /// [`Decision::outcome`] indexes: `allow/ok`, every deny reason, every error reason. Built
@@ -596,6 +611,22 @@ mod tests {
         unique.dedup();
         assert_eq!(unique.len(), list.len());
         assert_eq!(Decision::<()>::Error("elsewhere").outcome(), None);
+        // keys_unavailable is an error, never a denial: last of the token errors, not listed
+        // as a deny reason, and where it is, counted as the error
+        assert_eq!(
+            TokenError::KeysUnavailable.index(),
+            DENYING_TOKEN_ERRORS,
+            "KeysUnavailable must stay the last of TokenError::ALL"
+        );
+        assert!(!list.contains(&("deny", "keys_unavailable")));
+        let as_deny = Decision::<()>::Deny(Denial {
+            reason: DenyReason::Token(TokenError::KeysUnavailable),
+            code: DenyCode::Unauthenticated,
+        });
+        assert_eq!(
+            list[as_deny.outcome().expect("listed")],
+            ("error", "keys_unavailable")
+        );
     }
 
     #[test]
