@@ -91,8 +91,7 @@ pub async fn part(issuer: &Issuer, report: &mut String) -> Result<(), String> {
         "\n== 4. start -> ready with {n} revocations held: full replay vs snapshot + tail \
          (one nats-server; target < 1 s with the snapshot)"
     );
-    let (took, ok, failed) =
-        publish_bulk(&js, "us", "r", n, inflight, publish_bound).await;
+    let (took, ok, failed) = publish_bulk(&js, "us", "r", n, inflight, publish_bound).await;
     let held = {
         let mut s = js
             .get_stream(stream("us"))
@@ -126,8 +125,7 @@ pub async fn part(issuer: &Issuer, report: &mut String) -> Result<(), String> {
         stopped.as_secs_f64(),
         size as f64 / 1048576.0
     );
-    let (took, ok, failed) =
-        publish_bulk(&js, "us", "t", tail, inflight, ready_bound).await;
+    let (took, ok, failed) = publish_bulk(&js, "us", "t", tail, inflight, ready_bound).await;
     let _ = writeln!(
         report,
         "   then the tail: {tail} more published in {:.1} s (acked {ok}, failed {failed})",
