@@ -107,9 +107,14 @@ struct ForgedArgs {
     #[arg(long, default_value_t = 2)]
     connections: usize,
     /// Forged checks outstanding at most; a forged check due beyond it is not sent (counted
-    /// as `forged_skipped`), so an overloaded sidecar is not buried under a growing backlog.
-    #[arg(long, default_value_t = 4096)]
+    /// as `forged_skipped`), as Envoy's default circuit breaker (1024 requests to a cluster)
+    /// would not send it, so an overloaded sidecar is not buried under a growing backlog.
+    #[arg(long, default_value_t = 1024)]
     max_in_flight: u64,
+    /// A check not answered within this is an error (Envoy's ext_authz timeout in
+    /// deploy/envoy/envoy-sidecar.yaml.tmpl); its latency counts as the time it waited.
+    #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
+    timeout: Duration,
     #[arg(long)]
     sidecar_pid: u32,
     /// Clock ticks per second of /proc/<pid>/stat (`getconf CLK_TCK`).
@@ -788,7 +793,7 @@ struct Tally {
     skipped: AtomicU64,
     /// Answered as expected: OK for the valid token, a `bad_signature` deny for a forged one.
     expected: AtomicU64,
-    /// Any other answer, a failed call or no answer within 2 s.
+    /// Any other answer, a failed call or no answer within `--timeout`.
     errors: AtomicU64,
     in_flight: AtomicU64,
     hist: Mutex<Option<Hist>>,
@@ -885,6 +890,7 @@ async fn forged(a: ForgedArgs) -> anyhow::Result<()> {
     let measured = start + a.warmup;
     let end = measured + a.duration;
     let streams = [(true, a.valid_rate), (false, a.forged_rate)];
+    let timeout = a.timeout;
     let tallies: [Arc<Tally>; 2] = Default::default();
     let mut pacers = Vec::new();
     for ((is_valid, rate), tally) in streams.into_iter().zip(tallies.iter().cloned()) {
@@ -914,7 +920,7 @@ async fn forged(a: ForgedArgs) -> anyhow::Result<()> {
                 let req = check_request(&if is_valid { valid.clone() } else { forge(k) });
                 let (t, verdict) = (tally.clone(), verdict);
                 tokio::spawn(async move {
-                    let r = tokio::time::timeout(Duration::from_secs(2), c.check(req)).await;
+                    let r = tokio::time::timeout(timeout, c.check(req)).await;
                     let ok = r.ok().and_then(verdict) == Some(is_valid);
                     t.in_flight.fetch_sub(1, Relaxed);
                     if at < measured {
