@@ -230,8 +230,9 @@ if [[ -n "${WANT[lag]:-}" ]]; then
         echo "==> lag: $rate/s per origin ($events events from each of 3 regions, one every ${pace} us)"
         run env BENCH_LAG_EVENTS="$events" BENCH_LAG_PACE_US="$pace" scripts/bench-propagation.sh --parts lag
         # "curve: lag mode=fast target_per_s=.. achieved_per_s=.. expected=.. n=.. raw_p50_ms=.. ..."
+        # (printed as the part ends and again in the final report: the first of each mode)
         awk '
-            /^curve: lag / {
+            /^curve: lag / && !seen[$3]++ {
                 for (i = 3; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
                 print v["target_per_s"] "," v["mode"] "," v["achieved_per_s"] "," v["expected"] "," v["n"] "," \
                     v["raw_p50_ms"] "," v["raw_p99_ms"] "," v["veto_p50_ms"] "," v["veto_p99_ms"] "," v["veto_max_ms"]
