@@ -27,8 +27,10 @@
 #     memory takes only 10000, 100000, 1000000, 10000000 (the decision bench's groups)
 #   SIZES_LARGE [0]: 1 = add 10000000 (filling and replaying 10M takes ~10 min here)
 #   CONNECTIONS ["1 4 16 64 256"] ENVOY_ROUNDS [2; QUICK 1] ENVOY_DURATION [5; QUICK 2] (s)
-#   LAG_RATES ["100 1000 10000"] (revocations/s per origin) LAG_SECONDS [3; QUICK 1]: events
-#     per origin = rate x this (at least 100)
+#   LAG_RATES ["100 1000"] (revocations/s per origin) LAG_SECONDS [3; QUICK 1]: events per
+#     origin = rate x this (at least 100). 10000 (the third point) is not in the
+#     default: on the 2-core VM of 2026-12-04 the harness's publisher stalled at 10k/s (3 x
+#     30000 events; no progress for minutes) and was killed
 #   FORGED_RATES ["1000 10000 50000"] VALID_RATE [1000] FORGED_DURATION [8; QUICK 3] (s)
 #   SNAPSHOT_ROUNDS [2; QUICK 1]  NO_BUILD [0]: 1 = use the release binaries already built
 #   PLOT [1]: 0 = CSVs and tables only. matplotlib is pip-installed into PLOT_VENV
@@ -64,7 +66,7 @@ SIZES_LARGE="${SIZES_LARGE:-0}"
 CONNECTIONS="${CONNECTIONS-1 4 16 64 256}"
 ENVOY_ROUNDS="${ENVOY_ROUNDS:-$(q 2 1)}"
 ENVOY_DURATION="${ENVOY_DURATION:-$(q 5 2)}"
-LAG_RATES="${LAG_RATES-100 1000 10000}"
+LAG_RATES="${LAG_RATES-100 1000}"
 LAG_SECONDS="${LAG_SECONDS:-$(q 3 1)}"
 FORGED_RATES="${FORGED_RATES-1000 10000 50000}"
 VALID_RATE="${VALID_RATE:-1000}"
@@ -221,7 +223,7 @@ fi
 
 # --- lag: propagation lag vs publish rate, fast path and durable ----------------------------
 if [[ -n "${WANT[lag]:-}" ]]; then
-    echo "target_per_s,mode,achieved_per_s,events,received,raw_p50_ms,raw_p99_ms,veto_p50_ms,veto_p99_ms,veto_max_ms" \
+    echo "target_per_s,mode,achieved_per_s,expected,received,raw_p50_ms,raw_p99_ms,veto_p50_ms,veto_p99_ms,veto_max_ms" \
         >"$OUT/lag.csv"
     for rate in $LAG_RATES; do
         events=$((rate * LAG_SECONDS > 100 ? rate * LAG_SECONDS : 100))
@@ -261,15 +263,15 @@ if [[ -n "${WANT[forged]:-}" ]]; then
         }
         END {
             if (rows < 2 || row[1, "forged_target_per_s"] != 0) exit 1
-            print "forged_target_per_s,forged_per_s,forged_skipped,forged_errors,valid_per_s,valid_errors,valid_p50_us,valid_p99_us,valid_max_us,forged_p99_us,sidecar_cpu_cores,cpu_us_per_forged,forged_per_core_s"
+            print "forged_target_per_s,forged_per_s,forged_skipped,forged_errors,valid_per_s,valid_errors,valid_lost_pct,valid_p50_us,valid_p99_us,valid_max_us,forged_p99_us,sidecar_cpu_cores,cpu_us_per_forged,forged_per_core_s"
             base = row[1, "sidecar_cpu_s"] / (row[1, "valid_sent"] > 0 ? row[1, "valid_sent"] : 1)
             for (r = 1; r <= rows; r++) {
                 f = row[r, "forged_sent"]
                 extra = row[r, "sidecar_cpu_s"] - base * row[r, "valid_sent"]
                 per = f > 0 ? extra / f * 1e6 : 0
-                printf "%d,%d,%d,%d,%d,%d,%d,%d,%d,%d,%.2f,%s,%s\n", row[r, "forged_target_per_s"], row[r, "forged_per_s"],
+                printf "%d,%d,%d,%d,%d,%d,%.1f,%d,%d,%d,%d,%.2f,%s,%s\n", row[r, "forged_target_per_s"], row[r, "forged_per_s"],
                     row[r, "forged_skipped"], row[r, "forged_errors"], row[r, "valid_per_s"], row[r, "valid_errors"],
-                    row[r, "valid_p50_us"], row[r, "valid_p99_us"], row[r, "valid_max_us"], row[r, "forged_p99_us"],
+                    100 * row[r, "valid_errors"] / (row[r, "valid_sent"] > 0 ? row[r, "valid_sent"] : 1), row[r, "valid_p50_us"], row[r, "valid_p99_us"], row[r, "valid_max_us"], row[r, "forged_p99_us"],
                     row[r, "sidecar_cpu_s"] / row[r, "wall_s"], (f > 0 ? sprintf("%.1f", per) : ""),
                     (f > 0 && per > 0 ? sprintf("%.0f", 1e6 / per) : "")
             }
