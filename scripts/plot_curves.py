@@ -38,7 +38,7 @@ def col(rs, key):
 def human(x, _pos=None):
     for div, suffix in ((1e6, "M"), (1e3, "k")):
         if x >= div:
-            return f"{x / div:g}{suffix}"
+            return f"{x / div:.3g}{suffix}"
     return f"{x:g}"
 
 
