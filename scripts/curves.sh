@@ -17,10 +17,10 @@
 #   forged  valid-token p50/p99 while unique forged tokens arrive at each rate, against no
 #           flood, and the sidecar's CPU per forged token (scripts/bench-envoy.sh FORGED_RATES)
 #
-#   scripts/curves.sh                       everything at the default sizes (~25 min on 2 cores
-#                                           plus the builds)
+#   scripts/curves.sh                       everything at the default sizes (~12 min on 2 cores
+#                                           on 2026-12-04, plus the builds)
 #   CURVES=memory,ready scripts/curves.sh   some curves only
-#   QUICK=1 scripts/curves.sh               a smoke run: small sizes, short runs (~6 min)
+#   QUICK=1 scripts/curves.sh               a smoke run: small sizes, short runs
 # Knobs (defaults in brackets):
 #   CURVES [memory,ready,envoy,lag,forged]  OUT [docs/curves/<UTC date>]
 #   SIZES ["10000 100000 1000000"; QUICK: "10000 100000"]: entries for memory and ready;
