@@ -8,7 +8,13 @@
 //! soak_load run --url http://127.0.0.1:ENVOY/ --key DIR/<kid>.<alg>.der --iss I --aud A \
 //!     --nats nats://127.0.0.1:N --region R --sidecar-pid P --metrics http://127.0.0.1:H/metrics \
 //!     --out DIR [--rate 10000] [--minutes 60] [--revocations-per-second 100] ...
+//! soak_load forged --grpc http://127.0.0.1:GRPC --key DIR/<kid>.<alg>.der --iss I --aud A \
+//!     --sidecar-pid P --forged-rate 10000 [--valid-rate 1000] [--duration 10s]
 //! ```
+//!
+//! `forged` (scripts/bench-envoy.sh FORGED_RATES=, for scripts/curves.sh): valid-token
+//! latency while unique forged tokens arrive at a fixed rate, and the sidecar's CPU; see
+//! [`ForgedArgs`].
 //!
 //! Open loop: a pacer thread schedules request k at `start + k / rate` whatever the answers
 //! do, and a request's latency is measured from that scheduled instant (so a stall of Envoy
@@ -64,6 +70,56 @@ enum Cmd {
     /// revocations as fast as the stream acknowledges them (`--in-flight` at a time), then
     /// `--rate` a second until killed; prints `held N` once the first part is acknowledged.
     Revocations(RevocationArgs),
+    /// A flood of unique forged tokens next to a valid-token probe, straight to the
+    /// sidecar's gRPC ext_authz port (scripts/curves.sh, issue 13 §5); see [`ForgedArgs`].
+    Forged(ForgedArgs),
+}
+
+/// Open loop, both streams paced on their own threads: `--valid-rate` checks a second of one
+/// valid token (answered from the verified-token cache), each timed from its scheduled
+/// instant, and `--forged-rate` checks a second of forged tokens: well formed, the key's
+/// `kid` and `alg`, claims unique per token (so no cache answers them), and a random
+/// signature, so each costs the sidecar a signature check before its `bad_signature` 401.
+/// Both share `--connections` HTTP/2 connections, as Envoy's workers share theirs. Warm-up
+/// first (not counted), then `--duration` measured; the sidecar's CPU (utime + stime of
+/// `--sidecar-pid`) is read at both ends of the measured part, after its last answers.
+/// Prints one line, `FORGED key=value ...`.
+#[derive(clap::Args)]
+struct ForgedArgs {
+    /// The sidecar's gRPC listener, `http://HOST:PORT`.
+    #[arg(long)]
+    grpc: String,
+    /// Signing key `<kid>.<alg>.der` (`veto keys generate`): the valid token's.
+    #[arg(long)]
+    key: PathBuf,
+    #[arg(long)]
+    iss: String,
+    #[arg(long)]
+    aud: String,
+    #[arg(long, default_value_t = 1000.0)]
+    valid_rate: f64,
+    #[arg(long, default_value_t = 0.0)]
+    forged_rate: f64,
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    #[arg(long, default_value_t = 2)]
+    connections: usize,
+    /// Forged checks outstanding at most; a forged check due beyond it is not sent (counted
+    /// as `forged_skipped`), as Envoy's default circuit breaker (1024 requests to a cluster)
+    /// would not send it, so an overloaded sidecar is not buried under a growing backlog.
+    #[arg(long, default_value_t = 1024)]
+    max_in_flight: u64,
+    /// A check not answered within this is an error (Envoy's ext_authz timeout in
+    /// deploy/envoy/envoy-sidecar.yaml.tmpl); its latency counts as the time it waited.
+    #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    #[arg(long)]
+    sidecar_pid: u32,
+    /// Clock ticks per second of /proc/<pid>/stat (`getconf CLK_TCK`).
+    #[arg(long, default_value_t = 100)]
+    clk_tck: u64,
 }
 
 #[derive(clap::Args)]
@@ -171,6 +227,7 @@ fn main() -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Upstream { listen } => rt.block_on(upstream(listen)),
         Cmd::Revocations(a) => rt.block_on(revocations(a)),
+        Cmd::Forged(a) => rt.block_on(forged(a)),
         Cmd::Run(a) => {
             let pass = rt.block_on(run(*a))?;
             std::process::exit(if pass { 0 } else { 1 });
@@ -561,44 +618,49 @@ fn pacer(
     start: Instant,
     end: Instant,
 ) {
-    let period = 1.0 / p.rate;
     let backlog_cap = (p.rate * 2.0) as u64 + p.connections as u64;
     let (d, r) = (p.distinct_percent, p.revoked_percent);
+    paced(p.rate, start, end, |k, t| {
+        // a fixed, interleaved mix: in every 100 requests r revoked, d distinct
+        let slot = (k * 37) % 100;
+        let pick = if slot < r {
+            Pick::Revoked
+        } else if slot < r + d {
+            Pick::Distinct
+        } else {
+            Pick::Repeat
+        };
+        let enq = sh.enqueued.load(Relaxed);
+        if enq - sh.done.load(Relaxed) > backlog_cap {
+            sh.missed.fetch_add(1, Relaxed);
+            return true;
+        }
+        sh.enqueued.store(enq + 1, Relaxed);
+        tx.send(Item { scheduled: t, pick }).is_ok()
+    });
+}
+
+/// Calls `due(k, t)` for k = 0, 1, ... at t = `start` + k / `rate` (on time or late, never
+/// early) until `end`, or until it returns false; on the calling thread (nanosleep, not the
+/// runtime's 1 ms timer wheel).
+fn paced(rate: f64, start: Instant, end: Instant, mut due: impl FnMut(u64, Instant) -> bool) {
+    let period = 1.0 / rate;
+    let at = |k: u64| start + Duration::from_secs_f64(k as f64 * period);
     let mut k: u64 = 0;
     loop {
-        let t = start + Duration::from_secs_f64(k as f64 * period);
-        if t >= end {
+        if at(k) >= end {
             return;
         }
         let now = Instant::now();
-        if t > now {
-            std::thread::sleep(t - now);
+        if at(k) > now {
+            std::thread::sleep(at(k) - now);
         }
         let now = Instant::now();
-        loop {
-            let t = start + Duration::from_secs_f64(k as f64 * period);
-            if t > now || t >= end {
-                break;
-            }
-            // a fixed, interleaved mix: in every 100 requests r revoked, d distinct
-            let slot = (k * 37) % 100;
-            let pick = if slot < r {
-                Pick::Revoked
-            } else if slot < r + d {
-                Pick::Distinct
-            } else {
-                Pick::Repeat
-            };
-            k += 1;
-            let enq = sh.enqueued.load(Relaxed);
-            if enq - sh.done.load(Relaxed) > backlog_cap {
-                sh.missed.fetch_add(1, Relaxed);
-                continue;
-            }
-            sh.enqueued.store(enq + 1, Relaxed);
-            if tx.send(Item { scheduled: t, pick }).is_err() {
+        while at(k) <= now && at(k) < end {
+            if !due(k, at(k)) {
                 return;
             }
+            k += 1;
         }
     }
 }
@@ -706,6 +768,220 @@ async fn revocations(a: RevocationArgs) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// The key of `--key DIR/<kid>.<alg>.der`.
+fn signing_key(path: &std::path::Path) -> anyhow::Result<SigningKey> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    let mut parts = name.rsplitn(3, '.');
+    let (_, alg, kid) = (parts.next(), parts.next(), parts.next());
+    let (Some(alg), Some(kid)) = (alg.and_then(Alg::parse), kid) else {
+        bail!("--key: expected <kid>.<alg>.der");
+    };
+    Ok(SigningKey::from_pkcs8(alg, kid, &std::fs::read(path)?)?)
+}
+
+// --- the forged-token flood ---------------------------------------------------------------
+
+/// What one stream of [`forged`] counts, from its measured part only.
+#[derive(Default)]
+struct Tally {
+    sent: AtomicU64,
+    skipped: AtomicU64,
+    /// Answered as expected: OK for the valid token, a `bad_signature` deny for a forged one.
+    expected: AtomicU64,
+    /// Any other answer, a failed call or no answer within `--timeout`.
+    errors: AtomicU64,
+    in_flight: AtomicU64,
+    hist: Mutex<Option<Hist>>,
+}
+
+/// An Envoy-like CheckRequest for `GET /` with `authorization: Bearer <token>`.
+fn check_request(token: &str) -> envoy_types::pb::envoy::service::auth::v3::CheckRequest {
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+    use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+    let headers = [
+        (":authority", "bench"),
+        (":method", "GET"),
+        (":path", "/"),
+        ("authorization", &*format!("Bearer {token}")),
+    ];
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    method: "GET".into(),
+                    path: "/".into(),
+                    host: "bench".into(),
+                    protocol: "HTTP/1.1".into(),
+                    headers: headers
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+/// `soak_load forged` (see [`ForgedArgs`]).
+async fn forged(a: ForgedArgs) -> anyhow::Result<()> {
+    use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+    use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+    use envoy_types::pb::envoy::service::auth::v3::CheckResponse;
+    use tonic::transport::Channel;
+
+    let key = signing_key(&a.key)?;
+    let now = veto::now_ms() / 1000;
+    let valid = key.sign(&serde_json::json!({
+        "iss": a.iss, "aud": a.aud, "sub": "curves-user", "sid": "curves-session",
+        "jti": random_id(), "iat": now, "exp": now + 600,
+    }))?;
+    // the valid token's header, and claims that differ in every forged token
+    let header = valid.split('.').next().unwrap_or_default().to_string();
+    let forge = move |k: u64| {
+        let b64 = veto::token::b64();
+        let claims = serde_json::json!({
+            "iss": a.iss, "aud": a.aud, "sub": format!("forged-{k}"), "sid": format!("forged-{k}"),
+            "jti": random_id(), "iat": now, "exp": now + 600,
+        });
+        let sig: [u8; 64] = rand::rng().random();
+        format!(
+            "{header}.{}.{}",
+            base64::Engine::encode(b64, claims.to_string()),
+            base64::Engine::encode(b64, sig)
+        )
+    };
+    let mut clients = Vec::new();
+    for _ in 0..a.connections.max(1) {
+        let ch = Channel::from_shared(a.grpc.clone())?
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .with_context(|| format!("connect to {}", a.grpc))?;
+        clients.push(AuthorizationClient::new(ch));
+    }
+    // sanity: the valid token is allowed, a forged one refused as bad_signature
+    let verdict = |r: Result<tonic::Response<CheckResponse>, tonic::Status>| -> Option<bool> {
+        let r = r.ok()?.into_inner();
+        match (r.status.map(|s| s.code), r.http_response) {
+            (Some(0), Some(HttpResponse::OkResponse(_))) => Some(true),
+            (Some(16), Some(HttpResponse::DeniedResponse(d))) => {
+                d.body.contains("bad_signature").then_some(false)
+            }
+            _ => None,
+        }
+    };
+    let c = &mut clients[0];
+    if verdict(c.check(check_request(&valid)).await) != Some(true) {
+        bail!("the valid token was not allowed");
+    }
+    if verdict(c.check(check_request(&forge(u64::MAX))).await) != Some(false) {
+        bail!("a forged token was not refused as bad_signature");
+    }
+
+    let start = Instant::now() + Duration::from_millis(20);
+    let measured = start + a.warmup;
+    let end = measured + a.duration;
+    let streams = [(true, a.valid_rate), (false, a.forged_rate)];
+    let timeout = a.timeout;
+    let tallies: [Arc<Tally>; 2] = Default::default();
+    let mut pacers = Vec::new();
+    for ((is_valid, rate), tally) in streams.into_iter().zip(tallies.iter().cloned()) {
+        if rate <= 0.0 {
+            continue;
+        }
+        *tally.hist.lock() = Some(Hist::new());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u64, Instant)>();
+        let cap = if is_valid { u64::MAX } else { a.max_in_flight };
+        let t = tally.clone();
+        pacers.push(std::thread::spawn(move || {
+            paced(rate, start, end, |k, at| {
+                if t.in_flight.load(Relaxed) >= cap {
+                    if at >= measured {
+                        t.skipped.fetch_add(1, Relaxed);
+                    }
+                    return true;
+                }
+                t.in_flight.fetch_add(1, Relaxed);
+                tx.send((k, at)).is_ok()
+            })
+        }));
+        let (clients, valid, forge) = (clients.clone(), valid.clone(), forge.clone());
+        tokio::spawn(async move {
+            while let Some((k, at)) = rx.recv().await {
+                let mut c = clients[k as usize % clients.len()].clone();
+                let req = check_request(&if is_valid { valid.clone() } else { forge(k) });
+                let (t, verdict) = (tally.clone(), verdict);
+                tokio::spawn(async move {
+                    let r = tokio::time::timeout(timeout, c.check(req)).await;
+                    let ok = r.ok().and_then(verdict) == Some(is_valid);
+                    t.in_flight.fetch_sub(1, Relaxed);
+                    if at < measured {
+                        return;
+                    }
+                    t.sent.fetch_add(1, Relaxed);
+                    if ok {
+                        t.expected.fetch_add(1, Relaxed);
+                    } else {
+                        t.errors.fetch_add(1, Relaxed);
+                    }
+                    if let Some(h) = t.hist.lock().as_mut() {
+                        h.record(at.elapsed().as_micros() as u64);
+                    }
+                });
+            }
+        });
+    }
+    let sidecar = a.sidecar_pid.to_string();
+    tokio::time::sleep_until(measured.into()).await;
+    let cpu0 = (Instant::now(), cpu_ticks(&sidecar), cpu_ticks("self"));
+    tokio::time::sleep_until(end.into()).await;
+    // the last answers (bounded)
+    let drained = Instant::now() + Duration::from_secs(5);
+    while tallies.iter().any(|t| t.in_flight.load(Relaxed) > 0) && Instant::now() < drained {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let cpu1 = (Instant::now(), cpu_ticks(&sidecar), cpu_ticks("self"));
+    for p in pacers {
+        let _ = p.join();
+    }
+    let secs = a.duration.as_secs_f64();
+    let tick_s = 1.0 / a.clk_tck as f64;
+    let mut line = format!(
+        "FORGED seconds={secs:.3} wall_s={:.3} sidecar_cpu_s={:.3} loadgen_cpu_s={:.3} load1={:.2}",
+        (cpu1.0 - cpu0.0).as_secs_f64(),
+        (cpu1.1 - cpu0.1) as f64 * tick_s,
+        (cpu1.2 - cpu0.2) as f64 * tick_s,
+        load1()
+    );
+    for ((name, rate), t) in [("valid", a.valid_rate), ("forged", a.forged_rate)]
+        .into_iter()
+        .zip(&tallies)
+    {
+        let h = t.hist.lock().take().unwrap_or_else(Hist::new);
+        let _ = write!(
+            line,
+            " {name}_target_per_s={rate:.0} {name}_per_s={:.0} {name}_sent={} {name}_skipped={} \
+             {name}_expected={} {name}_errors={} {name}_p50_us={} {name}_p99_us={} {name}_max_us={}",
+            t.sent.load(Relaxed) as f64 / secs,
+            t.sent.load(Relaxed),
+            t.skipped.load(Relaxed),
+            t.expected.load(Relaxed),
+            t.errors.load(Relaxed),
+            h.quantile(0.50),
+            h.quantile(0.99),
+            h.max,
+        );
+    }
+    println!("{line}");
+    Ok(())
 }
 
 // --- samples ------------------------------------------------------------------------------
@@ -855,17 +1131,7 @@ async fn run(a: RunArgs) -> anyhow::Result<bool> {
         .trim_end_matches('/')
         .parse()
         .context("--url: http://IP:PORT/")?;
-    let name = a
-        .key
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or_default();
-    let mut parts = name.rsplitn(3, '.');
-    let (_, alg, kid) = (parts.next(), parts.next(), parts.next());
-    let (Some(alg), Some(kid)) = (alg.and_then(Alg::parse), kid) else {
-        bail!("--key: expected <kid>.<alg>.der");
-    };
-    let key = SigningKey::from_pkcs8(alg, kid, &std::fs::read(&a.key)?)?;
+    let key = signing_key(&a.key)?;
 
     let exp = (veto::now_ms() + a.token_ttl.as_millis() as i64) / 1000;
     let tokens = Tokens {

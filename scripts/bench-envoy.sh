@@ -29,6 +29,14 @@
 #     held through the run (issue 13 §6 uses 1000000)
 #   REVOKE_RATE [0]: revocations per second published during the whole load phase (all
 #     sides, so the NATS work is the same for each; issue 13 §6 uses 1000)
+#   FORGED_RATES [unset]: forged tokens per second, e.g. "1000 10000 50000": instead of the
+#     wrk rounds, the forged-token flood (issue 13 §5; scripts/curves.sh): for 0 (the
+#     baseline, first) and each rate, `soak_load forged` straight at the sidecar's gRPC port
+#     (no Envoy: what veto pays, not what this 2-core VM's Envoy can carry): a valid-token
+#     probe at VALID_RATE [1000]/s, open loop, next to unique forged ES256-shaped tokens
+#     (right kid, random signature) at the rate, FORGED_DURATION [10] s each after WARMUP;
+#     prints one `FORGED key=value ...` line per rate (valid p50/p99, rates achieved, the
+#     sidecar's CPU seconds)
 # Targets: veto >= 0.9x the noop server's throughput (>= 0.95x with HELD=1000000
 # REVOKE_RATE=1000, issue 13 §6); p99 <= 1.2x the noop server's.
 # Everything listens on 127.0.0.1 on free ports and is stopped when the script exits.
@@ -53,6 +61,9 @@ NO_BUILD="${NO_BUILD:-0}"
 RICH_NOOP="${RICH_NOOP:-0}"
 HELD="${HELD:-0}"
 REVOKE_RATE="${REVOKE_RATE:-0}"
+FORGED_RATES="${FORGED_RATES:-}"
+VALID_RATE="${VALID_RATE:-1000}"
+FORGED_DURATION="${FORGED_DURATION:-10}"
 TARGET="${CARGO_TARGET_DIR:-$REPO/target}/release"
 ISS="https://bench.veto.local"
 AUD="bench"
@@ -212,6 +223,20 @@ for side in "${SIDES[@]:1}"; do
         || die "Envoy->$side: request not allowed"
 done
 echo "==> sanity ok: veto allows the token, refuses none and a revoked session; ${SIDES[*]:1} allow"
+
+# --- the forged-token flood (FORGED_RATES) ------------------------------------------------
+if [[ -n "$FORGED_RATES" ]]; then
+    echo "==> forged-token flood straight at the sidecar's gRPC port: valid probe $VALID_RATE/s," \
+        "${FORGED_DURATION}s per rate after ${WARMUP}s; $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+    for rate in 0 $FORGED_RATES; do
+        timeout $((WARMUP + FORGED_DURATION + 30)) "$LOADGEN" forged \
+            --grpc "http://127.0.0.1:$P_VETO_GRPC" --key "$TMP/bench.$ALG.der" --iss "$ISS" --aud "$AUD" \
+            --valid-rate "$VALID_RATE" --forged-rate "$rate" --duration "${FORGED_DURATION}s" \
+            --warmup "${WARMUP}s" --sidecar-pid "${AUTHZ_PID[veto]}" --clk-tck "$(getconf CLK_TCK)" \
+            || die "soak_load forged failed at $rate/s"
+    done
+    exit 0
+fi
 
 # --- load --------------------------------------------------------------------------------
 if awk -v r="$REVOKE_RATE" 'BEGIN { exit !(r > 0) }'; then

@@ -177,6 +177,17 @@ impl LagRun {
         origin: Option<&str>,
         not_from: Option<&str>,
     ) -> (Option<Pct>, usize) {
+        let (v, expected) = self.samples(label, origin, not_from);
+        (pct(v), expected)
+    }
+
+    /// The lags behind [`LagRun::lags`], unsorted, and how many were expected.
+    fn samples(
+        &self,
+        label: &str,
+        origin: Option<&str>,
+        not_from: Option<&str>,
+    ) -> (Vec<f64>, usize) {
         let m = self.seen.get(label);
         let wanted = || {
             self.published
@@ -190,7 +201,38 @@ impl LagRun {
                     .map(|t| t.saturating_duration_since(*at).as_secs_f64() * 1e6)
             })
             .collect();
-        (pct(v), wanted().count())
+        (v, wanted().count())
+    }
+
+    /// Every cross-region lag at receivers `<region>/<kind>` pooled over the three regions
+    /// (`sc/{r}/fast`, `raw/{r}/core`, ...), and how many were expected.
+    fn cross_region(&self, kind: &str) -> (Option<Pct>, usize) {
+        let (mut all, mut expected) = (Vec::new(), 0);
+        for at in REGIONS {
+            let (v, e) = self.samples(&kind.replace("{r}", at), None, Some(at));
+            all.extend(v);
+            expected += e;
+        }
+        (pct(all), expected)
+    }
+
+    /// Events per second each origin actually published at (first to last publish call),
+    /// the median over the origins.
+    fn achieved_rate(&self) -> f64 {
+        let mut rates: Vec<f64> = REGIONS
+            .iter()
+            .filter_map(|r| {
+                let ats: Vec<Instant> = (self.published.values())
+                    .filter(|(o, _)| o == r)
+                    .map(|(_, at)| *at)
+                    .collect();
+                let (first, last) = (ats.iter().min()?, ats.iter().max()?);
+                let span = last.duration_since(*first).as_secs_f64();
+                (ats.len() > 1 && span > 0.0).then(|| (ats.len() - 1) as f64 / span)
+            })
+            .collect();
+        rates.sort_by(f64::total_cmp);
+        rates.get(rates.len() / 2).copied().unwrap_or(f64::NAN)
     }
 }
 
@@ -492,6 +534,29 @@ pub async fn part(
             worst_ratio[mode],
             verdict(worst_ratio[mode] <= 1.5)
         );
+    }
+    // One machine-readable line per mode for scripts/curves.sh: every cross-region event
+    // pooled over the regions, veto and its raw baseline from this run.
+    for (mode, veto, raw) in [
+        ("fast", "sc/{r}/fast", "raw/{r}/core"),
+        ("durable", "sc/{r}/durable", "raw/{r}/js"),
+    ] {
+        if let ((Some(v), expected), (Some(r), _)) = (run.cross_region(veto), run.cross_region(raw))
+        {
+            let _ = writeln!(
+                report,
+                "curve: lag mode={mode} target_per_s={:.0} achieved_per_s={:.0} expected={expected} \
+                 n={} raw_p50_ms={} raw_p99_ms={} veto_p50_ms={} veto_p99_ms={} veto_max_ms={}",
+                1e6 / pace.as_micros().max(1) as f64,
+                run.achieved_rate(),
+                v.n,
+                ms(r.p50),
+                ms(r.p99),
+                ms(v.p50),
+                ms(v.p99),
+                ms(v.max),
+            );
+        }
     }
     if let Some(f) = floor {
         let _ = writeln!(

@@ -48,8 +48,8 @@ fn stop(p: &mut Sidecar) -> Result<Duration, String> {
     let start = Instant::now();
     p.process().terminate();
     p.process()
-        .wait_exit(Duration::from_secs(60))
-        .ok_or("sidecar did not exit within 60 s")?;
+        .wait_exit(Duration::from_secs(120))
+        .ok_or("sidecar did not exit within 120 s")?;
     Ok(start.elapsed())
 }
 
@@ -58,6 +58,10 @@ pub async fn part(issuer: &Issuer, report: &mut String) -> Result<(), String> {
     let rounds = env_usize("BENCH_SNAPSHOT_ROUNDS", 2).max(1);
     let tail = env_usize("BENCH_SNAPSHOT_TAIL", 10_000);
     let inflight = env_usize("BENCH_INFLIGHT", 1000);
+    // Bounds that grow with the stream (10M: publishing takes ~10 min here, a full replay
+    // minutes); 60 s and 180 s at 1M.
+    let ready_bound = Duration::from_secs((n as u64 / 50_000).max(60));
+    let publish_bound = Duration::from_secs((n as u64 / 15_000).max(180));
     let nats = NatsServer::start();
     let client = async_nats::connect(nats.url())
         .await
@@ -87,8 +91,7 @@ pub async fn part(issuer: &Issuer, report: &mut String) -> Result<(), String> {
         "\n== 4. start -> ready with {n} revocations held: full replay vs snapshot + tail \
          (one nats-server; target < 1 s with the snapshot)"
     );
-    let (took, ok, failed) =
-        publish_bulk(&js, "us", "r", n, inflight, Duration::from_secs(180)).await;
+    let (took, ok, failed) = publish_bulk(&js, "us", "r", n, inflight, publish_bound).await;
     let held = {
         let mut s = js
             .get_stream(stream("us"))
@@ -104,7 +107,7 @@ pub async fn part(issuer: &Issuer, report: &mut String) -> Result<(), String> {
     );
 
     // the first snapshot: a full replay, then written at shutdown
-    let (mut p, ready) = start_ready(&with_snapshot, Duration::from_secs(60)).await;
+    let (mut p, ready) = start_ready(&with_snapshot, ready_bound).await;
     let ready = ready.ok_or_else(|| format!("seeding sidecar never ready:\n{}", p.log()))?;
     let stopped = stop(&mut p)?;
     let size = std::fs::metadata(&snap).map(|m| m.len()).unwrap_or(0);
@@ -122,8 +125,7 @@ pub async fn part(issuer: &Issuer, report: &mut String) -> Result<(), String> {
         stopped.as_secs_f64(),
         size as f64 / 1048576.0
     );
-    let (took, ok, failed) =
-        publish_bulk(&js, "us", "t", tail, inflight, Duration::from_secs(60)).await;
+    let (took, ok, failed) = publish_bulk(&js, "us", "t", tail, inflight, ready_bound).await;
     let _ = writeln!(
         report,
         "   then the tail: {tail} more published in {:.1} s (acked {ok}, failed {failed})",
@@ -132,7 +134,7 @@ pub async fn part(issuer: &Issuer, report: &mut String) -> Result<(), String> {
 
     let (mut full, mut fast) = (Vec::new(), Vec::new());
     for round in 0..rounds {
-        let (mut p, ready) = start_ready(&plain, Duration::from_secs(60)).await;
+        let (mut p, ready) = start_ready(&plain, ready_bound).await;
         let refused = refuses(&p, issuer, n, tail).await;
         let m = p.metrics().await;
         let applied = metric_sum(&m, "veto_revocation_events_total", &["path=\"durable\""]) + 0.0;
@@ -144,7 +146,7 @@ pub async fn part(issuer: &Issuer, report: &mut String) -> Result<(), String> {
         full.push(ready.map_or(f64::INFINITY, |d| d.as_secs_f64()));
         p.kill();
 
-        let (mut p, ready) = start_ready(&with_snapshot, Duration::from_secs(60)).await;
+        let (mut p, ready) = start_ready(&with_snapshot, ready_bound).await;
         let refused = refuses(&p, issuer, n, tail).await;
         let m = p.metrics().await;
         let loaded = metric(&m, "veto_revocation_snapshot_loaded_entries").unwrap_or(-1.0);
