@@ -224,6 +224,16 @@ impl Shard {
         }
     }
 
+    /// Makes room in table `kind`/`scope` for `more` entries (a bulk load, see
+    /// [`table::Table::reserve`]).
+    fn reserve(&mut self, kind: RevokedBy, scope: Scope, more: usize) {
+        match kind {
+            RevokedBy::Session => self.session.get_mut(scope).reserve(more),
+            RevokedBy::Token => self.token.get_mut(scope).reserve(more),
+            RevokedBy::Subject => self.subject.get_mut(scope).reserve(more),
+        }
+    }
+
     /// Stores a revocation ending at `expires`; `not_before` matters to subjects only.
     fn upsert(
         &mut self,

@@ -260,6 +260,21 @@ impl RevokedSet {
         let mut loaded = 0;
         for (table, body) in image.chunks() {
             let (kind, scope) = table_of(table);
+            // the entries come in table order: size each shard's table for its share first
+            // (Table::reserve says why)
+            let mut per_shard = vec![0usize; self.shards.len()];
+            for e in body.chunks_exact(entry_size(table)) {
+                let w0 = e
+                    .get(..4)
+                    .and_then(|b| b.try_into().ok())
+                    .map_or(0, u32::from_le_bytes);
+                per_shard[Key::from_words([w0, 0, 0, 0]).shard()] += 1;
+            }
+            for (cell, n) in self.shards.iter().zip(per_shard) {
+                if n > 0 {
+                    cell.tables.write().reserve(kind, scope, n);
+                }
+            }
             for e in body.chunks_exact(entry_size(table)) {
                 let word = |i: usize| {
                     e.get(i * 4..i * 4 + 4)

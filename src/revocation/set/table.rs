@@ -177,6 +177,21 @@ impl<V: Entry> Table<V> {
         }
     }
 
+    /// Makes room for `more` entries beyond those held, so inserting them never grows the
+    /// table. A bulk load must call it first when its keys come in table order (a snapshot):
+    /// the fast-range home is monotonic in the key, so keys arriving sorted into a table
+    /// sized for fewer would all crowd its first slots, one long cluster every insert
+    /// walks (measured: 1M loaded in 4 s instead of 0.2 s).
+    pub(super) fn reserve(&mut self, more: usize) {
+        let want = self.len.saturating_add(more);
+        if want <= max_load(self.slots.len()) {
+            return;
+        }
+        // the least slots whose 7/8 holds `want`
+        let slots = (want + want / 7 + 1).max(MIN_SLOTS);
+        self.rebuild(slots, |_| true);
+    }
+
     /// Moves the entries `keep` keeps into a new table of `slots` slots.
     fn rebuild(&mut self, slots: usize, keep: impl Fn(&V) -> bool) {
         let mut t = Table::with_slots(self.shard, slots);
