@@ -105,6 +105,8 @@ impl<V: Entry> Table<V> {
         let n = self.slots.len();
         let mut i = self.home(tag);
         loop {
+            #[cfg(test)]
+            PROBES.with(|p| p.set(p.get() + 1));
             let s = &self.slots[i];
             if s.v.is_vacant() || s.tag == *tag {
                 return i;
@@ -238,6 +240,12 @@ fn merged<V: Entry>(e: &mut V, v: V) -> Upsert {
     } else {
         Upsert::Unchanged
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Slots looked at by [`Table::find`] on this thread (tests: the work a load costs).
+    pub(super) static PROBES: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 #[cfg(test)]
