@@ -3,7 +3,8 @@
 //! trickle half a request (one byte a second) or send nothing, more of them than the cap.
 //! Real requests on an established keep-alive connection (what Envoy's pool is) keep
 //! succeeding with bounded latency; the flood's connections are closed by the server, those
-//! over the cap at once, the others at `limits.header_read_timeout`.
+//! over the cap as soon as it sees them (its refused count), the others at
+//! `limits.header_read_timeout` (its timeout count).
 
 #[path = "support/authority.rs"]
 mod authority_support;
@@ -46,9 +47,7 @@ async fn flood(
             Ok(s) => s,
             Err(e) => panic!("connection {i}: {e}"),
         };
-        // from the established connection, not the SYN: a connect that waited out a full
-        // accept queue (the kernel drops the SYN, the client retries after 1 s) is the
-        // kernel's pace, not the server's answer
+        // from the established connection, not the SYN (see `closed`)
         let started = Instant::now();
         let slow = i % 2 == 0;
         out.push(tokio::spawn(async move {
@@ -83,11 +82,14 @@ async fn flood(
 }
 
 /// Closed by the server within the header timeout + slack of their opening; of them, closed
-/// well before the header timeout (¾ of it): refused, not timed out. The server starts a
-/// connection's header timer when it accepts it, about when the client sees it established,
-/// so a timed-out connection closes no sooner than the timeout; a refusal is "at once" up to
-/// how far the server's accept loop lags on a loaded machine, which the margin absorbs. The
-/// servers' own counts (`refused_and_timed_out`) are the exact check.
+/// well before the header timeout (¾ of it), printed, not asserted: when the flood outruns
+/// the server's accept loop, the kernel's accept queue (1024) overflows, and Linux then drops
+/// the handshake's last ACK: the client holds an established connection that the server only
+/// learns of when its SYN-ACK retransmits (1 s, then 2 s later), so even a connection the
+/// server refuses the moment it sees it closes seconds after the client's `connect`. Seen in
+/// CI: 0 and 132 "at once" of 501 refused. The servers' own counts are the exact check
+/// ([`refused_and_timed_out`]: every connection over the cap refused, every other one timed
+/// out on its header).
 async fn closed(conns: Vec<tokio::task::JoinHandle<Option<Duration>>>) -> (usize, usize, Duration) {
     let (mut within, mut at_once, mut last) = (0, 0, Duration::ZERO);
     for c in conns {
@@ -151,10 +153,6 @@ where
     assert_eq!(
         within, FLOOD,
         "{what}: every flood connection closed by the server"
-    );
-    assert!(
-        at_once >= FLOOD - CAP,
-        "{what}: connections over the cap closed at once ({at_once})"
     );
     let p99 = pct(&mut during, 0.99);
     assert!(p99 < Duration::from_millis(150), "{what}: p99 {p99:?}");
