@@ -89,13 +89,8 @@ struct ForgedArgs {
     /// The sidecar's gRPC listener, `http://HOST:PORT`.
     #[arg(long)]
     grpc: String,
-    /// Signing key `<kid>.<alg>.der` (`veto keys generate`): the valid token's.
-    #[arg(long)]
-    key: PathBuf,
-    #[arg(long)]
-    iss: String,
-    #[arg(long)]
-    aud: String,
+    #[command(flatten)]
+    issuing: Issuing,
     #[arg(long, default_value_t = 1000.0)]
     valid_rate: f64,
     #[arg(long, default_value_t = 0.0)]
@@ -146,13 +141,8 @@ struct RunArgs {
     /// Envoy's listener, `http://HOST:PORT/`.
     #[arg(long)]
     url: String,
-    /// Signing key `<kid>.<alg>.der` (`veto keys generate`).
-    #[arg(long)]
-    key: PathBuf,
-    #[arg(long)]
-    iss: String,
-    #[arg(long)]
-    aud: String,
+    #[command(flatten)]
+    issuing: Issuing,
     #[arg(long)]
     nats: String,
     #[arg(long)]
@@ -375,10 +365,47 @@ struct RevokedToken {
     exp_ms: i64,
 }
 
-struct Tokens {
+/// How the load tools mint tokens: `--key`, `--iss`, `--aud`.
+#[derive(clap::Args)]
+struct Issuing {
+    /// Signing key `<kid>.<alg>.der` (`veto keys generate`).
+    #[arg(long)]
+    key: PathBuf,
+    #[arg(long)]
+    iss: String,
+    #[arg(long)]
+    aud: String,
+}
+
+/// [`Issuing`] with its key loaded.
+struct Minter {
     key: SigningKey,
     iss: String,
     aud: String,
+}
+
+impl Issuing {
+    fn minter(&self) -> anyhow::Result<Minter> {
+        Ok(Minter {
+            key: signing_key(&self.key)?,
+            iss: self.iss.clone(),
+            aud: self.aud.clone(),
+        })
+    }
+}
+
+impl Minter {
+    /// The claims of a token of `sub`/`sid` issued now (Unix seconds) and expiring at `exp_s`.
+    fn claims(&self, sub: &str, sid: &str, now_s: i64, exp_s: i64) -> serde_json::Value {
+        serde_json::json!({
+            "iss": self.iss, "aud": self.aud, "sub": sub, "sid": sid, "jti": random_id(),
+            "iat": now_s, "exp": exp_s,
+        })
+    }
+}
+
+struct Tokens {
+    minter: Minter,
     repeat: RwLock<(Arc<str>, i64)>,
     distinct: RwLock<Vec<(Arc<str>, i64)>>,
     revoked: Mutex<VecDeque<RevokedToken>>,
@@ -392,12 +419,9 @@ fn random_id() -> String {
 impl Tokens {
     /// A token of `sid` expiring at `exp_s` (Unix seconds).
     fn mint(&self, sub: &str, sid: &str, exp_s: i64) -> Arc<str> {
-        let now = veto::now_ms() / 1000;
-        let claims = serde_json::json!({
-            "iss": self.iss, "aud": self.aud, "sub": sub, "sid": sid, "jti": random_id(),
-            "iat": now, "exp": exp_s,
-        });
-        self.key.sign(&claims).expect("sign").into()
+        let m = &self.minter;
+        let claims = m.claims(sub, sid, veto::now_ms() / 1000, exp_s);
+        m.key.sign(&claims).expect("sign").into()
     }
 
     /// Re-mints every valid token expiring within 2 minutes (a client rotating its token).
@@ -837,20 +861,18 @@ async fn forged(a: ForgedArgs) -> anyhow::Result<()> {
     use envoy_types::pb::envoy::service::auth::v3::CheckResponse;
     use tonic::transport::Channel;
 
-    let key = signing_key(&a.key)?;
+    // shared by the clones of `forge`, one per connection
+    let minter = Arc::new(a.issuing.minter()?);
     let now = veto::now_ms() / 1000;
-    let valid = key.sign(&serde_json::json!({
-        "iss": a.iss, "aud": a.aud, "sub": "curves-user", "sid": "curves-session",
-        "jti": random_id(), "iat": now, "exp": now + 600,
-    }))?;
+    let valid = minter
+        .key
+        .sign(&minter.claims("curves-user", "curves-session", now, now + 600))?;
     // the valid token's header, and claims that differ in every forged token
     let header = valid.split('.').next().unwrap_or_default().to_string();
     let forge = move |k: u64| {
         let b64 = veto::token::b64();
-        let claims = serde_json::json!({
-            "iss": a.iss, "aud": a.aud, "sub": format!("forged-{k}"), "sid": format!("forged-{k}"),
-            "jti": random_id(), "iat": now, "exp": now + 600,
-        });
+        let id = format!("forged-{k}");
+        let claims = minter.claims(&id, &id, now, now + 600);
         let sig: [u8; 64] = rand::rng().random();
         format!(
             "{header}.{}.{}",
@@ -1131,13 +1153,11 @@ async fn run(a: RunArgs) -> anyhow::Result<bool> {
         .trim_end_matches('/')
         .parse()
         .context("--url: http://IP:PORT/")?;
-    let key = signing_key(&a.key)?;
+    let minter = a.issuing.minter()?;
 
     let exp = (veto::now_ms() + a.token_ttl.as_millis() as i64) / 1000;
     let tokens = Tokens {
-        key,
-        iss: a.iss.clone(),
-        aud: a.aud.clone(),
+        minter,
         repeat: RwLock::new(("".into(), 0)),
         distinct: RwLock::new(Vec::new()),
         revoked: Mutex::new(VecDeque::new()),
