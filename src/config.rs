@@ -45,6 +45,9 @@ pub struct Settings {
     pub shutdown: Shutdown,
     #[serde(default)]
     pub limits: ListenerLimits,
+    /// Where cache misses are verified: a bounded pool beside the request path.
+    #[serde(default)]
+    pub verify: Verify,
     /// The in-proxy mode: the revoked set mirrored into shared memory for the Envoy module.
     #[serde(default)]
     pub inproxy: Inproxy,
@@ -339,6 +342,60 @@ impl Default for Authz {
             metadata_namespace: "veto".into(),
             revoked_status: DenyStatus::Unauthenticated,
         }
+    }
+}
+
+/// `[verify]`: a token not in the verified-token cache is verified (parse, signature, claims)
+/// on a pool of its own threads, not on the threads that serve requests, so a flood of
+/// unique forged tokens (each costs a signature check) cannot delay the checks the cache
+/// answers. The pool's queue is bounded in length and in wait: a check that would wait
+/// longer is answered "cannot decide" (gRPC `UNAVAILABLE`, HTTP 503: the proxy's failure
+/// mode applies) at once, instead of holding a connection slot past the proxy's timeout.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Verify {
+    /// Verifying threads (0: one per CPU the process may use).
+    pub threads: usize,
+    /// Verifications queued at most; one more is refused at once.
+    pub queue: usize,
+    /// A verification that has waited this long in the queue is refused, not started.
+    #[serde(with = "humantime_serde")]
+    pub max_wait: Duration,
+    /// Added to the verifying threads' nice value (0-19), so when the CPU is short the
+    /// scheduler runs the request path (cache hits, revocation checks) first. Linux keeps
+    /// a nice value per thread; raising it needs no privilege.
+    pub nice: i32,
+}
+
+impl Default for Verify {
+    fn default() -> Self {
+        Verify {
+            threads: 0,
+            queue: 1024,
+            max_wait: Duration::from_millis(100),
+            nice: 10,
+        }
+    }
+}
+
+impl Verify {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.threads > 256 {
+            return Err(bad("verify.threads", "at most 256 (0: one per CPU)"));
+        }
+        if self.queue == 0 {
+            return Err(bad("verify.queue", "must be positive"));
+        }
+        if self.max_wait.is_zero() {
+            return Err(bad("verify.max_wait", "must be positive"));
+        }
+        if !(0..=19).contains(&self.nice) {
+            return Err(bad(
+                "verify.nice",
+                "0-19 (added to the threads' nice value)",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -695,6 +752,7 @@ impl Settings {
             }
         }
         self.limits.validate(self.authz.max_token_bytes)?;
+        self.verify.validate()?;
         if self.authz.max_token_bytes < 256 {
             return Err(bad("authz.max_token_bytes", "must be at least 256"));
         }

@@ -5,7 +5,8 @@
 //! struct the transports own (the `A` of [`Decider<A>`]).
 //!
 //! Order per request: bearer extraction → verified-token cache (a repeat token skips the
-//! signature) → on a miss, full validation (with one JWKS refetch on an unknown `kid`) →
+//! signature) → on a miss, full validation (with one JWKS refetch on an unknown `kid`), on
+//! the verify pool when there is one ([`crate::verify`]: the sidecar; in-proxy, inline) →
 //! revocation check (every request) → feed freshness (every request).
 
 use crate::config::{DenyStatus, Isolation, OnStale};
@@ -219,8 +220,23 @@ impl<A> Decision<A> {
 
 /// The reasons of [`Decision::Error`] (Veto could not decide), stable `reason` labels: the
 /// issuer's keys were never loaded; in-proxy, a decision that would have had to wait (the
-/// module has no JWKS refetcher) and a panic caught at the module's FFI boundary.
-pub const ERROR_REASONS: [&str; 3] = ["keys_unavailable", "pending", "panic"];
+/// module has no JWKS refetcher) and a panic caught at the module's FFI boundary; a token
+/// the verify pool refused to verify (its queue full, or the wait too long: `[verify]`).
+pub const ERROR_REASONS: [&str; 4] = ["keys_unavailable", "pending", "panic", "overloaded"];
+
+/// What a token that did not verify got: a token error (a denial, or `KeysUnavailable`), or
+/// no verification at all.
+enum Unverified {
+    Token(TokenError),
+    /// Not verified: the pool shed it (`veto_verify_jobs_total` says why).
+    Shed,
+}
+
+impl From<TokenError> for Unverified {
+    fn from(e: TokenError) -> Self {
+        Unverified::Token(e)
+    }
+}
 
 /// The token errors that are denials: all but the last, `KeysUnavailable`, which is an error
 /// (`ERROR_REASONS[0]`: Veto could not decide), so the outcomes list no `deny/keys_unavailable`
@@ -263,7 +279,9 @@ pub struct IssuerHooks {
 /// `R`: where revocations and freshness are read — the sidecar's own set (the default), or
 /// in-proxy their shared-memory mirror ([`crate::revocation::ShmRevocations`]).
 pub struct Decider<A, R: Revocations = RevokedSet> {
-    validator: Validator,
+    validator: Arc<Validator>,
+    /// Where cache misses are verified; none: on the caller's thread.
+    pool: Option<Arc<crate::verify::Pool>>,
     cache: moka::sync::Cache<Box<str>, Arc<Verified<A>>>,
     revoked: Arc<R>,
     freshness: Arc<Freshness>,
@@ -393,7 +411,8 @@ impl<A: Default + Send + Sync + 'static, R: Revocations> Decider<A, R> {
             })
             .build();
         Decider {
-            validator,
+            validator: Arc::new(validator),
+            pool: None,
             cache,
             revoked,
             freshness,
@@ -412,8 +431,12 @@ impl<A: Default + Send + Sync + 'static, R: Revocations> Decider<A, R> {
         let now_ms = crate::now_ms();
         let verified = match self.verified(token, now_ms).await {
             Ok(v) => v,
-            Err(TokenError::KeysUnavailable) => return Decision::Error(ERROR_REASONS[0]),
-            Err(e) => return self.deny(DenyReason::Token(e)),
+            Err(Unverified::Token(TokenError::KeysUnavailable)) => {
+                return Decision::Error(ERROR_REASONS[0])
+            }
+            Err(Unverified::Token(e)) => return self.deny(DenyReason::Token(e)),
+            // queue full or waited too long (or a bug: a panic while verifying)
+            Err(Unverified::Shed) => return Decision::Error(ERROR_REASONS[3]),
         };
         self.after_verification(verified, now_ms)
     }
@@ -455,13 +478,32 @@ impl<A: Default + Send + Sync + 'static, R: Revocations> Decider<A, R> {
         Decision::Allow(v)
     }
 
-    async fn verified(&self, token: &str, now_ms: i64) -> Result<Arc<Verified<A>>, TokenError> {
+    /// Verifies cache misses on `pool` from now on.
+    pub fn with_pool(mut self, pool: Arc<crate::verify::Pool>) -> Self {
+        self.pool = Some(pool);
+        self
+    }
+
+    /// [`Validator::validate`], on the pool when there is one.
+    async fn validate(&self, token: &str, now: i64) -> Result<VerifiedToken, Unverified> {
+        let Some(pool) = &self.pool else {
+            return Ok(self.validator.validate(token, now)?);
+        };
+        let validator = self.validator.clone();
+        let token: Box<str> = token.into();
+        match pool.run(move || validator.validate(&token, now)).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(Unverified::Shed),
+        }
+    }
+
+    async fn verified(&self, token: &str, now_ms: i64) -> Result<Arc<Verified<A>>, Unverified> {
         let now = now_ms.div_euclid(1000);
         if let Some(v) = self.cache.get(token) {
             let leeway = self.issuers.get(v.issuer).map_or(0, |i| i.leeway);
             if now >= v.claims.exp + leeway {
                 self.cache.invalidate(token);
-                return Err(TokenError::Expired);
+                return Err(TokenError::Expired.into());
             }
             // A key withdrawn (or replaced) by a JWKS refresh stops vouching for the tokens
             // it verified at that refresh, not at their `exp`.
@@ -480,18 +522,16 @@ impl<A: Default + Send + Sync + 'static, R: Revocations> Decider<A, R> {
             }
         }
         self.metrics.cache_miss.inc();
-        let result = match self.validator.validate(token, now) {
-            Err(TokenError::UnknownKid) => {
+        let result = match self.validate(token, now).await {
+            Err(Unverified::Token(TokenError::UnknownKid)) => {
                 // One refetch of that issuer's JWKS (shared, rate-limited), then one retry.
                 let refetcher = self
                     .validator
                     .unverified_issuer(token)
                     .and_then(|i| self.issuers.get(i)?.refetch.clone());
                 match refetcher {
-                    Some(r) if r.refetch_for_unknown_kid().await => {
-                        self.validator.validate(token, now)
-                    }
-                    _ => Err(TokenError::UnknownKid),
+                    Some(r) if r.refetch_for_unknown_kid().await => self.validate(token, now).await,
+                    _ => Err(TokenError::UnknownKid.into()),
                 }
             }
             other => other,
@@ -661,7 +701,7 @@ mod tests {
         use crate::token::{Alg, IssuerPolicy, KeySet, KeyStore};
         use serde_json::json;
 
-        fn decider(isolation: Isolation, key: &SigningKey) -> Decider<()> {
+        pub(super) fn decider(isolation: Isolation, key: &SigningKey) -> Decider<()> {
             let (set, _) =
                 KeySet::from_jwks(jwks(&[key]).to_string().as_bytes(), &[Alg::ES256]).unwrap();
             let validator = Validator {
@@ -697,7 +737,7 @@ mod tests {
             )
         }
 
-        fn token(key: &SigningKey, home: Option<serde_json::Value>) -> String {
+        pub(super) fn token(key: &SigningKey, home: Option<serde_json::Value>) -> String {
             let now = crate::now_ms() / 1000;
             let mut c = json!({"iss":"https://iss","aud":"api","sub":"u","sid":"s","iat":now,"exp":now+600});
             if let Some(h) = home {
@@ -746,6 +786,96 @@ mod tests {
         }
     }
 
+    /// The verify pool (`[verify]`) seen from the decider: a saturated pool sheds what it
+    /// would have to verify, never what the cache answers.
+    mod pool {
+        use super::super::*;
+        use super::isolation::{decider, token};
+        use crate::token::sign::SigningKey;
+        use crate::token::Alg;
+        use crate::verify::{Pool, PoolMetrics};
+        use parking_lot::{Condvar, Mutex};
+        use serde_json::json;
+
+        async fn check(d: &Decider<()>, t: &str) -> &'static str {
+            d.decide(Credential::Authorization(t)).await.reason_label()
+        }
+
+        #[tokio::test]
+        async fn a_saturated_pool_sheds_misses_and_the_cache_still_answers() {
+            let key = SigningKey::generate(Alg::ES256, "k").unwrap();
+            let settings = crate::config::Verify {
+                threads: 1,
+                queue: 1,
+                max_wait: Duration::from_secs(5),
+                nice: 0,
+            };
+            let pool = Arc::new(
+                Pool::start(
+                    &settings,
+                    PoolMetrics::register(&prometheus::Registry::new()),
+                )
+                .unwrap(),
+            );
+            let d = Arc::new(decider(Isolation::Home, &key).with_pool(pool.clone()));
+            let cached = token(&key, Some(json!("us")));
+            assert_eq!(check(&d, &cached).await, "ok", "verified on the pool");
+            // hold the pool's one thread, then fill its one queue slot
+            let gate = Arc::new((Mutex::new(false), Condvar::new(), Mutex::new(false)));
+            let g = gate.clone();
+            let held = tokio::spawn({
+                let pool = pool.clone();
+                async move {
+                    pool.run(move || {
+                        *g.2.lock() = true;
+                        let mut open = g.0.lock();
+                        while !*open {
+                            g.1.wait(&mut open);
+                        }
+                    })
+                    .await
+                }
+            });
+            while !*gate.2.lock() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let queued = tokio::spawn({
+                let d = d.clone();
+                let t = token(&key, Some(json!("ap")));
+                async move { d.decide(Credential::Authorization(&t)).await.reason_label() }
+            });
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            assert!(!queued.is_finished(), "waits for the pool");
+            // a token not cached: refused at once, as Veto cannot decide
+            let other = token(&key, Some(json!("us")));
+            let shed = d.decide(Credential::Authorization(&other)).await;
+            assert_eq!(shed.result_label(), "error");
+            assert_eq!(shed.reason_label(), "overloaded");
+            // what the cache holds is answered, pool or no pool
+            for _ in 0..100 {
+                assert_eq!(check(&d, &cached).await, "ok");
+            }
+            // a forged token the cache cannot hold is shed too, never allowed
+            let forged = {
+                // one signature character changed (the tenth from the end: whole bits)
+                let mut b = other.clone().into_bytes();
+                let i = b.len() - 10;
+                b[i] = if b[i] == b'A' { b'B' } else { b'A' };
+                String::from_utf8(b).unwrap()
+            };
+            assert_eq!(check(&d, &forged).await, "overloaded");
+            *gate.0.lock() = true;
+            gate.1.notify_all();
+            held.await.unwrap().unwrap();
+            assert_eq!(queued.await.unwrap(), "ok");
+            assert_eq!(
+                check(&d, &other).await,
+                "ok",
+                "verified once the pool is free"
+            );
+            assert_eq!(check(&d, &forged).await, "bad_signature");
+        }
+    }
     /// The decider with a fake JWKS refetcher: an unknown `kid` triggers exactly one refetch
     /// and one retry; a refetch that brings nothing leaves `unknown_kid`.
     mod refetch {

@@ -10,6 +10,8 @@
 //!   revocation and feed-freshness checks (per token's origins: `revocation.isolation`),
 //!   with stable deny reasons and typed deny codes. Knows no transport and does no I/O
 //!   (JWKS refetch is behind its `KeyRefetch` trait).
+//! - [`verify`]: the bounded pool beside the request path where cache misses are verified,
+//!   so a flood of forged tokens cannot delay what the token cache answers (`[verify]`).
 //! - [`jwks`]: fetches and refreshes issuers' JWKS (URL or file) off the request path.
 //! - [`bus`]: everything about NATS and nothing about what is done with it: every subject,
 //!   stream and domain name (`bus::names`, with a typed `parse`), connecting, the region
@@ -62,6 +64,7 @@ pub mod sidecar;
 pub mod source_repair;
 pub mod telemetry;
 pub mod token;
+pub mod verify;
 
 /// Microseconds since the Unix epoch, from the system clock (0 before 1970).
 pub fn now_us() -> i64 {

@@ -117,6 +117,7 @@ pub fn decider_config(s: &Settings, identity: &Identity) -> DeciderConfig {
 pub struct Metrics {
     pub checks: CheckMetrics,
     pub decision: DecisionMetrics,
+    pub verify: crate::verify::PoolMetrics,
     pub feed: FeedMetrics,
     pub jwks: JwksMetrics,
     pub upkeep: feed::UpkeepMetrics,
@@ -130,6 +131,7 @@ impl Metrics {
         Metrics {
             checks: CheckMetrics::register(r),
             decision: DecisionMetrics::register(r),
+            verify: crate::verify::PoolMetrics::register(r),
             feed: FeedMetrics::register(r),
             jwks: JwksMetrics::register(r),
             upkeep: feed::UpkeepMetrics::register(r),
@@ -290,14 +292,19 @@ impl Sidecar {
             .as_ref()
             .map(|_| readiness.latch(Component::Feed, "revocation stream not replayed yet"));
         let identity = Arc::new(Identity::new(s.authz.headers.clone()));
-        let decider = Arc::new(Decider::new(
-            validator,
-            revoked.clone(),
-            freshness.clone(),
-            per_issuer,
-            decider_config(s, &identity),
-            metrics.decision.clone(),
-        ));
+        let pool = crate::verify::Pool::start(&s.verify, metrics.verify.clone())
+            .map_err(|e| anyhow::anyhow!("verify: cannot start the pool's threads: {e}"))?;
+        let decider = Arc::new(
+            Decider::new(
+                validator,
+                revoked.clone(),
+                freshness.clone(),
+                per_issuer,
+                decider_config(s, &identity),
+                metrics.decision.clone(),
+            )
+            .with_pool(Arc::new(pool)),
+        );
         if s.nats.is_some() {
             // Readiness asks the decider itself, at query time: /readyz is 503 exactly while
             // every check would be refused (or counted) for staleness.
@@ -857,6 +864,9 @@ mod tests {
         ("veto_stale_decisions_total", "counter", "Checks decided while the feed was stale, by policy.", &["policy"]),
         ("veto_stream_source_repairs_total", "counter", "Repairs of this region stream's source of an origin that stopped advancing while the origin did not, by result (healed/not_healed/not_applicable/error).", &["origin_region", "result"]),
         ("veto_token_cache_lookups_total", "counter", "Verified-token cache lookups by result.", &["result"]),
+        ("veto_verify_jobs_total", "counter", "Token verifications submitted to the pool, by how they ended: ran; refused as the queue was full (queue_full) or after waiting verify.max_wait (timed_out); dropped unstarted as the caller had gone (abandoned); panicked.", &["result"]),
+        ("veto_verify_queue_depth", "gauge", "Token verifications waiting for a pool thread.", &[]),
+        ("veto_verify_queue_wait_seconds", "histogram", "Time a token verification waited in the queue before a pool thread took it.", &[]),
     ];
 
     /// Registers everything and gives every labelled family one child.

@@ -47,6 +47,21 @@ fn check_config_exit_codes_name_the_key() {
             format!("{GOOD}\n[revocation]\nmax_stalenes = \"1s\""),
             "max_stalenes",
         ),
+        (
+            "verify_queue.toml",
+            format!("{GOOD}\n[verify]\nqueue = 0"),
+            "verify.queue",
+        ),
+        (
+            "verify_nice.toml",
+            format!("{GOOD}\n[verify]\nnice = -5"),
+            "verify.nice",
+        ),
+        (
+            "verify_wait.toml",
+            format!("{GOOD}\n[verify]\nmax_wait = \"0s\""),
+            "verify.max_wait",
+        ),
         ("toml.toml", "[[issuers]\nbroken".to_string(), "config"),
         ("empty.toml", String::new(), "issuers"),
     ];
