@@ -612,3 +612,107 @@ async fn a_withdrawn_key_stops_working_at_the_refresh_that_withdraws_it() {
         "{m}"
     );
 }
+
+/// A flood of unique forged tokens (each costs a signature check, none can be cached) while
+/// a user's token, already verified, keeps being checked: the verify pool (`[verify]`, here
+/// one thread and a queue of 4) sheds what it cannot verify in time as 503 (Veto cannot
+/// decide, never an allow), counted as `error/overloaded` exactly as often as the clients saw
+/// it, and the cached token is answered 200 throughout: cache hits never wait for the pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_token_flood_is_shed_while_cached_tokens_are_answered() {
+    let issuer = Issuer::new(Alg::ES256);
+    let extra = "[verify]\nthreads = 1\nqueue = 4\nmax_wait = \"1ms\"\n";
+    let sidecar = Sidecar::start(&sidecar_config(&issuer, None, extra));
+    sidecar.wait_ready(Duration::from_secs(10)).await;
+    let user = issuer.mint("u", "s");
+    assert_eq!(
+        sidecar
+            .check(Some(&format!("Bearer {user}")))
+            .await
+            .status(),
+        200
+    );
+    // unique forged tokens: valid claims and kid, one signature character changed
+    let forged: Vec<String> = (0..1200)
+        .map(|i| {
+            let mut b = issuer.mint("u", &format!("forged-{i}")).into_bytes();
+            let at = b.len() - 10;
+            b[at] = if b[at] == b'A' { b'B' } else { b'A' };
+            String::from_utf8(b).unwrap()
+        })
+        .collect();
+    let url = format!("{}/check", sidecar.base());
+    let client = reqwest::Client::new();
+    let statuses = Arc::new(parking_lot::Mutex::new(std::collections::BTreeMap::new()));
+    let flood = forged.chunks(4).map(|chunk| {
+        let (client, url, statuses) = (client.clone(), url.clone(), statuses.clone());
+        let chunk = chunk.to_vec();
+        tokio::spawn(async move {
+            for t in chunk {
+                let r = client
+                    .get(&url)
+                    .bearer_auth(&t)
+                    .send()
+                    .await
+                    .expect("an answer");
+                *statuses.lock().entry(r.status().as_u16()).or_insert(0) += 1;
+            }
+        })
+    });
+    let flood: Vec<_> = flood.collect();
+    let mut user_answers = std::collections::BTreeMap::new();
+    while flood.iter().any(|f| !f.is_finished()) {
+        let r = client
+            .get(&url)
+            .bearer_auth(&user)
+            .send()
+            .await
+            .expect("an answer");
+        *user_answers.entry(r.status().as_u16()).or_insert(0u32) += 1;
+    }
+    for f in flood {
+        f.await.unwrap();
+    }
+    let statuses = statuses.lock().clone();
+    eprintln!("forged: {statuses:?}; the user's token: {user_answers:?}");
+    assert_eq!(statuses.values().sum::<u32>(), 1200);
+    assert!(
+        statuses.keys().all(|s| *s == 401 || *s == 503),
+        "a forged token is refused or shed, never allowed: {statuses:?}"
+    );
+    let shed = statuses.get(&503).copied().unwrap_or(0);
+    assert!(shed > 0, "the pool shed nothing: {statuses:?}");
+    assert_eq!(
+        user_answers.keys().copied().collect::<Vec<_>>(),
+        [200],
+        "the cached token: {user_answers:?}"
+    );
+    let m = sidecar.metrics().await;
+    let overloaded = metric_sum(
+        &m,
+        "veto_checks_total",
+        &["transport=\"http\"", "reason=\"overloaded\""],
+    );
+    assert_eq!(
+        overloaded,
+        f64::from(shed),
+        "every 503 counted as overloaded"
+    );
+    let refused = metric_sum(&m, "veto_verify_jobs_total", &["result=\"queue_full\""])
+        + metric_sum(&m, "veto_verify_jobs_total", &["result=\"timed_out\""]);
+    assert_eq!(
+        refused,
+        f64::from(shed),
+        "every 503 is a job the pool refused"
+    );
+    // the flood over, the pool verifies again
+    let fresh = issuer.mint("u", "s2");
+    assert_eq!(
+        sidecar
+            .check(Some(&format!("Bearer {fresh}")))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(metric(&m, "veto_verify_queue_depth"), Some(0.0));
+}
