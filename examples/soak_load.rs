@@ -79,7 +79,8 @@ enum Cmd {
 /// valid token (answered from the verified-token cache), each timed from its scheduled
 /// instant, and `--forged-rate` checks a second of forged tokens: well formed, the key's
 /// `kid` and `alg`, claims unique per token (so no cache answers them), and a random
-/// signature, so each costs the sidecar a signature check before its `bad_signature` 401.
+/// signature, so each costs the sidecar a signature check before its `bad_signature` 401 —
+/// or, when the sidecar's verify pool is full, an `UNAVAILABLE` without one (`forged_shed`).
 /// Both share `--connections` HTTP/2 connections, as Envoy's workers share theirs. Warm-up
 /// first (not counted), then `--duration` measured; the sidecar's CPU (utime + stime of
 /// `--sidecar-pid`) is read at both ends of the measured part, after its last answers.
@@ -817,6 +818,9 @@ struct Tally {
     skipped: AtomicU64,
     /// Answered as expected: OK for the valid token, a `bad_signature` deny for a forged one.
     expected: AtomicU64,
+    /// A forged token the sidecar shed unverified (`UNAVAILABLE`: its verify pool was full,
+    /// `[verify]`); for the valid token that is an error.
+    shed: AtomicU64,
     /// Any other answer, a failed call or no answer within `--timeout`.
     errors: AtomicU64,
     in_flight: AtomicU64,
@@ -943,6 +947,8 @@ async fn forged(a: ForgedArgs) -> anyhow::Result<()> {
                 let (t, verdict) = (tally.clone(), verdict);
                 tokio::spawn(async move {
                     let r = tokio::time::timeout(timeout, c.check(req)).await;
+                    let shed = !is_valid
+                        && matches!(&r, Ok(Err(s)) if s.code() == tonic::Code::Unavailable);
                     let ok = r.ok().and_then(verdict) == Some(is_valid);
                     t.in_flight.fetch_sub(1, Relaxed);
                     if at < measured {
@@ -951,6 +957,8 @@ async fn forged(a: ForgedArgs) -> anyhow::Result<()> {
                     t.sent.fetch_add(1, Relaxed);
                     if ok {
                         t.expected.fetch_add(1, Relaxed);
+                    } else if shed {
+                        t.shed.fetch_add(1, Relaxed);
                     } else {
                         t.errors.fetch_add(1, Relaxed);
                     }
@@ -991,11 +999,13 @@ async fn forged(a: ForgedArgs) -> anyhow::Result<()> {
         let _ = write!(
             line,
             " {name}_target_per_s={rate:.0} {name}_per_s={:.0} {name}_sent={} {name}_skipped={} \
-             {name}_expected={} {name}_errors={} {name}_p50_us={} {name}_p99_us={} {name}_max_us={}",
+             {name}_expected={} {name}_shed={} {name}_errors={} {name}_p50_us={} {name}_p99_us={} \
+             {name}_max_us={}",
             t.sent.load(Relaxed) as f64 / secs,
             t.sent.load(Relaxed),
             t.skipped.load(Relaxed),
             t.expected.load(Relaxed),
+            t.shed.load(Relaxed),
             t.errors.load(Relaxed),
             h.quantile(0.50),
             h.quantile(0.99),

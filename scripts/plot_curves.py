@@ -136,6 +136,8 @@ def forged(rs, out):
     # what was actually sent, and the valid checks lost to the timeout
     for i, (r, xv) in enumerate(zip(rs[1:], x[1:])):
         note = f"{num(r['forged_per_s']) / 1000:.1f}k/s sent"
+        if num(r.get("forged_shed_pct")) >= 0.5:
+            note += f" ({num(r['forged_shed_pct']):.0f}% shed)"
         if num(r.get("valid_lost_pct")) >= 0.5:
             note += f", {num(r['valid_lost_pct']):.0f}% of valid lost"
         a.annotate(note, (xv, num(r["valid_p99_us"]) / 1000), textcoords="offset points",
