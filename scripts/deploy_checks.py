@@ -59,6 +59,7 @@ COUNTERS = {
     "veto_authority_key_load_errors_total",
     "veto_authority_refreshes_total",
     "veto_authority_home_unavailable_total",
+    "veto_verify_jobs_total",
 }
 GAUGES = {
     "veto_feed_staleness_seconds",
