@@ -81,7 +81,8 @@ impl PoolMetrics {
 struct Job {
     queued: Instant,
     /// `true`: run it; `false`: it waited too long, answer [`Shed::TimedOut`]. Counts how it
-    /// ended before it answers, so a caller that reads the metrics after its answer sees it.
+    /// ended before it answers, so a caller that reads the metrics after its answer sees it
+    /// (a panic is the exception: the caller's `Lost` may come before `panicked` counts).
     work: Work,
 }
 
@@ -197,7 +198,8 @@ impl Pool {
 impl Drop for Pool {
     fn drop(&mut self) {
         let mut q = self.shared.queue.lock();
-        // No job is queued: `run` borrows the pool until its job is answered.
+        // Jobs still queued are withdrawn ones (a waiting `run` borrows the pool): the
+        // threads return without reaching them, and they drop, uncounted, with the queue.
         q.closed = true;
         drop(q);
         self.shared.ready.notify_all();
